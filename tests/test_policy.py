@@ -1,0 +1,98 @@
+"""Policy tables: validation, builders, leaf probabilities, occupancies and sampling."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinyrlhf as tr
+from tinyrlhf import testing as trt
+
+
+@given(st.data())
+def test_leaf_log_probs_are_products_down_the_tree(data):
+    tree = data.draw(trt.trees())
+    policy = data.draw(trt.policies(tree))
+    leaf_log_probs = policy.leaf_log_probs()
+    # Brute force on a few leaves: sum_h log pi(a_h | s_h) with s_{h+1} = s_h * A + a_h.
+    for leaf in {0, tree.n_leaves - 1, tree.n_leaves // 3}:
+        state, total = leaf // tree.leaves_per_prompt, 0.0
+        for h, a in enumerate(tree.leaf_token_indices()[leaf]):
+            total += policy.log_probs[h][state, a]
+            state = state * tree.n_tokens + a
+        np.testing.assert_allclose(leaf_log_probs[leaf], total, rtol=1e-12, atol=1e-12)
+    # Each level's occupancies, and the leaves, sum to one per prompt.
+    for h in range(tree.horizon + 1):
+        np.testing.assert_allclose(
+            policy.state_probs(h).reshape(tree.n_prompts, -1).sum(axis=1), 1.0, rtol=1e-12
+        )
+    assert not np.isnan(leaf_log_probs).any()
+
+
+def test_from_logits_normalizes_rows_and_keeps_minus_inf():
+    tree = tr.TokenTree(["a", "b", "c"], 1)
+    policy = tr.Policy.from_logits(tree, [np.array([[0.0, np.log(3.0), -np.inf]])])
+    np.testing.assert_allclose(policy.probs[0], [[0.25, 0.75, 0.0]], rtol=1e-15)
+    assert np.isneginf(policy.log_probs[0][0, 2])
+
+
+def test_uniform_policy_leaf_probabilities():
+    tree = tr.TokenTree(["a", "b", "c"], 3, prompts=["x", "y"])
+    np.testing.assert_allclose(tr.Policy.uniform(tree).leaf_probs(), 3.0**-3, rtol=1e-14)
+
+
+def test_tables_are_read_only():
+    tree = tr.TokenTree(["a", "b"], 2)
+    policy = tr.Policy.uniform(tree)
+    with pytest.raises(ValueError):
+        policy.log_probs[0][0, 0] = 0.0
+
+
+def test_sampling_matches_leaf_probabilities():
+    # Chi-square-free check: with n = 200_000 draws each empirical frequency has standard
+    # deviation sqrt(p(1-p)/n) <= 1.2e-3; 6 sigma bounds the test's false-failure rate.
+    tree = tr.TokenTree(["a", "b", "c"], 2, prompts=["x", "y"])
+    policy = tr.Policy.random(tree, seed=1, zero_fraction=0.3)
+    n = 200_000
+    leaves = policy.sample(n, seed=np.random.default_rng(2))
+    freq = np.bincount(leaves, minlength=tree.n_leaves) / n
+    expected = policy.leaf_probs() / tree.n_prompts  # prompts uniform
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    assert np.all(np.abs(freq - expected) <= 6 * sigma + 1e-12)
+    assert np.all(freq[expected == 0] == 0)  # never a token the policy never picks
+    only_y = policy.sample(1000, seed=3, prompt="y")
+    assert np.all(tree.leaf_prompts()[only_y] == 1)
+
+
+def test_sampling_is_reproducible():
+    tree = tr.TokenTree(["a", "b"], 3)
+    policy = tr.Policy.random(tree, seed=0)
+    np.testing.assert_array_equal(policy.sample(50, seed=7), policy.sample(50, seed=7))
+
+
+@pytest.mark.parametrize(
+    ("tables", "match"),
+    [
+        ("not a list", "list of 2 arrays"),
+        ([np.zeros((1, 2))], "one array per level"),
+        ([np.log(np.full((1, 2), 0.5)), np.log(np.full((3, 2), 0.5))], r"shape \(2, 2\)"),
+        ([np.log([[0.5, 0.6]]), np.log(np.full((2, 2), 0.5))], "does not normalize"),
+        ([np.array([[np.nan, 0.0]]), np.log(np.full((2, 2), 0.5))], "NaN"),
+        ([np.array([[np.inf, 0.0]]), np.log(np.full((2, 2), 0.5))], r"\+inf"),
+        ([np.array([[-np.inf, -np.inf]]), np.log(np.full((2, 2), 0.5))], "all -inf"),
+    ],
+)
+def test_bad_tables_are_refused(tables, match):
+    tree = tr.TokenTree(["a", "b"], 2)
+    with pytest.raises((ValueError, TypeError), match=match):
+        tr.Policy(tree, tables)
+
+
+def test_bad_builder_arguments():
+    tree = tr.TokenTree(["a", "b"], 2)
+    with pytest.raises(TypeError, match="TokenTree"):
+        tr.Policy.uniform("tree")
+    with pytest.raises(ValueError, match="temperature"):
+        tr.Policy.random(tree, seed=0, temperature=0.0)
+    with pytest.raises(TypeError, match="seed"):
+        tr.Policy.random(tree, seed="zero")

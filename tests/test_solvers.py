@@ -1,0 +1,258 @@
+"""The three solvers of max_pi E_pi[r] - beta KL(pi || pi_ref): closed form, soft value
+iteration and policy gradient; their agreement, and cases derived by hand."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import expit, logsumexp
+
+import tinyrlhf as tr
+from tinyrlhf import testing as trt
+from tinyrlhf.examples import DEMO_BETA, demo_problem
+
+
+@given(trt.problems())
+def test_closed_form_equals_soft_value_iteration(problem):
+    tree, ref, reward, beta = problem
+    closed = tr.closed_form(ref, reward, beta)
+    soft = tr.soft_value_iteration(ref, reward, beta)
+    np.testing.assert_allclose(closed.log_partition, soft.log_partition, rtol=1e-10, atol=1e-10)
+    tr.check_agreement(closed, soft).assert_close(
+        log_pi_atol=1e-8, tv_atol=1e-10, objective_atol=1e-8 * (1 + np.abs(reward).max())
+    )
+    # V_0 = beta log Z and lambda* = beta (1 - log Z)
+    np.testing.assert_allclose(soft.values[0], beta * closed.log_partition, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        closed.lagrange_multiplier, beta * (1 - closed.log_partition), rtol=1e-12
+    )
+    for policy in (closed.policy, soft.policy):  # every row, reached or not, is normalized
+        for table in policy.log_probs:
+            assert not np.isnan(table).any()
+            np.testing.assert_allclose(logsumexp(table, axis=1), 0.0, atol=1e-10)
+
+
+@given(trt.problems())
+def test_optimum_value_is_beta_log_z_and_beats_perturbations(problem):
+    tree, ref, reward, beta = problem
+    solution = tr.closed_form(ref, reward, beta)
+    best = tr.objective(solution.policy, ref, reward, beta)
+    scale = 1 + np.abs(reward).max()
+    np.testing.assert_allclose(best, beta * solution.log_partition, rtol=1e-9, atol=1e-9 * scale)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        logits = [
+            table + rng.normal(scale=0.5, size=table.shape) for table in solution.policy.log_probs
+        ]
+        perturbed = tr.Policy.from_logits(tree, logits)
+        assert np.all(tr.objective(perturbed, ref, reward, beta) <= best + 1e-9 * scale)
+
+
+@given(st.data())
+def test_reverse_kl_identity(data):
+    # KL(pi || P*) = (beta log Z - J(pi)) / beta for every pi: soft RL is an RKL projection.
+    tree, ref, reward, beta = data.draw(trt.problems(max_magnitude=5.0, allow_zeros=False))
+    policy = data.draw(trt.policies(tree, allow_zeros=False))
+    solution = tr.closed_form(ref, reward, beta)
+    lhs = tr.kl_divergence(policy, solution.policy)
+    rhs = (beta * solution.log_partition - tr.objective(policy, ref, reward, beta)) / beta
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-8, atol=1e-8 * (1 + np.abs(rhs).max()))
+
+
+def test_hand_derived_one_step():
+    # H = 1, tokens {a, b}, uniform reference, r(a) = 0, r(b) = c. Then
+    # Z = (1 + e^{c/beta}) / 2 and pi*(b) = e^{c/beta} / (1 + e^{c/beta}) = sigmoid(c/beta).
+    tree = tr.TokenTree(["a", "b"], 1)
+    c, beta = 1.3, 0.4
+    solution = tr.closed_form(tr.Policy.uniform(tree), np.array([0.0, c]), beta)
+    np.testing.assert_allclose(
+        solution.log_partition, [np.log((1 + np.exp(c / beta)) / 2)], rtol=1e-14
+    )
+    np.testing.assert_allclose(solution.policy.probs[0][0, 1], expit(c / beta), rtol=1e-14)
+    np.testing.assert_allclose(
+        solution.lagrange_multiplier, beta * (1 - np.log((1 + np.exp(c / beta)) / 2)), rtol=1e-14
+    )
+
+
+def test_hand_derived_additive_reward_factorizes():
+    # H = 2, uniform reference, r = c1 [a_1 = b] + c2 [a_2 = b]. P* ∝ e^{r/beta} factorizes
+    # over positions, so pi*(b | s) = sigmoid(c1/beta) at depth 0 and sigmoid(c2/beta) at
+    # every depth-1 state; Z = prod_k (1 + e^{c_k/beta}) / 2; KL = sum_k (log 2 - H(sigmoid)).
+    tree = tr.TokenTree(["a", "b"], 2, prompts=["x", "y"])
+    c1, c2, beta = 0.8, -2.0, 0.5
+    reward = tree.leaf_values(
+        lambda prompt, tokens: c1 * (tokens[0] == "b") + c2 * (tokens[1] == "b")
+    )
+    for solution in (
+        tr.closed_form(tr.Policy.uniform(tree), reward, beta),
+        tr.soft_value_iteration(tr.Policy.uniform(tree), reward, beta),
+    ):
+        probs = solution.policy.probs
+        np.testing.assert_allclose(probs[0][:, 1], expit(c1 / beta), rtol=1e-13)
+        np.testing.assert_allclose(probs[1][:, 1], expit(c2 / beta), rtol=1e-13)
+        log_z = np.log((1 + np.exp(c1 / beta)) / 2) + np.log((1 + np.exp(c2 / beta)) / 2)
+        np.testing.assert_allclose(solution.log_partition, [log_z, log_z], rtol=1e-13)
+
+        def binary_entropy(p):
+            return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+        kl = 2 * np.log(2) - binary_entropy(expit(c1 / beta)) - binary_entropy(expit(c2 / beta))
+        np.testing.assert_allclose(solution.kl(), [kl, kl], rtol=1e-12)
+
+
+def test_hand_derived_last_token_reward_leaves_first_level_alone():
+    # r depends only on the last token and every depth-1 row of pi_ref is the same q, so
+    # V_1(s) = beta log sum_a q(a) e^{r(a)/beta} is the same at every depth-1 state and hence
+    # pi*(. | s_0) ∝ pi_ref(. | s_0) e^{V_1/beta} = pi_ref(. | s_0), whatever pi_ref(. | s_0) is.
+    tree = tr.TokenTree(["a", "b"], 2)
+    q = np.log([0.2, 0.8])
+    ref = tr.Policy(tree, [np.log([[0.9, 0.1]]), np.tile(q, (2, 1))])
+    c, beta = 2.0, 0.7
+    reward = tree.leaf_values(lambda prompt, tokens: c * (tokens[-1] == "b"))
+    reward_row = np.array([0.0, c])
+    solution = tr.soft_value_iteration(ref, reward, beta)
+    np.testing.assert_allclose(solution.policy.log_probs[0], ref.log_probs[0], atol=1e-14)
+    # V_1(s) = beta log sum_a pi_ref(a|s) e^{r(a)/beta}, row by row
+    expected_v1 = beta * logsumexp(ref.log_probs[1] + reward_row / beta, axis=1)
+    np.testing.assert_allclose(solution.values[1], expected_v1, rtol=1e-13)
+
+
+def test_large_beta_recovers_reference_and_small_beta_concentrates():
+    tree, ref, reward = demo_problem()
+    # beta -> inf: KL(pi* || pi_ref) = Var_ref(r) / (2 beta^2) + O(beta^-3) -> 0.
+    far = tr.closed_form(ref, reward, 1e6)
+    assert np.all(tr.total_variation(far.policy, ref) < 1e-5)
+    # beta -> 0: P*(argmax) >= 1 - N e^{-gap/beta} where gap = r_max - r_second.
+    rng = np.random.default_rng(0)
+    reward = rng.standard_normal(tree.n_leaves)
+    per_prompt = np.sort(reward.reshape(tree.n_prompts, -1), axis=1)
+    gap = (per_prompt[:, -1] - per_prompt[:, -2]).min()
+    beta = gap / 50
+    near = tr.closed_form(ref, reward, beta)
+    leaf_probs = near.policy.leaf_probs().reshape(tree.n_prompts, -1)
+    argmax = reward.reshape(tree.n_prompts, -1).argmax(axis=1)
+    # The reference's own odds multiply the bound: P*(best) >= 1 - sum_xi (P_ref(xi)/P_ref(best)) e^{-gap/beta}
+    ref_leaf = ref.leaf_probs().reshape(tree.n_prompts, -1)
+    bound = 1 - (ref_leaf.sum(axis=1) / ref_leaf[np.arange(tree.n_prompts), argmax]) * np.exp(
+        -gap / beta
+    )
+    assert np.all(leaf_probs[np.arange(tree.n_prompts), argmax] >= bound)
+
+
+def test_unreached_states_get_the_soft_vi_policy_not_nan():
+    # The reference never says "b" first; the closed form has no P* mass below "b" and takes
+    # those rows from soft value iteration.
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy(tree, [np.array([[0.0, -np.inf]]), np.log([[0.3, 0.7], [0.6, 0.4]])])
+    reward = np.array([0.0, 1.0, 2.0, 3.0])
+    closed = tr.closed_form(ref, reward, 1.0)
+    soft = tr.soft_value_iteration(ref, reward, 1.0)
+    for h in range(2):
+        np.testing.assert_allclose(
+            closed.policy.log_probs[h], soft.policy.log_probs[h], atol=1e-14
+        )
+    assert np.isneginf(closed.policy.log_probs[0][0, 1])
+
+
+@settings(max_examples=20)
+@given(st.data())
+def test_exact_gradient_matches_finite_differences(data):
+    tree, ref, reward, beta = data.draw(
+        trt.problems(max_tokens=3, max_horizon=3, max_magnitude=3.0)
+    )
+    policy = data.draw(trt.policies(tree, allow_zeros=False))
+    # theta = log pi on tokens the reference allows, -inf elsewhere
+    theta = [
+        np.where(r > -np.inf, t, -np.inf)
+        for t, r in zip(policy.log_probs, ref.log_probs, strict=True)
+    ]
+    start = tr.Policy.from_logits(tree, theta)
+    gradient = tr.policy_gradient_grad(start, ref, reward, beta)
+
+    def mean_objective(logits):
+        return tr.objective(tr.Policy.from_logits(tree, logits), ref, reward, beta).mean()
+
+    step = 1e-6
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        h = int(rng.integers(tree.horizon))
+        i = int(rng.integers(tree.level_size(h)))
+        a = int(rng.integers(tree.n_tokens))
+        if np.isneginf(theta[h][i, a]):
+            assert gradient[h][i, a] == 0.0
+            continue
+        plus = [t.copy() for t in theta]
+        minus = [t.copy() for t in theta]
+        plus[h][i, a] += step
+        minus[h][i, a] -= step
+        numeric = (mean_objective(plus) - mean_objective(minus)) / (2 * step)
+        np.testing.assert_allclose(
+            gradient[h][i, a], numeric, rtol=1e-5, atol=1e-7 * (1 + np.abs(reward).max())
+        )
+
+
+def test_natural_gradient_is_soft_policy_iteration():
+    # With lr = 1/beta the natural gradient is exact after at most H iterations.
+    tree, ref, reward = demo_problem()
+    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="natural")
+    assert solution.converged and solution.info["steps_taken"] <= tree.horizon
+    tr.check_agreement(tr.closed_form(ref, reward, DEMO_BETA), solution).assert_close(
+        log_pi_atol=1e-9, tv_atol=1e-12, objective_atol=1e-12
+    )
+    # With a smaller step it converges linearly (rate 1 - lr beta), still to the optimum.
+    slow = tr.policy_gradient(
+        ref, reward, DEMO_BETA, method="natural", lr=0.5 / DEMO_BETA, steps=300
+    )
+    assert slow.converged
+    gaps = tr.closed_form(ref, reward, DEMO_BETA).objective().mean() - slow.history["objective"]
+    assert gaps[-1] < 1e-10 and np.all(np.diff(slow.history["objective"]) >= -1e-12)
+
+
+def test_exact_gradient_defaults_reach_the_optimum():
+    tree, ref, reward = demo_problem()
+    optimum = tr.closed_form(ref, reward, DEMO_BETA).objective().mean()
+    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="exact")
+    history = solution.history["objective"]
+    assert optimum - history[-1] < 1e-2
+    assert np.all(np.diff(history) >= 0)  # Armijo line search: monotone ascent
+    assert history[-1] <= optimum + 1e-12
+
+
+@pytest.mark.parametrize("method", ["reinforce", "ppo"])
+def test_sampled_methods_improve_towards_the_optimum(method):
+    tree, ref, reward = demo_problem()
+    optimum = tr.closed_form(ref, reward, DEMO_BETA).objective().mean()
+    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method=method, seed=0)
+    history = solution.history["objective"]
+    start_gap, end_gap = optimum - history[0], optimum - history[-1]
+    assert end_gap < 0.1 * start_gap  # most of the way there
+    assert history[-1] <= optimum + 1e-12
+    again = tr.policy_gradient(ref, reward, DEMO_BETA, method=method, seed=0, steps=5)
+    np.testing.assert_array_equal(again.history["objective"], history[:6])  # seeded
+
+
+def test_policy_gradient_bad_arguments():
+    tree, ref, reward = demo_problem()
+    with pytest.raises(ValueError, match="method must be one of"):
+        tr.policy_gradient(ref, reward, 1.0, method="adam")
+    with pytest.raises(ValueError, match="lr"):
+        tr.policy_gradient(ref, reward, 1.0, lr=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        tr.closed_form(ref, reward, 0.0)
+    with pytest.raises(ValueError, match="reward"):
+        tr.soft_value_iteration(ref, reward[:-1], 1.0)
+    with pytest.raises(TypeError, match="ref"):
+        tr.closed_form(reward, reward, 1.0)
+
+
+def test_solvers_survive_extreme_rewards():
+    # Rewards of magnitude 1e4 at beta = 1e-2 give exponents of 1e6: logsumexp keeps it finite.
+    tree, ref, _ = demo_problem()
+    reward = 1e4 * np.random.default_rng(0).standard_normal(tree.n_leaves)
+    closed = tr.closed_form(ref, reward, 1e-2)
+    soft = tr.soft_value_iteration(ref, reward, 1e-2)
+    assert np.all(np.isfinite(closed.log_partition))
+    # log Z ≈ max (r/beta + log P_ref) up to log(#leaves): check against the leaf definition
+    log_weight = (ref.leaf_log_probs() + reward / 1e-2).reshape(tree.n_prompts, -1)
+    np.testing.assert_allclose(closed.log_partition, logsumexp(log_weight, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(soft.log_partition, closed.log_partition, rtol=1e-12)

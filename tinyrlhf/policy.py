@@ -1,0 +1,256 @@
+"""Autoregressive policies as per-level tables of log-probabilities (lecture section 1).
+
+A policy on the token tree is a next-token distribution ``pi(a | s)`` for every non-leaf
+state ``s``. It is stored as one array per level ``h = 0..H-1``:
+
+    log_probs[h] : (level_size(h), A),  log_probs[h][i, a] = log pi(a | state i of level h)
+
+Rows are normalized in probability (``logsumexp(row) = 0``); ``-inf`` marks a token the
+policy never picks. The probability of a complete generation is the product down the tree,
+
+    P(xi | s_0) = prod_{h=0}^{H-1} pi(a_h | s_h),
+
+computed in log space by one cumulative pass over the levels (the seed's "Aside":
+``P*(s_H | s_0) = prod_h pi_ref(a_h | s_h) exp(r) / Z(s_0)`` is a policy of this form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_softmax, logsumexp
+
+from .tree import TokenTree
+from .validation import check_positive_int, check_tree, make_rng
+
+#: Largest |logsumexp(row)| accepted as "normalized" (log space: about 1e-8 relative error
+#: in the row's probability sum, far above float64 rounding of a softmax, far below any real
+#: normalization mistake).
+NORMALIZATION_ATOL = 1e-8
+
+
+@dataclass(frozen=True, init=False, eq=False)
+class Policy:
+    """A validated table of next-token log-probabilities on a :class:`TokenTree`.
+
+    Args:
+        tree: the token tree.
+        log_probs: ``H`` arrays; ``log_probs[h]`` has shape ``(tree.level_size(h), A)``
+            and holds ``log pi(a | s)``. Each row must be normalized in probability
+            (within :data:`NORMALIZATION_ATOL` in log space) with at least one finite entry;
+            ``-inf`` entries are tokens never picked. NaN and ``+inf`` are refused.
+
+    The arrays are stored as read-only float64 views (no copy when already float64).
+
+    Raises:
+        TypeError: ``tree`` is not a TokenTree or ``log_probs`` is not a sequence of arrays.
+        ValueError: wrong number of levels, wrong shapes, NaN/``+inf``, an all-``-inf`` row,
+            or a row that does not normalize.
+    """
+
+    tree: TokenTree
+    log_probs: list[np.ndarray]
+
+    def __init__(self, tree: TokenTree, log_probs: Sequence[np.ndarray]) -> None:
+        tree = check_tree(tree)
+        arrays = _check_tables(tree, log_probs, "log_probs")
+        for h, table in enumerate(arrays):
+            row_sums = logsumexp(table, axis=1)  # (level_size(h),)
+            bad = ~(np.abs(row_sums) <= NORMALIZATION_ATOL)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"log_probs[{h}] row {i} does not normalize: its probabilities sum to "
+                    f"{np.exp(row_sums[i])!r}; rows must be log-probabilities summing to 1 in "
+                    "probability (use Policy.from_logits to normalize logits)"
+                )
+        object.__setattr__(self, "tree", tree)
+        object.__setattr__(self, "log_probs", arrays)
+
+    @classmethod
+    def _trusted(cls, tree: TokenTree, log_probs: list[np.ndarray]) -> Policy:
+        """Build without validation: for tables the package computed itself."""
+        policy = object.__new__(cls)
+        object.__setattr__(policy, "tree", tree)
+        object.__setattr__(policy, "log_probs", [_read_only(table) for table in log_probs])
+        return policy
+
+    # ----------------------------------------------------------------------- builders
+    @classmethod
+    def uniform(cls, tree: TokenTree) -> Policy:
+        """``pi(a | s) = 1 / A`` everywhere."""
+        tree = check_tree(tree)
+        log_uniform = -np.log(tree.n_tokens)
+        return cls._trusted(
+            tree,
+            [
+                np.full((tree.level_size(h), tree.n_tokens), log_uniform)
+                for h in range(tree.horizon)
+            ],
+        )
+
+    @classmethod
+    def random(
+        cls,
+        tree: TokenTree,
+        seed: int | np.random.Generator | None = None,
+        temperature: float = 1.0,
+        *,
+        zero_fraction: float = 0.0,
+    ) -> Policy:
+        """A random policy: softmax of standard-normal logits divided by ``temperature``.
+
+        Args:
+            tree: the token tree.
+            seed: int, Generator, or None.
+            temperature: > 0; large values approach the uniform policy, small ones are
+                nearly deterministic.
+            zero_fraction: in [0, 1): each token is independently forbidden (``-inf``) with
+                this probability; the row's most likely token is always kept.
+        """
+        tree = check_tree(tree)
+        rng = make_rng(seed)
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+        if not 0 <= zero_fraction < 1:
+            raise ValueError(f"zero_fraction must be in [0, 1), got {zero_fraction!r}")
+        logits = []
+        for h in range(tree.horizon):
+            table = rng.standard_normal((tree.level_size(h), tree.n_tokens)) / temperature
+            if zero_fraction > 0:
+                forbid = rng.random(table.shape) < zero_fraction
+                forbid[np.arange(table.shape[0]), table.argmax(axis=1)] = False
+                table[forbid] = -np.inf
+            logits.append(table)
+        return cls.from_logits(tree, logits)
+
+    @classmethod
+    def from_logits(cls, tree: TokenTree, logits: Sequence[np.ndarray]) -> Policy:
+        """``pi(. | s) = softmax(logits[h][i])`` per row; ``-inf`` logits are never picked.
+
+        Raises:
+            ValueError: wrong shapes, NaN or ``+inf`` logits, a row with no finite logit.
+        """
+        tree = check_tree(tree)
+        arrays = _check_tables(tree, logits, "logits")
+        return cls._trusted(tree, [log_softmax(table, axis=1) for table in arrays])
+
+    # ---------------------------------------------------------------------- quantities
+    @property
+    def probs(self) -> list[np.ndarray]:
+        """``pi(a | s)`` per level, ``(level_size(h), A)`` each (a new list of arrays)."""
+        return [np.exp(table) for table in self.log_probs]
+
+    def state_log_probs(self, h: int) -> np.ndarray:
+        """``log d_h(s)``: log-probability of reaching each level-``h`` state from its prompt.
+
+        ``log d_0 = 0``; ``log d_{h+1}(s o a) = log d_h(s) + log pi(a | s)``. Shape
+        ``(level_size(h),)``.
+        """
+        self.tree.level_size(h)  # validates h
+        log_reach = np.zeros(self.tree.n_prompts)
+        for level in range(h):
+            # (level_size(level), 1) + (level_size(level), A) -> flatten to level+1
+            log_reach = (log_reach[:, None] + self.log_probs[level]).reshape(-1)
+        return log_reach
+
+    def state_probs(self, h: int) -> np.ndarray:
+        """``d_h(s)``: probability of reaching each level-``h`` state, ``(level_size(h),)``."""
+        return np.exp(self.state_log_probs(h))
+
+    def leaf_log_probs(self) -> np.ndarray:
+        """``log P(xi | s_0) = sum_h log pi(a_h | s_h)`` for every leaf, ``(n_leaves,)``."""
+        return self.state_log_probs(self.tree.horizon)
+
+    def leaf_probs(self) -> np.ndarray:
+        """``P(xi | s_0)`` for every leaf, ``(n_leaves,)``; sums to 1 per prompt."""
+        return np.exp(self.leaf_log_probs())
+
+    # ------------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        n: int,
+        seed: int | np.random.Generator | None = None,
+        prompt: str | int | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Draw ``n`` complete generations; returns their leaf indices, ``(n,)`` int64.
+
+        Args:
+            n: number of generations.
+            seed: int, Generator, or None.
+            prompt: None (prompts uniformly at random), a prompt (string or index) for all
+                draws, or an int array ``(n,)`` of prompt indices.
+        """
+        n = check_positive_int(n, "n", minimum=0)
+        rng = make_rng(seed)
+        tree = self.tree
+        if prompt is None:
+            state = rng.integers(0, tree.n_prompts, size=n, dtype=np.int64)
+        elif isinstance(prompt, (str, int, np.integer)):
+            state = np.full(n, tree.prompt_index(prompt), dtype=np.int64)
+        else:
+            state = np.asarray(prompt)
+            if state.shape != (n,) or not np.issubdtype(state.dtype, np.integer):
+                raise ValueError(
+                    f"prompt must be None, one prompt, or ({n},) ints; got {prompt!r}"
+                )
+            if state.size and (state.min() < 0 or state.max() >= tree.n_prompts):
+                raise ValueError(f"prompt indices must be in 0..{tree.n_prompts - 1}")
+            state = state.astype(np.int64)
+        for h in range(tree.horizon):
+            probs = np.exp(self.log_probs[h][state])  # (n, A)
+            cdf = np.cumsum(probs, axis=1)  # (n, A)
+            # u in (0, 1] so a zero-probability token (an empty cdf step) is never drawn.
+            u = (1.0 - rng.random(n)) * cdf[:, -1]
+            token = np.minimum((cdf < u[:, None]).sum(axis=1), tree.n_tokens - 1)
+            state = state * tree.n_tokens + token
+        return state
+
+    def __repr__(self) -> str:
+        return f"Policy(tree={self.tree!r})"
+
+
+def _read_only(table: np.ndarray) -> np.ndarray:
+    view = table.view()
+    view.flags.writeable = False
+    return view
+
+
+def _check_tables(tree: TokenTree, tables: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
+    """Shapes, dtype and finiteness checks for per-level (level_size(h), A) tables."""
+    if isinstance(tables, (np.ndarray, str)) or not isinstance(tables, Sequence):
+        raise TypeError(
+            f"{name} must be a list of {tree.horizon} arrays (one per level h = 0..H-1), "
+            f"got {type(tables).__name__}"
+        )
+    if len(tables) != tree.horizon:
+        raise ValueError(
+            f"{name} must have one array per level h = 0..{tree.horizon - 1} "
+            f"({tree.horizon} arrays), got {len(tables)}"
+        )
+    arrays = []
+    for h, table in enumerate(tables):
+        try:
+            array = np.asarray(table, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}[{h}] must be an array of real numbers") from None
+        expected = (tree.level_size(h), tree.n_tokens)
+        if array.shape != expected:
+            raise ValueError(
+                f"{name}[{h}] must have shape {expected} = (level_size({h}), n_tokens), "
+                f"got {array.shape}"
+            )
+        if np.isnan(array).any():
+            raise ValueError(f"{name}[{h}] contains NaN")
+        if np.isposinf(array).any():
+            raise ValueError(f"{name}[{h}] contains +inf")
+        dead = np.isneginf(array).all(axis=1)
+        if dead.any():
+            raise ValueError(
+                f"{name}[{h}] row {int(np.flatnonzero(dead)[0])} is all -inf: every state "
+                "needs at least one token with positive probability"
+            )
+        arrays.append(_read_only(array))
+    return arrays

@@ -1,0 +1,76 @@
+"""The result type shared by every solver of the KL-regularized problem (lecture section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..divergences import expected_reward, kl_divergence, objective
+from ..policy import Policy
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """A policy that (approximately) solves ``max_pi E_pi[r] - beta KL(pi || pi_ref)``.
+
+    Attributes:
+        policy: the solver's policy.
+        method: which solver made it (``"closed_form"``, ``"soft_value_iteration"``,
+            ``"policy_gradient[natural]"``, ...).
+        reference: ``pi_ref``.
+        reward: ``(n_leaves,)`` the reward that was optimized (None when a solver did not
+            use one, e.g. direct preference optimization).
+        beta: the KL coefficient.
+        log_partition: ``(n_prompts,)`` ``log Z(s_0)`` (closed form and soft VI).
+        lagrange_multiplier: ``(n_prompts,)`` ``lambda* = beta (1 - log Z(s_0))``.
+        values: soft values ``V_h``, a list of ``(level_size(h),)`` arrays for h = 0..H
+            (soft VI only).
+        history: per-step records (policy gradient): a dict of 1-D arrays ``"objective"``,
+            ``"kl"``, ``"grad_norm"``, ``"step_size"`` (objective and KL averaged over
+            prompts, the first entry is the initial policy).
+        converged: whether an iterative solver met its stopping rule (None for direct ones).
+        wall_time: seconds the solver took.
+        info: anything else a solver reports.
+    """
+
+    policy: Policy
+    method: str
+    reference: Policy
+    reward: np.ndarray | None
+    beta: float
+    log_partition: np.ndarray | None = None
+    lagrange_multiplier: np.ndarray | None = None
+    values: list[np.ndarray] | None = None
+    history: dict[str, np.ndarray] | None = None
+    converged: bool | None = None
+    wall_time: float | None = None
+    info: dict = field(default_factory=dict)
+
+    def objective(self, reward: np.ndarray | None = None) -> np.ndarray:
+        """``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` per prompt (under ``reward`` if given)."""
+        reward = self.reward if reward is None else reward
+        if reward is None:
+            raise ValueError("this solution has no reward; pass reward=")
+        return objective(self.policy, self.reference, reward, self.beta)
+
+    def kl(self) -> np.ndarray:
+        """``KL(pi || pi_ref)`` per prompt."""
+        return kl_divergence(self.policy, self.reference)
+
+    def expected_reward(self, reward: np.ndarray | None = None) -> np.ndarray:
+        """``E_pi[r]`` per prompt (under ``reward`` if given, e.g. the true reward)."""
+        reward = self.reward if reward is None else reward
+        if reward is None:
+            raise ValueError("this solution has no reward; pass reward=")
+        return expected_reward(self.policy, reward)
+
+    def __repr__(self) -> str:
+        parts = [f"method={self.method!r}", f"beta={self.beta:g}"]
+        if self.log_partition is not None:
+            parts.append(f"log_partition={np.array2string(self.log_partition, precision=6)}")
+        if self.converged is not None:
+            parts.append(f"converged={self.converged}")
+        if self.wall_time is not None:
+            parts.append(f"wall_time={self.wall_time:.3g}s")
+        return f"Solution({', '.join(parts)})"

@@ -1,0 +1,104 @@
+"""Public hypothesis strategies for verifying derivations on random token trees.
+
+Use them in your own property-based tests::
+
+    from hypothesis import given
+    from tinyrlhf import testing as trt
+
+    @given(trt.problems())
+    def test_partition_function(problem):
+        tree, ref, reward, beta = problem
+        ...
+
+Trees are kept small (at most a few hundred leaves) so that every property is checked
+exactly by enumeration. Policies are drawn from a seed (numpy generates the table), which
+keeps examples cheap; ``zero_fraction`` puts ``-inf`` entries (tokens never picked) in them.
+Requires the ``hypothesis`` package (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .policy import Policy
+from .tree import TokenTree
+
+#: Token names used by :func:`trees` (single characters, so the separator is "").
+TOKEN_NAMES = "abcdefgh"
+#: Prompt names used by :func:`trees`.
+PROMPT_NAMES = ("p", "q", "r", "s")
+
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+@st.composite
+def trees(
+    draw: st.DrawFn,
+    max_tokens: int = 3,
+    max_horizon: int = 4,
+    max_prompts: int = 2,
+    max_leaves: int = 512,
+) -> TokenTree:
+    """Token trees with 1..max_tokens tokens, horizon 1..max_horizon, 1..max_prompts prompts,
+    at most ``max_leaves`` leaves."""
+    n_tokens = draw(st.integers(1, max_tokens))
+    n_prompts = draw(st.integers(1, max_prompts))
+    horizon_cap = max_horizon
+    while horizon_cap > 1 and n_prompts * n_tokens**horizon_cap > max_leaves:
+        horizon_cap -= 1
+    horizon = draw(st.integers(1, horizon_cap))
+    return TokenTree(list(TOKEN_NAMES[:n_tokens]), horizon, PROMPT_NAMES[:n_prompts])
+
+
+@st.composite
+def policies(
+    draw: st.DrawFn,
+    tree: TokenTree,
+    allow_zeros: bool = True,
+    min_temperature: float = 0.2,
+    max_temperature: float = 5.0,
+) -> Policy:
+    """Random policies on ``tree``; with ``allow_zeros`` some tokens get probability 0."""
+    seed = draw(seeds)
+    temperature = draw(st.floats(min_temperature, max_temperature))
+    zero_fraction = draw(st.sampled_from([0.0, 0.0, 0.3])) if allow_zeros else 0.0
+    return Policy.random(tree, seed=seed, temperature=temperature, zero_fraction=zero_fraction)
+
+
+@st.composite
+def rewards(draw: st.DrawFn, tree: TokenTree, max_magnitude: float = 1e3) -> np.ndarray:
+    """Reward vectors ``(n_leaves,)``: a random scale up to ``max_magnitude`` times normals,
+    sometimes rounded to a few levels (ties), sometimes constant."""
+    seed = draw(seeds)
+    scale = draw(st.floats(1e-3, max_magnitude))
+    shape = draw(st.sampled_from(["normal", "levels", "constant"]))
+    rng = np.random.default_rng(seed)
+    if shape == "constant":
+        return np.full(tree.n_leaves, scale * rng.standard_normal())
+    values = scale * rng.standard_normal(tree.n_leaves)
+    if shape == "levels":
+        values = np.round(values / scale) * scale
+    return values
+
+
+def betas(min_value: float = 1e-2, max_value: float = 1e2) -> st.SearchStrategy[float]:
+    """KL coefficients spread over decades (log-uniform)."""
+    return st.floats(np.log10(min_value), np.log10(max_value)).map(lambda e: float(10.0**e))
+
+
+@st.composite
+def problems(
+    draw: st.DrawFn,
+    max_tokens: int = 3,
+    max_horizon: int = 4,
+    max_prompts: int = 2,
+    max_magnitude: float = 10.0,
+    allow_zeros: bool = True,
+) -> tuple[TokenTree, Policy, np.ndarray, float]:
+    """``(tree, pi_ref, reward, beta)`` for the KL-regularized problem."""
+    tree = draw(trees(max_tokens, max_horizon, max_prompts))
+    ref = draw(policies(tree, allow_zeros=allow_zeros))
+    reward = draw(rewards(tree, max_magnitude))
+    beta = draw(betas())
+    return tree, ref, reward, beta
