@@ -66,6 +66,21 @@ class Policy:
                     f"{np.exp(row_sums[i])!r}; rows must be log-probabilities summing to 1 in "
                     "probability (use Policy.from_logits to normalize logits)"
                 )
+        for h in range(1, tree.horizon):
+            ended = tree.ended_states(h)
+            if ended.any():
+                rows = arrays[h][ended]  # (n_ended, A)
+                others = np.delete(rows, tree.eos_index, axis=1)
+                bad = ~(np.abs(rows[:, tree.eos_index]) <= NORMALIZATION_ATOL) | (
+                    others > -np.inf
+                ).any(axis=1)
+                if bad.any():
+                    i = int(np.flatnonzero(ended)[np.flatnonzero(bad)[0]])
+                    raise ValueError(
+                        f"log_probs[{h}] row {i} follows the end token {tree.eos!r}, so it must "
+                        f"put probability one on {tree.eos!r} (a forced row: 0 there, -inf "
+                        "elsewhere); Policy.from_logits, uniform and random force these rows"
+                    )
         object.__setattr__(self, "tree", tree)
         object.__setattr__(self, "log_probs", arrays)
 
@@ -80,16 +95,13 @@ class Policy:
     # ----------------------------------------------------------------------- builders
     @classmethod
     def uniform(cls, tree: TokenTree) -> Policy:
-        """``pi(a | s) = 1 / A`` everywhere."""
+        """``pi(a | s) = 1 / A`` everywhere (but on rows forced by an ``eos`` token)."""
         tree = check_tree(tree)
         log_uniform = -np.log(tree.n_tokens)
-        return cls._trusted(
-            tree,
-            [
-                np.full((tree.level_size(h), tree.n_tokens), log_uniform)
-                for h in range(tree.horizon)
-            ],
-        )
+        tables = [
+            np.full((tree.level_size(h), tree.n_tokens), log_uniform) for h in range(tree.horizon)
+        ]
+        return cls._trusted(tree, _force_ended_rows(tree, tables))
 
     @classmethod
     def random(
@@ -130,12 +142,16 @@ class Policy:
     def from_logits(cls, tree: TokenTree, logits: Sequence[np.ndarray]) -> Policy:
         """``pi(. | s) = softmax(logits[h][i])`` per row; ``-inf`` logits are never picked.
 
+        On a tree with ``eos``, rows after the end token are forced to ``eos`` whatever
+        their logits.
+
         Raises:
             ValueError: wrong shapes, NaN or ``+inf`` logits, a row with no finite logit.
         """
         tree = check_tree(tree)
         arrays = _check_tables(tree, logits, "logits")
-        return cls._trusted(tree, [log_softmax(table, axis=1) for table in arrays])
+        tables = [log_softmax(table, axis=1) for table in arrays]
+        return cls._trusted(tree, _force_ended_rows(tree, tables))
 
     # ---------------------------------------------------------------------- quantities
     @property
@@ -210,6 +226,18 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"Policy(tree={self.tree!r})"
+
+
+def _force_ended_rows(tree: TokenTree, tables: list[np.ndarray]) -> list[np.ndarray]:
+    """Set the rows of states after ``eos`` to ``log pi = 0`` on ``eos``, ``-inf`` elsewhere
+    (in place; tables are the caller's fresh arrays)."""
+    if tree.eos is None:
+        return tables
+    forced_row = np.full(tree.n_tokens, -np.inf)
+    forced_row[tree.eos_index] = 0.0
+    for h in range(1, tree.horizon):
+        tables[h][tree.ended_states(h)] = forced_row
+    return tables
 
 
 def _read_only(table: np.ndarray) -> np.ndarray:

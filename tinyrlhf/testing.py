@@ -39,16 +39,20 @@ def trees(
     max_horizon: int = 4,
     max_prompts: int = 2,
     max_leaves: int = 512,
+    with_eos: bool = False,
 ) -> TokenTree:
     """Token trees with 1..max_tokens tokens, horizon 1..max_horizon, 1..max_prompts prompts,
-    at most ``max_leaves`` leaves."""
-    n_tokens = draw(st.integers(1, max_tokens))
+    at most ``max_leaves`` leaves; with ``with_eos`` one of the tokens (drawn) is an
+    end-of-sequence token and there are at least two tokens."""
+    n_tokens = draw(st.integers(2 if with_eos else 1, max(max_tokens, 2 if with_eos else 1)))
     n_prompts = draw(st.integers(1, max_prompts))
     horizon_cap = max_horizon
     while horizon_cap > 1 and n_prompts * n_tokens**horizon_cap > max_leaves:
         horizon_cap -= 1
     horizon = draw(st.integers(1, horizon_cap))
-    return TokenTree(list(TOKEN_NAMES[:n_tokens]), horizon, PROMPT_NAMES[:n_prompts])
+    tokens = list(TOKEN_NAMES[:n_tokens])
+    eos = draw(st.sampled_from(tokens)) if with_eos else None
+    return TokenTree(tokens, horizon, PROMPT_NAMES[:n_prompts], eos=eos)
 
 
 @st.composite
@@ -95,9 +99,11 @@ def problems(
     max_prompts: int = 2,
     max_magnitude: float = 10.0,
     allow_zeros: bool = True,
+    with_eos: bool = False,
 ) -> tuple[TokenTree, Policy, np.ndarray, float]:
-    """``(tree, pi_ref, reward, beta)`` for the KL-regularized problem."""
-    tree = draw(trees(max_tokens, max_horizon, max_prompts))
+    """``(tree, pi_ref, reward, beta)`` for the KL-regularized problem (``with_eos``: on trees
+    with an end-of-sequence token)."""
+    tree = draw(trees(max_tokens, max_horizon, max_prompts, with_eos=with_eos))
     ref = draw(policies(tree, allow_zeros=allow_zeros))
     reward = draw(rewards(tree, max_magnitude))
     beta = draw(betas())

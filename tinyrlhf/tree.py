@@ -35,6 +35,10 @@ class TokenTree:
         prompts: the initial states ``s_0`` (distinct strings; ``("",)`` by default).
         separator: joins tokens into text. Default ``""`` when every token is one
             character, else ``" "``.
+        eos: optional end-of-sequence token (one of ``tokens``). After it only ``eos``
+            follows, with probability one in every policy ("forced rows", see
+            :meth:`ended_states`), so a leaf is a completion of length ``<= H`` padded with
+            ``eos`` and rewards can depend on length. Keyword-only.
 
     Raises:
         TypeError: tokens/prompts not strings, horizon not an integer.
@@ -52,6 +56,7 @@ class TokenTree:
     horizon: int
     prompts: tuple[str, ...]
     separator: str
+    eos: str | None
 
     def __init__(
         self,
@@ -59,6 +64,8 @@ class TokenTree:
         horizon: int,
         prompts: Sequence[str] = ("",),
         separator: str | None = None,
+        *,
+        eos: str | None = None,
     ) -> None:
         tokens = _as_string_tuple(tokens, "tokens")
         if len(tokens) == 0:
@@ -95,6 +102,11 @@ class TokenTree:
         object.__setattr__(self, "horizon", horizon)
         object.__setattr__(self, "prompts", prompts)
         object.__setattr__(self, "separator", separator)
+        if eos is not None and eos not in tokens:
+            raise ValueError(
+                f"eos token {eos!r} is not one of the tokens {tokens}; add it to tokens"
+            )
+        object.__setattr__(self, "eos", eos)
         # Refuse up front a tree whose per-state arrays (one float64 per state, which any
         # policy table or value function needs) would not fit in memory.
         check_memory(
@@ -173,11 +185,58 @@ class TokenTree:
         return len(tokens), index
 
     def leaf_index(self, prompt: str | int, tokens: Sequence[str]) -> int:
-        """Canonical index of the complete generation ``prompt o tokens`` (``H`` tokens)."""
+        """Canonical index of the complete generation ``prompt o tokens`` (``H`` tokens).
+
+        On a tree with ``eos``, a completion that ends with ``eos`` may be shorter than ``H``;
+        it is padded with ``eos`` (the only token that can follow).
+        """
+        if isinstance(tokens, str):
+            raise TypeError(f"tokens must be a sequence of token strings, got {tokens!r}")
+        tokens = tuple(tokens)
+        if self.eos is not None and tokens and tokens[-1] == self.eos:
+            tokens = tokens + (self.eos,) * (self.horizon - len(tokens))
         h, index = self.state_index(prompt, tokens)
         if h != self.horizon:
             raise ValueError(f"a leaf has exactly {self.horizon} tokens, got {h}: {tokens!r}")
         return index
+
+    @property
+    def eos_index(self) -> int | None:
+        """Index of the ``eos`` token, or None on a tree without one."""
+        return None if self.eos is None else self.tokens.index(self.eos)
+
+    def ended_states(self, h: int) -> np.ndarray:
+        """Which level-``h`` states contain ``eos`` (their rows are forced), ``(level_size(h),)``.
+
+        ``ended_{h+1}(s o a) = ended_h(s) or a == eos``; all False on a tree without ``eos``.
+        """
+        size = self.level_size(h)
+        ended = np.zeros(self.n_prompts, dtype=bool)
+        if self.eos is None:
+            return np.zeros(size, dtype=bool)
+        for _ in range(h):
+            # (level_size, 1) | (1, A) -> flatten to the next level
+            ended = (
+                ended[:, None] | (np.arange(self.n_tokens) == self.eos_index)[None, :]
+            ).reshape(-1)
+        return ended
+
+    def valid_leaves(self) -> np.ndarray:
+        """Leaves that some policy can produce, ``(n_leaves,)`` bool: after the first ``eos``
+        only ``eos`` (all True without ``eos``)."""
+        if self.eos is None:
+            return np.ones(self.n_leaves, dtype=bool)
+        tokens = self.leaf_token_indices() == self.eos_index  # (n_leaves, H)
+        after_end = np.cumsum(tokens, axis=1) > 0
+        return np.all(tokens | ~after_end, axis=1)
+
+    def completion(self, tokens: Sequence[str]) -> tuple[str, ...]:
+        """The completion a leaf stands for: its tokens up to, not including, the first ``eos``
+        (all ``H`` tokens on a tree without ``eos``)."""
+        tokens = tuple(tokens)
+        if self.eos is not None and self.eos in tokens:
+            return tokens[: tokens.index(self.eos)]
+        return tokens
 
     def leaf_prompts(self) -> np.ndarray:
         """Prompt index of every leaf, ``(n_leaves,)`` int64."""
@@ -201,6 +260,9 @@ class TokenTree:
     def leaf_values(self, fn: Callable[[str, tuple[str, ...]], float]) -> np.ndarray:
         """Evaluate ``fn(prompt, tokens)`` on every leaf: ``(n_leaves,)`` float64.
 
+        On a tree with ``eos``, ``tokens`` is the leaf's :meth:`completion` (cut before the
+        first ``eos``), so ``fn`` sees completions of length ``<= H``.
+
         Raises:
             TypeError: ``fn`` is not callable.
             ValueError: ``fn`` returned something that is not a finite real number.
@@ -208,7 +270,8 @@ class TokenTree:
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(prompt, tokens), got {fn!r}")
         values = np.empty(self.n_leaves)
-        for index, (prompt, tokens) in enumerate(self.leaves()):
+        for index, (prompt, leaf_tokens) in enumerate(self.leaves()):
+            tokens = self.completion(leaf_tokens)
             value = fn(prompt, tokens)
             try:
                 values[index] = value
@@ -226,7 +289,11 @@ class TokenTree:
         return self.separator.join(tokens)
 
     def leaf_text(self, index: int) -> tuple[str, str]:
-        """``(prompt, completion text)`` of leaf ``index``."""
+        """``(prompt, completion text)`` of leaf ``index``.
+
+        On a tree with ``eos`` the text stops after the first ``eos`` (inclusive), so that
+        ``leaf_index(prompt, parse(text))`` gives ``index`` back for valid leaves.
+        """
         if not 0 <= index < self.n_leaves:
             raise ValueError(f"leaf index must be in 0..{self.n_leaves - 1}, got {index}")
         prompt, rest = divmod(int(index), self.leaves_per_prompt)
@@ -234,7 +301,10 @@ class TokenTree:
         for _ in range(self.horizon):
             rest, a = divmod(rest, self.n_tokens)
             tokens.append(self.tokens[a])
-        return self.prompts[prompt], self.text(reversed(tokens))
+        tokens = tuple(reversed(tokens))
+        if self.eos is not None and self.eos in tokens:
+            tokens = tokens[: tokens.index(self.eos) + 1]
+        return self.prompts[prompt], self.text(tokens)
 
     def parse(self, text: str) -> tuple[str, ...]:
         """Split a completion's text back into tokens (inverse of :meth:`text`).
@@ -258,7 +328,9 @@ class TokenTree:
     def __repr__(self) -> str:
         return (
             f"TokenTree(tokens={self.tokens!r}, horizon={self.horizon}, "
-            f"prompts={self.prompts!r}, separator={self.separator!r})  "
+            f"prompts={self.prompts!r}, separator={self.separator!r}"
+            + ("" if self.eos is None else f", eos={self.eos!r}")
+            + ")  "
             f"# {self.n_leaves:,} leaves, {self.n_states:,} states"
         )
 
