@@ -7,8 +7,43 @@ reverse- and forward-KL projections. ``import tinyrlhf as tr``.
 """
 
 from .agreement import AgreementReport, check_agreement
+from .bradley_terry import (
+    BradleyTerryFit,
+    bradley_terry_gradient,
+    bradley_terry_hessian,
+    bradley_terry_nll,
+    fit_bradley_terry,
+)
 from .divergences import entropy, expected_reward, kl_divergence, objective, total_variation
+from .dpo import BoundaryOptimumWarning, fit_policy_to_preferences, preference_loss
+from .gradient_variance import (
+    GradientVariance,
+    reinforce_gradient_estimates,
+    reinforce_gradient_variance,
+)
+from .kl_estimators import (
+    KLEstimatorReport,
+    kl_estimator_gradient,
+    kl_estimator_moments,
+    kl_estimator_report,
+    kl_gradient,
+)
+from .nash import (
+    NashConvergenceWarning,
+    RegularizedNash,
+    RlhfVersusMinimax,
+    exploitability,
+    minimax_winner,
+    preference_matrix,
+    regularized_nash,
+    rlhf_versus_minimax,
+)
+from .overoptimization import OveroptimizationCurve, overoptimization_curve
+from .pipeline import PipelineResult, format_pipeline, preference_pipeline
 from .policy import Policy
+from .preferences import Preferences, population_preferences, sample_preferences
+from .projections import Projection, project, project_all
+from .sft import fit_sft
 from .solvers import (
     Solution,
     closed_form,
@@ -17,25 +52,66 @@ from .solvers import (
     policy_gradient_grad,
     soft_value_iteration,
 )
+from .sweeps import BetaPath, RewardKLFrontier, beta_path, reward_kl_frontier
 from .tree import TokenTree
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AgreementReport",
+    "BetaPath",
+    "BoundaryOptimumWarning",
+    "BradleyTerryFit",
+    "GradientVariance",
+    "KLEstimatorReport",
+    "NashConvergenceWarning",
+    "OveroptimizationCurve",
+    "PipelineResult",
     "Policy",
+    "Preferences",
+    "Projection",
+    "RegularizedNash",
+    "RewardKLFrontier",
+    "RlhfVersusMinimax",
     "Solution",
     "TokenTree",
     "__version__",
+    "beta_path",
+    "bradley_terry_gradient",
+    "bradley_terry_hessian",
+    "bradley_terry_nll",
     "check_agreement",
     "closed_form",
     "entropy",
     "expected_reward",
+    "exploitability",
+    "fit_bradley_terry",
+    "fit_policy_to_preferences",
+    "fit_sft",
+    "format_pipeline",
     "kl_divergence",
+    "kl_estimator_gradient",
+    "kl_estimator_moments",
+    "kl_estimator_report",
+    "kl_gradient",
+    "minimax_winner",
     "objective",
     "optimal_leaf_log_probs",
+    "overoptimization_curve",
     "policy_gradient",
     "policy_gradient_grad",
+    "population_preferences",
+    "preference_loss",
+    "preference_matrix",
+    "preference_pipeline",
+    "project",
+    "project_all",
+    "regularized_nash",
+    "reinforce_gradient_estimates",
+    "reinforce_gradient_variance",
+    "reward_kl_frontier",
+    "rlhf_versus_minimax",
+    "sample_preferences",
     "soft_value_iteration",
     "total_variation",
 ]

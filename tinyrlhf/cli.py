@@ -2,6 +2,10 @@
 
 Subcommands:
     demo      solve a small RLHF problem three ways and show that the solutions agree
+    notebooks list the classroom notebooks; --execute re-runs them in place (authors)
+    figures   regenerate the figure set (PNGs) in --out (default figures/)
+    pipeline  true reward -> preferences -> Bradley-Terry fit -> RLHF policy, vs dataset size
+    bench     time the exact solvers against the unavoidable work (runs benchmarks/run.py)
 """
 
 from __future__ import annotations
@@ -112,6 +116,121 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_notebooks(args: argparse.Namespace) -> int:
+    """List the classroom notebooks, or re-execute them in place with ``--execute``."""
+    from . import notebooks
+
+    paths = notebooks.find_notebooks(args.paths, args.dir)
+    if not args.execute:
+        print(f"{'notebook':<40} {'cells run':>10} {'figures':>8} {'errors':>7} {'size':>9}")
+        for path in paths:
+            summary = notebooks.summarize_notebook(path)
+            print(
+                f"{path.name:<40} {summary.executed_cells:>4}/{summary.code_cells:<5} "
+                f"{summary.figures:>8} {summary.errors:>7} {summary.size_bytes / 1024:>7.0f}kB"
+            )
+        print("re-execute them in place with: tinyrlhf notebooks --execute")
+        return 0
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    total = 0.0
+    for path in paths:
+        print(f"executing {path} ...", end=" ", flush=True)
+        start = time.perf_counter()
+        try:
+            notebooks.execute_notebook(path, timeout=args.timeout)
+        except ImportError as error:
+            print()
+            print(f"tinyrlhf notebooks: error: {error}", file=sys.stderr)
+            return 2
+        except Exception as error:  # a failing cell: report it, keep the stored notebook
+            print("FAILED")
+            print(f"tinyrlhf notebooks: {path} failed (not written):\n{error}", file=sys.stderr)
+            return 1
+        seconds = time.perf_counter() - start
+        total += seconds
+        print(f"{seconds:.1f} s")
+    print(f"executed {len(paths)} notebook(s) in {total:.1f} s; outputs stored in place")
+    return 0
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    """Regenerate the figure set (PNGs) in ``--out``."""
+    from .figures import make_figures
+
+    start = time.perf_counter()
+    paths = make_figures(args.out, small=args.small)
+    for path in paths:
+        print(path)
+    print(f"wrote {len(paths)} figure(s) to {args.out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """Learn the demo reward from sampled preferences and compare the RLHF policies."""
+    from .bradley_terry import DEFAULT_L2
+    from .pipeline import preference_pipeline
+
+    try:
+        sizes = [int(word) for word in _split_words(args.sizes)]
+    except ValueError:
+        raise ValueError(
+            f"--sizes must be positive integers like 100,1000; got {args.sizes!r}"
+        ) from None
+    l2 = DEFAULT_L2 if args.l2 is None else args.l2
+    tree, ref, reward = examples.demo_problem(
+        _split_words(args.tokens), args.horizon, _split_words(args.prompts), seed=args.seed
+    )
+    print(
+        "tinyrlhf pipeline: r -> sampled preferences (Bradley-Terry) -> r_hat (penalized MLE, "
+        f"l2 = {l2:g})\n"
+        "                   -> pi_hat* = argmax_pi E_pi[r_hat] - beta KL(pi || pi_ref) "
+        f"(closed form), beta = {args.beta:g}"
+    )
+    print(
+        f"tree: tokens {list(tree.tokens)}, horizon H = {tree.horizon}, prompts "
+        f"{list(tree.prompts)}: {tree.n_leaves:,} leaves\n"
+        f"pi_ref: random (seed {args.seed}); r: demo_reward; pairs: two samples of pi_ref per "
+        "prompt, nested datasets"
+    )
+    print()
+    start = time.perf_counter()
+    result = preference_pipeline(ref, reward, args.beta, sizes, l2=l2, seed=args.seed)
+    print(result)
+    if not np.isinf(result.sizes[-1]):
+        print("(no population row: the tree has too many pairs of leaves)")
+    print(f"total wall time {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run ``benchmarks/run.py`` of the source checkout in a fresh interpreter.
+
+    The benchmark lives beside the package, not in it: it carries baselines that are not
+    library code (a textbook dict-and-recursion soft VI, the choix comparison, which needs
+    the test extra), so this command finds the script next to the package (an editable
+    install or a checkout) instead of shipping it. A fresh process also keeps the
+    peak-memory measurements free of this process's allocations.
+    """
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    if not script.is_file():
+        raise ValueError(
+            f"the benchmark suite ships with the source checkout and {script} is missing; "
+            "clone the repository, pip install -e '.[test]' and run tinyrlhf bench there"
+        )
+    command = [sys.executable, str(script)]
+    if args.quick:
+        command.append("--quick")
+    if args.output is not None:
+        command += ["--output", args.output]
+    if args.figure is not None:
+        command += ["--figure", args.figure]
+    return subprocess.run(command, check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyrlhf",
@@ -121,6 +240,59 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="solve a small problem three ways and check agreement")
     _add_problem_arguments(demo)
     demo.set_defaults(handler=run_demo)
+    notebooks = commands.add_parser(
+        "notebooks", help="list the classroom notebooks; --execute re-runs them in place"
+    )
+    notebooks.add_argument(
+        "paths", nargs="*", help="notebook files (default: every .ipynb in --dir)"
+    )
+    notebooks.add_argument(
+        "--dir", default="notebooks", help="notebook folder (default: %(default)s)"
+    )
+    notebooks.add_argument(
+        "--execute",
+        action="store_true",
+        help="re-execute from a fresh kernel and store the outputs in place "
+        '(needs the test extra: pip install -e ".[test]")',
+    )
+    notebooks.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per cell (default: %(default)s)"
+    )
+    notebooks.set_defaults(handler=run_notebooks)
+    figures = commands.add_parser("figures", help="regenerate the figure set as PNGs")
+    figures.add_argument("--out", default="figures", help="output folder (default: %(default)s)")
+    figures.add_argument(
+        "--small", action="store_true", help="a quick, coarse version (for tests)"
+    )
+    figures.set_defaults(handler=run_figures)
+    pipeline = commands.add_parser(
+        "pipeline", help="learn a reward from preferences and compare the RLHF policies"
+    )
+    _add_problem_arguments(pipeline)
+    pipeline.add_argument(
+        "--sizes",
+        default="100,1000,10000,100000",
+        help="numbers of sampled pairs, comma-separated (default: %(default)s)",
+    )
+    pipeline.add_argument(
+        "--l2", type=float, default=None, help="ridge coefficient of the fit (default: 1)"
+    )
+    pipeline.set_defaults(handler=run_pipeline)
+    bench = commands.add_parser(
+        "bench", help="time the exact solvers against the unavoidable work (benchmarks/)"
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="smaller sizes, well under a minute, print only"
+    )
+    bench.add_argument(
+        "--output", default=None, help="results file (default: benchmarks/results.md, full run)"
+    )
+    bench.add_argument(
+        "--figure",
+        default=None,
+        help="scaling plot (default: figures/benchmark_scaling.png, full run)",
+    )
+    bench.set_defaults(handler=run_bench)
     return parser
 
 

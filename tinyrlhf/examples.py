@@ -50,3 +50,19 @@ def demo_problem(
     tree = TokenTree(tokens, horizon, prompts)
     ref = Policy.random(tree, seed=seed, temperature=temperature)
     return tree, ref, demo_reward(tree)
+
+
+#: Leaf probabilities of :func:`bimodal_problem`'s target over ``aa, ab, ba, bb``.
+BIMODAL_PROBS = (0.6, 0.01, 0.01, 0.38)
+
+
+def bimodal_problem() -> tuple[TokenTree, np.ndarray]:
+    """``(tree, log_target)``: a two-mode distribution over the 4 generations of ``{a, b}^2``.
+
+    The modes ``aa`` (0.6) and ``bb`` (0.38) are separated by ``ab``/``ba`` (0.01 each).
+    The position family on this tree has exactly two parameters (the logit of ``a`` against
+    ``b`` at depths 0 and 1), and the reverse KL from it to this target has two local minima,
+    one near each mode, with a saddle between them.
+    """
+    tree = TokenTree(("a", "b"), 2)
+    return tree, np.log(np.array(BIMODAL_PROBS))

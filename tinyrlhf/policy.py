@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
+from .kernels import extend_log_reach
 from .tree import TokenTree
 from .validation import check_positive_int, check_tree, make_rng
 
@@ -163,13 +164,13 @@ class Policy:
         """``log d_h(s)``: log-probability of reaching each level-``h`` state from its prompt.
 
         ``log d_0 = 0``; ``log d_{h+1}(s o a) = log d_h(s) + log pi(a | s)``. Shape
-        ``(level_size(h),)``.
+        ``(level_size(h),)``; a new array on every call (nothing is cached).
         """
         self.tree.level_size(h)  # validates h
         log_reach = np.zeros(self.tree.n_prompts)
         for level in range(h):
-            # (level_size(level), 1) + (level_size(level), A) -> flatten to level+1
-            log_reach = (log_reach[:, None] + self.log_probs[level]).reshape(-1)
+            # (level_size(level),) and (level_size(level), A) -> (level_size(level + 1),)
+            log_reach = extend_log_reach(log_reach, self.log_probs[level])
         return log_reach
 
     def state_probs(self, h: int) -> np.ndarray:

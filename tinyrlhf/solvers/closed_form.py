@@ -12,13 +12,20 @@ with Lagrangian ``L(P, lambda)``; stationarity gives
     lambda*  = beta (1 - log Z(s_0))
 
 (the seed's case is beta = 1). The autoregressive policy that generates ``P*`` is found by
-summing ``P*`` over subtrees, one backward ``logsumexp`` pass:
+summing ``P*`` over subtrees, one backward pass of log-sum-exps over the leaf weights
+``W(xi) = log P_ref(xi | s_0) + r(xi)/beta``:
 
-    M_H = log P*,   M_h(s) = log sum_a exp M_{h+1}(s o a),   log pi*(a|s) = M_{h+1}(s o a) - M_h(s)
+    U_H = W,   U_h(s) = log sum_a exp U_{h+1}(s o a)  (= log sum of P_ref e^{r/beta} below s)
+    log Z(s_0) = U_0(s_0),   M_h = U_h - log Z,   log pi*(a|s) = M_{h+1}(s o a) - M_h(s)
 
-``M_h(s)`` is the log-probability under ``P*`` of passing through ``s``. At states the
-reference never reaches (``M_h(s) = -inf``) this ratio is undefined; there the policy is
-taken from soft value iteration, which is defined everywhere and agrees on reachable states.
+``M_h(s)`` is the log-probability under ``P*`` of passing through ``s``, and ``Z`` is the
+partition function's sum over leaves taken subtree by subtree (the same sum, grouped; the
+leaf-level ``logsumexp`` is :func:`optimal_leaf_log_probs`). The normalization cancels in the
+policy, ``M_{h+1} - M_h = U_{h+1} - U_h``, so one pass gives ``Z``, ``P*`` and ``pi*``. This
+uses ``pi_ref`` only through the leaf probabilities ``P_ref(xi)``, so it is a computation
+independent of soft value iteration's per-state backups. At states the reference never
+reaches (``M_h(s) = -inf``) the ratio is undefined; there the policy is taken from soft
+value iteration, which is defined everywhere and agrees on reachable states.
 """
 
 from __future__ import annotations
@@ -28,10 +35,32 @@ import time
 import numpy as np
 from scipy.special import logsumexp
 
+from ..kernels import LevelWorkspace, log_normalize_level
+from ..memory import FLOAT_BYTES, check_memory
 from ..policy import Policy
+from ..tree import TokenTree
 from ..validation import check_beta, check_leaf_array
+from .soft_vi import estimate_bytes as soft_vi_bytes
 from .soft_vi import soft_value_iteration
 from .solution import Solution
+
+
+def estimate_bytes(tree: TokenTree) -> int:
+    """Bytes :func:`closed_form` allocates on ``tree`` (without the soft value iteration
+    fallback for unreached states): the leaf weights (``n_leaves``), the policy
+    (``n_states - n_prompts``), the reference's reach probabilities of level ``H - 1``, two
+    level buffers of subtree sums and the kernel's scratch."""
+    horizon = tree.horizon
+    floats = (
+        tree.n_leaves
+        + tree.n_states
+        - tree.n_prompts
+        + 2 * tree.level_size(horizon - 1)
+        + tree.level_size(max(horizon - 2, 0))
+    )
+    return FLOAT_BYTES * floats + LevelWorkspace.estimate_bytes(
+        tree.n_tokens, tree.level_size(horizon - 1)
+    )
 
 
 def optimal_leaf_log_probs(
@@ -56,38 +85,85 @@ def optimal_leaf_log_probs(
     return (log_weight - log_z[:, None]).reshape(-1), log_z
 
 
-def closed_form(ref: Policy, reward: np.ndarray, beta: float) -> Solution:
+def closed_form(
+    ref: Policy, reward: np.ndarray, beta: float, *, memory_limit: int | None = None
+) -> Solution:
     """Solve the KL-regularized problem by the KKT closed form ``P* ∝ P_ref exp(r / beta)``.
 
     Args:
         ref: the reference policy ``pi_ref``.
         reward: ``(n_leaves,)`` finite rewards on complete generations.
         beta: KL coefficient, finite and > 0.
+        memory_limit: optional budget in bytes (default: ``TINYRLHF_MEMORY_LIMIT`` or half
+            the available memory, see :mod:`tinyrlhf.memory`).
 
     Returns:
         A :class:`Solution` with ``policy`` (``pi*`` from subtree sums of ``P*``),
         ``log_partition`` (``log Z``, ``(n_prompts,)``), ``lagrange_multiplier``
         (``beta (1 - log Z)``), and ``info["leaf_log_probs"]`` (``log P*``, ``(n_leaves,)``).
+
+    Raises:
+        TypeError: ``ref`` is not a Policy.
+        ValueError: bad ``reward`` or ``beta``, or the solve would not fit in the memory
+            budget (checked before anything is allocated).
     """
     start = time.perf_counter()
-    log_p_star, log_z = optimal_leaf_log_probs(ref, reward, beta)
+    if not isinstance(ref, Policy):
+        raise TypeError(f"ref must be a tinyrlhf.Policy, got {type(ref).__name__}")
     tree = ref.tree
-    beta = float(beta)
-    log_pi: list[np.ndarray] = [np.empty(0)] * tree.horizon
-    unreached: list[np.ndarray] = [np.empty(0)] * tree.horizon
-    log_mass = log_p_star  # M_H
-    for h in range(tree.horizon - 1, -1, -1):
-        children = log_mass.reshape(-1, tree.n_tokens)  # M_{h+1}: (level_size(h), A)
-        log_mass = logsumexp(children, axis=1)  # M_h: (level_size(h),)
-        unreached[h] = np.isneginf(log_mass)
-        table = np.zeros_like(children)
-        # log pi*(a|s) = M_{h+1}(s o a) - M_h(s), on states P* reaches
-        np.subtract(children, log_mass[:, None], out=table, where=~unreached[h][:, None])
-        log_pi[h] = table
-    if any(mask.any() for mask in unreached):
-        fallback = soft_value_iteration(ref, reward, beta).policy
-        for h in range(tree.horizon):
-            log_pi[h][unreached[h]] = fallback.log_probs[h][unreached[h]]
+    reward = check_leaf_array(tree, reward, "reward")
+    beta = check_beta(beta)
+    what = f"the closed form on {tree.n_leaves:,} leaves"
+    check_memory(estimate_bytes(tree), what, memory_limit)
+    horizon, n_tokens = tree.horizon, tree.n_tokens
+
+    log_pi: list[np.ndarray] = [np.empty(0)] * horizon
+    unreached: dict[int, np.ndarray] = {}  # level -> states P* never passes through
+    workspace = LevelWorkspace(n_tokens, tree.level_size(horizon - 1))
+    # U_h for even and odd distances from the leaves: level h reads level h + 1's buffer
+    # and writes the other one.
+    buffers = (
+        np.empty(tree.level_size(horizon - 1)),
+        np.empty(tree.level_size(max(horizon - 2, 0))),
+    )
+
+    def backup(h: int, children: np.ndarray, **level_inputs: object) -> np.ndarray:
+        """U_h(s) = log sum_a exp U_{h+1}(s o a);  log pi*(a|s) = U_{h+1}(s o a) - U_h(s)."""
+        subtree_log_mass = buffers[(horizon - 1 - h) % 2][: tree.level_size(h)]  # U_h
+        log_pi[h] = np.empty((tree.level_size(h), n_tokens))
+        if log_normalize_level(
+            children, subtree_log_mass, log_pi[h], workspace=workspace, **level_inputs
+        ):
+            unreached[h] = np.isneginf(subtree_log_mass)
+        return subtree_log_mass
+
+    # U_H = W(xi) = log P_ref(xi) + r(xi)/beta, the unnormalized log P* of every leaf, with
+    # log P_ref(s o a) = log d_ref(s) + log pi_ref(a|s) at the states s of level H - 1; the
+    # kernel forms W into log_weight while it sums the last level: (level_size(H-1), A)
+    log_weight = np.empty((tree.level_size(horizon - 1), n_tokens))
+    log_mass = backup(
+        horizon - 1,
+        reward,
+        log_prior=ref.log_probs[horizon - 1],
+        row_offset=ref.state_log_probs(horizon - 1),
+        divisor=beta,
+        out_weights=log_weight,
+    )
+    for h in range(horizon - 2, -1, -1):
+        log_mass = backup(h, log_mass)
+    log_z = log_mass.copy()  # U_0 = log Z(s_0) : (n_prompts,)
+    # log P*(xi) = W(xi) - log Z(s_0), in place, one row per prompt: (n_prompts, A**H)
+    log_p_star = log_weight.reshape(tree.n_prompts, -1)
+    log_p_star -= log_z[:, None]
+    if unreached:
+        check_memory(
+            estimate_bytes(tree) + soft_vi_bytes(tree),
+            what + " with soft value iteration for the states the reference never reaches",
+            memory_limit,
+        )
+        fallback = soft_value_iteration(ref, reward, beta, memory_limit=memory_limit).policy
+        for h, mask in unreached.items():
+            log_pi[h][mask] = fallback.log_probs[h][mask]
     return Solution(
         policy=Policy._trusted(tree, log_pi),
         method="closed_form",
@@ -97,5 +173,5 @@ def closed_form(ref: Policy, reward: np.ndarray, beta: float) -> Solution:
         log_partition=log_z,
         lagrange_multiplier=beta * (1.0 - log_z),
         wall_time=time.perf_counter() - start,
-        info={"leaf_log_probs": log_p_star},
+        info={"leaf_log_probs": log_p_star.reshape(-1)},
     )

@@ -12,6 +12,10 @@ and ``V_0(s_0) = beta log Z(s_0)``, the same partition function as the closed fo
 recursion runs in units of ``V / beta`` so that every normaliser is one ``logsumexp``.
 ``V_h`` is finite at every state (the reference reaches or not), so ``pi*`` is defined
 everywhere.
+
+Each level is one call of :func:`tinyrlhf.kernels.log_normalize_level` (the backup and the
+normalized row in one pass, in cache-sized blocks); ``V_{h+1} / beta`` lives in two buffers
+reused level after level, and nothing of leaf size is allocated besides the outputs.
 """
 
 from __future__ import annotations
@@ -19,24 +23,51 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy.special import logsumexp
 
+from ..kernels import LevelWorkspace, log_normalize_level
+from ..memory import FLOAT_BYTES, check_memory
 from ..policy import Policy
+from ..tree import TokenTree
 from ..validation import check_beta, check_leaf_array
 from .solution import Solution
 
 
-def soft_value_iteration(ref: Policy, reward: np.ndarray, beta: float) -> Solution:
+def estimate_bytes(tree: TokenTree) -> int:
+    """Bytes :func:`soft_value_iteration` allocates on ``tree``: the values ``V_0..V_H``
+    (``n_states``), the policy (``n_states - n_prompts``), two level buffers for
+    ``V / beta`` and the kernel's scratch."""
+    horizon = tree.horizon
+    floats = (
+        2 * tree.n_states
+        - tree.n_prompts
+        + tree.level_size(horizon - 1)
+        + tree.level_size(max(horizon - 2, 0))
+    )
+    return FLOAT_BYTES * floats + LevelWorkspace.estimate_bytes(
+        tree.n_tokens, tree.level_size(horizon - 1)
+    )
+
+
+def soft_value_iteration(
+    ref: Policy, reward: np.ndarray, beta: float, *, memory_limit: int | None = None
+) -> Solution:
     """Solve the KL-regularized problem by soft value iteration.
 
     Args:
         ref: the reference policy ``pi_ref``.
         reward: ``(n_leaves,)`` finite rewards on complete generations.
         beta: KL coefficient, finite and > 0.
+        memory_limit: optional budget in bytes (default: ``TINYRLHF_MEMORY_LIMIT`` or half
+            the available memory, see :mod:`tinyrlhf.memory`).
 
     Returns:
         A :class:`Solution` with ``policy`` (``pi*``), ``values`` (``V_0..V_H``),
         ``log_partition`` (``V_0 / beta``) and ``lagrange_multiplier`` (``beta (1 - log Z)``).
+
+    Raises:
+        TypeError: ``ref`` is not a Policy.
+        ValueError: bad ``reward`` or ``beta``, or the solve would not fit in the memory
+            budget (checked before anything is allocated).
     """
     start = time.perf_counter()
     if not isinstance(ref, Policy):
@@ -44,19 +75,38 @@ def soft_value_iteration(ref: Policy, reward: np.ndarray, beta: float) -> Soluti
     tree = ref.tree
     reward = check_leaf_array(tree, reward, "reward")
     beta = check_beta(beta)
-    n_tokens = tree.n_tokens
+    check_memory(
+        estimate_bytes(tree), f"soft value iteration on {tree.n_states:,} states", memory_limit
+    )
+    horizon, n_tokens = tree.horizon, tree.n_tokens
 
-    values: list[np.ndarray] = [np.empty(0)] * (tree.horizon + 1)
-    log_pi: list[np.ndarray] = [np.empty(0)] * tree.horizon
-    values[tree.horizon] = reward.copy()
-    scaled_value = reward / beta  # V_{h+1} / beta, starting at level H
-    for h in range(tree.horizon - 1, -1, -1):
-        # log pi_ref(a|s) + V_{h+1}(s o a)/beta : (level_size(h), A)
-        log_weight = ref.log_probs[h] + scaled_value.reshape(-1, n_tokens)
-        scaled_value = logsumexp(log_weight, axis=1)  # V_h / beta : (level_size(h),)
-        log_pi[h] = log_weight - scaled_value[:, None]  # log pi*(a|s)
+    values: list[np.ndarray] = [np.empty(0)] * (horizon + 1)
+    log_pi: list[np.ndarray] = [np.empty(0)] * horizon
+    values[horizon] = reward.copy()
+    workspace = LevelWorkspace(n_tokens, tree.level_size(horizon - 1))
+    # V_h / beta for even and odd distances from the leaves: level h reads level h + 1's
+    # buffer and writes the other one.
+    buffers = (
+        np.empty(tree.level_size(horizon - 1)),
+        np.empty(tree.level_size(max(horizon - 2, 0))),
+    )
+    children, divisor = reward, beta  # level H enters as r / beta
+    for h in range(horizon - 1, -1, -1):
+        scaled_value = buffers[(horizon - 1 - h) % 2][: tree.level_size(h)]  # V_h / beta
+        log_pi[h] = np.empty((tree.level_size(h), n_tokens))
+        # V_h(s)/beta = log sum_a pi_ref(a|s) exp(V_{h+1}(s o a)/beta), and
+        # log pi*(a|s) = log pi_ref(a|s) + V_{h+1}(s o a)/beta - V_h(s)/beta
+        log_normalize_level(
+            children,
+            scaled_value,
+            log_pi[h],
+            log_prior=ref.log_probs[h],
+            divisor=divisor,
+            workspace=workspace,
+        )
         values[h] = beta * scaled_value
-    log_z = scaled_value  # V_0 / beta = log Z(s_0) : (n_prompts,)
+        children, divisor = scaled_value, None
+    log_z = scaled_value.copy()  # V_0 / beta = log Z(s_0) : (n_prompts,), off the buffer
     return Solution(
         policy=Policy._trusted(tree, log_pi),
         method="soft_value_iteration",

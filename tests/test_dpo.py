@@ -1,0 +1,272 @@
+"""Exact DPO / IPO / hinge optima over the full policy class (issue 7, section 1)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinyrlhf as tr
+from tinyrlhf import testing as trt
+from tinyrlhf.dpo import (
+    LOSSES,
+    BoundaryOptimumWarning,
+    fit_policy_to_preferences,
+    preference_loss,
+)
+
+
+def random_prefs(rng, tree, n):
+    prompt = rng.integers(0, tree.n_prompts, size=n)
+    offset = rng.integers(0, tree.leaves_per_prompt, size=(2, n))
+    chosen, rejected = prompt * tree.leaves_per_prompt + offset
+    return tr.Preferences(prompt, chosen, rejected, rng.exponential(size=n), tree=tree)
+
+
+def implicit_u(solution):
+    return solution.info["implicit_reward"] / solution.beta
+
+
+# ------------------------------------------------------------------------ gradients
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_loss_gradient_matches_finite_differences(loss, l2):
+    rng = np.random.default_rng(1)
+    tree = tr.TokenTree(["a", "b", "c"], 2, prompts=["x", "y"])
+    ref = tr.Policy.random(tree, seed=rng)
+    prefs = random_prefs(rng, tree, 40)
+    beta = 0.8
+    u = rng.normal(scale=2.0, size=tree.n_leaves)
+    value, gradient = preference_loss(ref, prefs, u, loss=loss, beta=beta, l2=l2)
+    step = 1e-6
+    for k in range(tree.n_leaves):  # central differences (the hinge: no margin near its kink)
+        e = np.zeros(tree.n_leaves)
+        e[k] = step
+        plus = preference_loss(ref, prefs, u + e, loss=loss, beta=beta, l2=l2)[0]
+        minus = preference_loss(ref, prefs, u - e, loss=loss, beta=beta, l2=l2)[0]
+        np.testing.assert_allclose((plus - minus) / (2 * step), gradient[k], rtol=1e-6, atol=1e-7)
+    # by hand: DPO at u = 0 has h = 0 and loss log 2 per unit weight
+    zero_value, _ = preference_loss(ref, prefs, np.zeros(tree.n_leaves), loss="dpo", beta=beta)
+    np.testing.assert_allclose(zero_value, np.log(2) * prefs.total_weight, rtol=1e-14)
+
+
+# ------------------------------------------------------------ DPO = closed form
+@settings(max_examples=25)
+@given(st.data())
+def test_dpo_on_the_population_is_the_closed_form(data):
+    # Population of a BT reward r over all pairs of the reference's support: DPO's optimum is
+    # pi_ref exp(r / beta) / Z (module docstring: the per-pair cross-entropy is minimized at
+    # beta (u(y) - u(y')) = r(y) - r(y')).
+    with_eos = data.draw(st.booleans())
+    tree, ref, reward, beta = data.draw(trt.problems(max_horizon=3, with_eos=with_eos))
+    reward = np.clip(reward, -10.0, 10.0)
+    prefs = tr.population_preferences(tree, reward, policy=ref)
+    if len(prefs) == 0:
+        return
+    solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta)
+    assert solution.converged and not solution.info["boundary"]
+    expected = tr.closed_form(ref, reward, beta)
+    np.testing.assert_allclose(
+        solution.policy.leaf_probs(), expected.policy.leaf_probs(), atol=1e-8
+    )
+    # Log-probabilities where the population pins the leaf down: its pairs carry weight
+    # ~ P_ref(leaf) and curvature ~ sigma'(r(leaf) - r(other)), so a leaf that is rare or
+    # almost never wins is determined only to float64 precision divided by those (tiny)
+    # factors; P*(leaf) >= 1e-3 needs neither.
+    pinned = expected.policy.leaf_probs() > 1e-3
+    np.testing.assert_allclose(
+        solution.policy.leaf_log_probs()[pinned],
+        expected.policy.leaf_log_probs()[pinned],
+        atol=1e-6,
+    )
+
+
+def test_dpo_on_an_eos_tree_is_the_closed_form():
+    tree = tr.TokenTree(["a", "b", "$"], 3, prompts=["x", "y"], eos="$")
+    ref = tr.Policy.random(tree, seed=4)
+    reward = tree.leaf_values(lambda prompt, tokens: len(tokens) - 2.0 * tokens.count("a"))
+    prefs = tr.population_preferences(tree, reward, policy=ref)
+    solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=0.5)
+    expected = tr.closed_form(ref, reward, 0.5)
+    np.testing.assert_allclose(
+        solution.policy.leaf_probs(), expected.policy.leaf_probs(), atol=1e-9
+    )
+    assert solution.converged
+
+
+@pytest.mark.parametrize("l2", [0.05, 1.0])
+def test_dpo_is_rlhf_under_the_fitted_bradley_terry_reward(l2):
+    # With r = beta u the DPO objective is the BT objective (same l2): the implicit reward is
+    # the BT fit (an independent Newton solver) and the policy its closed form.
+    rng = np.random.default_rng(2)
+    tree = tr.TokenTree(["a", "b", "c"], 3, prompts=["x", "y"])
+    ref = tr.Policy.random(tree, seed=rng)
+    reward = 2.0 * rng.standard_normal(tree.n_leaves)
+    prefs = tr.sample_preferences(tree, reward, 300, seed=rng)
+    beta = 0.4
+    solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta, l2=l2)
+    fit = tr.fit_bradley_terry(tree, prefs, l2=l2)
+    np.testing.assert_allclose(solution.info["implicit_reward"], fit.reward, atol=1e-7)
+    report = tr.check_agreement(tr.closed_form(ref, fit.reward, beta), solution)
+    assert report.max_tv < 1e-8
+    assert solution.converged and solution.reward is None and solution.beta == beta
+    assert solution.method == "fit_policy_to_preferences[dpo]"
+
+
+# ------------------------------------------------------------------------------- IPO
+@pytest.mark.parametrize("l2", [0.0, 0.2])
+def test_ipo_against_linear_algebra(l2):
+    # IPO's objective sum_k w_k (u(c_k) - u(r_k) - 1/(2 beta))^2 + (l2/2) beta^2 ||u||^2 is a
+    # least-squares problem: (2 D^T W D + l2 beta^2 I) u = 2 D^T W t, t = 1/(2 beta); for
+    # l2 = 0 its minimum-norm solution is zero-mean on each component (the convention).
+    rng = np.random.default_rng(3)
+    tree = tr.TokenTree(["a", "b", "c"], 2, prompts=["x", "y"])
+    ref = tr.Policy.random(tree, seed=rng)
+    prefs = random_prefs(rng, tree, 30)
+    beta = 0.6
+    solution = fit_policy_to_preferences(ref, prefs, loss="ipo", beta=beta, l2=l2)
+    design = np.zeros((len(prefs), tree.n_leaves))  # D: (pairs, leaves)
+    np.add.at(design, (np.arange(len(prefs)), prefs.chosen), 1.0)
+    np.add.at(design, (np.arange(len(prefs)), prefs.rejected), -1.0)
+    weight = prefs.weight
+    target = np.full(len(prefs), 1.0 / (2.0 * beta))
+    if l2 == 0:
+        root = np.sqrt(weight)[:, None]
+        expected = np.linalg.lstsq(root * design, root[:, 0] * target, rcond=None)[0]
+    else:
+        normal = 2.0 * design.T @ (weight[:, None] * design) + l2 * beta**2 * np.eye(tree.n_leaves)
+        expected = np.linalg.solve(normal, 2.0 * design.T @ (weight * target))
+    np.testing.assert_allclose(implicit_u(solution), expected, atol=1e-9)
+    assert solution.converged and solution.info["grad_norm"] < 1e-8
+
+
+# ------------------------------------------------------------------------------ hinge
+def test_hinge_optima_derived_by_hand():
+    tree = tr.TokenTree(["a", "b"], 1)
+    ref = tr.Policy.uniform(tree)
+    beta = 0.5
+    # a > b with weight 2, b > a with weight 1: 2 max(0, 1 - x) + max(0, 1 + x), x = beta h,
+    # is 3 - x on [-1, 1] and 1 + x beyond: the unique minimum is x = 1, h = 1/beta.
+    prefs = tr.Preferences([0, 0], [0, 1], [1, 0], [2.0, 1.0])
+    solution = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=beta)
+    u = implicit_u(solution)
+    np.testing.assert_allclose(u[0] - u[1], 1.0 / beta, atol=1e-9)
+    np.testing.assert_allclose(solution.info["loss"], 2.0 / 3.0, atol=1e-12)  # (0 + 2) / 3
+    # One pair a > b with l2: u_b = -u_a = -h/2, f(h) = max(0, 1 - beta h) + l2 beta^2 h^2 / 4;
+    # the kink h = 1/beta is optimal while the slope there, -beta + l2 beta / 2, is <= 0
+    # (l2 <= 2); beyond, h = 2 / (l2 beta).
+    one = tr.Preferences([0], [0], [1])
+    for l2, h in ((0.5, 1.0 / beta), (8.0, 2.0 / (8.0 * beta))):
+        solution = fit_policy_to_preferences(ref, one, loss="hinge", beta=beta, l2=l2)
+        u = implicit_u(solution)
+        np.testing.assert_allclose(u, [h / 2, -h / 2], atol=1e-9)
+        assert solution.converged
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_hinge_optimum_is_not_improved_by_perturbations(l2):
+    rng = np.random.default_rng(4)
+    tree = tr.TokenTree(["a", "b", "c"], 2)
+    ref = tr.Policy.random(tree, seed=rng)
+    prefs = random_prefs(rng, tree, 25)
+    beta = 1.3
+    solution = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=beta, l2=l2)
+    assert solution.converged
+    u = implicit_u(solution)
+    best = preference_loss(ref, prefs, u, loss="hinge", beta=beta, l2=l2)[0]
+    for _ in range(200):
+        trial = u + rng.normal(scale=10.0 ** rng.uniform(-4, 0), size=u.size)
+        assert preference_loss(ref, prefs, trial, loss="hinge", beta=beta, l2=l2)[0] >= best - 1e-9
+
+
+# --------------------------------------------------------------- boundary, weights
+def test_dpo_boundary_warns_and_ipo_does_not():
+    # Leaf c only ever loses (to a and b); a and b beat each other: the win graph's strong
+    # components are {a, b} and {c}, so DPO sends pi(c) to 0 whatever beta.
+    tree = tr.TokenTree(["a", "b", "c"], 1)
+    ref = tr.Policy.uniform(tree)
+    prefs = tr.Preferences([0, 0, 0, 0], [0, 1, 0, 1], [1, 0, 2, 2])
+    with pytest.warns(BoundaryOptimumWarning, match="no minimizer"):
+        solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=2.0)
+    assert not solution.converged and solution.info["boundary"]
+    np.testing.assert_array_equal(solution.info["dominated_leaves"], [2])
+    assert solution.policy.leaf_probs()[2] < 1e-6
+    np.testing.assert_allclose(solution.policy.leaf_probs()[:2], 0.5, atol=1e-6)
+    for loss in ("ipo", "hinge"):
+        finite = fit_policy_to_preferences(ref, prefs, loss=loss, beta=2.0)
+        assert finite.converged and not finite.info["boundary"]
+        assert finite.policy.leaf_probs()[2] > 1e-3
+    regularized = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=2.0, l2=0.1)
+    assert regularized.converged and not regularized.info["boundary"]
+
+
+def test_weights_are_honoured():
+    rng = np.random.default_rng(5)
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy.random(tree, seed=rng)
+    prefs = random_prefs(rng, tree, 12)
+    doubled = tr.Preferences(
+        np.concatenate([prefs.prompt, prefs.prompt[:3]]),
+        np.concatenate([prefs.chosen, prefs.chosen[:3]]),
+        np.concatenate([prefs.rejected, prefs.rejected[:3]]),
+        np.concatenate([prefs.weight, prefs.weight[:3]]),
+    )
+    heavier = tr.Preferences(
+        prefs.prompt, prefs.chosen, prefs.rejected, prefs.weight * np.r_[2, 2, 2, np.ones(9)]
+    )
+    with_zero = tr.Preferences(
+        np.r_[prefs.prompt, 0],
+        np.r_[prefs.chosen, 0],
+        np.r_[prefs.rejected, 1],
+        np.r_[prefs.weight, 0],
+    )
+    for loss in LOSSES:
+        results = [
+            fit_policy_to_preferences(ref, data, loss=loss, beta=0.9, l2=0.1).policy.leaf_probs()
+            for data in (doubled, heavier)
+        ]
+        np.testing.assert_allclose(results[0], results[1], atol=1e-8)
+        base = fit_policy_to_preferences(ref, prefs, loss=loss, beta=0.9, l2=0.1)
+        zero = fit_policy_to_preferences(ref, with_zero, loss=loss, beta=0.9, l2=0.1)
+        np.testing.assert_allclose(base.policy.leaf_probs(), zero.policy.leaf_probs(), atol=1e-8)
+
+
+def test_unidentified_constants_follow_the_convention():
+    # Prompt x: leaves aa > ab compared, ba/bb never: u is zero-mean on {aa, ab} and 0 on
+    # the rest, so pi(ba) / pi_ref(ba) = pi(bb) / pi_ref(bb) and the 2-leaf IPO optimum is
+    # u(aa) - u(ab) = 1/(2 beta).
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy.random(tree, seed=6)
+    prefs = tr.Preferences([0], [0], [1])
+    beta = 0.25
+    solution = fit_policy_to_preferences(ref, prefs, loss="ipo", beta=beta)
+    u = implicit_u(solution)
+    np.testing.assert_allclose(u, [1 / (4 * beta), -1 / (4 * beta), 0.0, 0.0], atol=1e-12)
+    np.testing.assert_array_equal(solution.info["never_compared"], [2, 3])
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_input():
+    tree = tr.TokenTree(["a", "b"], 1)
+    ref = tr.Policy.uniform(tree)
+    prefs = tr.Preferences([0], [0], [1])
+    with pytest.raises(ValueError, match=r"\('dpo', 'ipo', 'hinge'\)"):
+        fit_policy_to_preferences(ref, prefs, loss="kto", beta=1.0)
+    with pytest.raises(TypeError, match="prefs must be"):
+        fit_policy_to_preferences(ref, [(0, 1)], beta=1.0)
+    with pytest.raises(TypeError, match="ref must be"):
+        fit_policy_to_preferences(tree, prefs, beta=1.0)
+    with pytest.raises(ValueError, match="beta must be finite and > 0"):
+        fit_policy_to_preferences(ref, prefs, beta=0.0)
+    with pytest.raises(ValueError, match="l2 must be finite and >= 0"):
+        fit_policy_to_preferences(ref, prefs, beta=1.0, l2=-1.0)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        fit_policy_to_preferences(ref, prefs, beta=1.0, steps=0)
+    with pytest.raises(ValueError, match="tol"):
+        fit_policy_to_preferences(ref, prefs, beta=1.0, tol=2.0)
+    forbidding = tr.Policy(tree, [np.array([[0.0, -np.inf]])])
+    with pytest.raises(ValueError, match="probability 0 under ref"):
+        fit_policy_to_preferences(forbidding, prefs, beta=1.0)
+    with pytest.raises(ValueError, match="out of range"):
+        fit_policy_to_preferences(ref, tr.Preferences([0], [0], [5]), beta=1.0)
+    with pytest.raises(ValueError, match="leaf_logits must have shape"):
+        preference_loss(ref, prefs, np.zeros(3), beta=1.0)

@@ -1,0 +1,290 @@
+"""Preference data: validation, Bradley-Terry sampling, the population of pairs, TRL JSONL."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import expit
+
+import tinyrlhf as tr
+from tinyrlhf import testing as trt
+
+#: A |z| above this in any cell of a sampling test fails it. With a fixed seed the test is
+#: deterministic; for a fresh seed a false alarm in one cell has probability about 6e-7
+#: (two-sided normal tail at 5 sigma), so well below 1e-4 for every test below.
+Z_MAX = 5.0
+
+
+def small_tree(prompts=("x", "y")):
+    return tr.TokenTree(["a", "b"], horizon=2, prompts=prompts)
+
+
+# ---------------------------------------------------------------------------- validation
+def test_preferences_defaults_and_read_only_arrays():
+    tree = small_tree()
+    prefs = tr.Preferences([0, 1], [0, 7], [3, 4], tree=tree)
+    assert len(prefs) == 2
+    np.testing.assert_array_equal(prefs.weight, [1.0, 1.0])
+    assert prefs.total_weight == 2.0
+    assert prefs.chosen.dtype == np.int64 and prefs.weight.dtype == np.float64
+    with pytest.raises(ValueError):
+        prefs.chosen[0] = 1
+    assert "n=2" in repr(prefs)
+    empty = tr.Preferences([], [], [], tree=tree)
+    assert len(empty) == 0 and empty.total_weight == 0.0
+    subset = prefs[1:]
+    assert len(subset) == 1 and subset.chosen[0] == 7
+    assert prefs[-1].chosen[0] == 7 and prefs[0].chosen[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        (([0, 0], [0], [1]), ValueError, "same length"),
+        (([0], [0.0], [1]), TypeError, "integer"),
+        (([0], [True], [1]), TypeError, "integer"),
+        (([0], [[0]], [[1]]), ValueError, "1-D"),
+        (([0], [-1], [1]), ValueError, "negative"),
+        (([0], [0], [1], [np.nan]), ValueError, "finite"),
+        (([0], [0], [1], [-1.0]), ValueError, "finite and >= 0"),
+        (([0], [0], [1], [1.0, 2.0]), ValueError, "shape"),
+        (([0], [0], [1], ["heavy"]), TypeError, "weight"),
+    ],
+)
+def test_preferences_rejects_bad_arrays(arguments, error, match):
+    with pytest.raises(error, match=match):
+        tr.Preferences(*arguments)
+
+
+def test_preferences_checked_against_the_tree():
+    tree = small_tree()  # 4 leaves per prompt: prompt x owns 0..3, y owns 4..7
+    with pytest.raises(ValueError, match="out of range"):
+        tr.Preferences([0], [8], [1], tree=tree)
+    with pytest.raises(ValueError, match="prompt"):
+        tr.Preferences([2], [0], [1], tree=tree)
+    with pytest.raises(ValueError, match="rejected leaf 5 is a generation of prompt 'y'"):
+        tr.Preferences([0], [1], [5], tree=tree)
+    with pytest.raises(ValueError, match="chosen leaf 1 is a generation of prompt 'x'"):
+        tr.Preferences([1], [1], [5]).check(tree)
+    with pytest.raises(TypeError, match="TokenTree"):
+        tr.Preferences([0], [0], [1]).check("tree")
+
+
+# ------------------------------------------------------------------------------ sampling
+def test_sampled_win_rates_match_bradley_terry():
+    # For every unordered pair {i, j} the fraction of its m comparisons that i wins is
+    # Binomial(m, sigma(r_i - r_j)) / m: its z-score must stay below Z_MAX.
+    rng = np.random.default_rng(0)
+    tree = tr.TokenTree(["a", "b"], horizon=2)  # 4 leaves, 6 pairs
+    reward = rng.normal(scale=1.5, size=tree.n_leaves)
+    prefs = tr.sample_preferences(tree, reward, 400_000, seed=rng)
+    wins = np.zeros((4, 4))
+    np.add.at(wins, (prefs.chosen, prefs.rejected), 1.0)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            m = wins[i, j] + wins[j, i]
+            p = expit(reward[i] - reward[j])
+            z = (wins[i, j] - m * p) / np.sqrt(m * p * (1 - p))
+            assert abs(z) < Z_MAX, (i, j, z)
+
+
+def test_sampled_pairs_match_the_population_weights():
+    # population_preferences gives the probability of each (prompt, chosen, rejected) for one
+    # sampled pair; the sampled counts are Binomial(n, w): z-test every cell, and ties
+    # (chosen == rejected) happen with probability 1 - sum w.
+    rng = np.random.default_rng(1)
+    tree = tr.TokenTree(["a", "b", "c"], horizon=1, prompts=["x", "y"])
+    policy = tr.Policy.random(tree, seed=2, zero_fraction=0.3)
+    reward = rng.normal(size=tree.n_leaves)
+    n = 300_000
+    prefs = tr.sample_preferences(tree, reward, n, policy=policy, seed=rng)
+    population = tr.population_preferences(tree, reward, policy=policy)
+    counts = np.zeros((tree.n_leaves, tree.n_leaves))
+    np.add.at(counts, (prefs.chosen, prefs.rejected), 1.0)
+    expected = np.zeros_like(counts)
+    expected[population.chosen, population.rejected] = n * population.weight
+    ties = np.diag(counts).sum()
+    np.fill_diagonal(counts, 0.0)
+    assert np.all(counts[expected == 0] == 0)  # impossible pairs never appear
+    cell = expected > 0
+    z = (counts[cell] - expected[cell]) / np.sqrt(expected[cell] * (1 - expected[cell] / n))
+    assert np.abs(z).max() < Z_MAX
+    tie_probability = 1 - population.total_weight
+    z_ties = (ties - n * tie_probability) / np.sqrt(n * tie_probability * (1 - tie_probability))
+    assert abs(z_ties) < Z_MAX
+    # chosen and rejected lie under the pair's prompt; zero-probability leaves never appear
+    prefs.check(tree)
+    assert np.all(policy.leaf_probs()[np.concatenate([prefs.chosen, prefs.rejected])] > 0)
+
+
+@given(st.data())
+@settings(max_examples=20)
+def test_population_weights_are_a_distribution(data):
+    # sum over all ordered pairs (ties included) of P(y1, y2) is 1: the pair weights plus the
+    # tie mass sum_p (1/P) sum_i P(i | p)^2 equal 1.
+    tree = data.draw(trt.trees(max_leaves=64))
+    policy = data.draw(trt.policies(tree))
+    reward = data.draw(trt.rewards(tree, max_magnitude=50.0))
+    population = tr.population_preferences(tree, reward, policy=policy)
+    tie_mass = (policy.leaf_probs() ** 2).sum() / tree.n_prompts
+    np.testing.assert_allclose(population.total_weight + tie_mass, 1.0, rtol=1e-12)
+    population.check(tree)
+    assert np.all(population.chosen != population.rejected)
+
+
+def test_sampling_with_extreme_rewards_and_given_prompts():
+    # Gaps of at least 1e4 logits: the better leaf always wins (sigma(-1e4) = e^-1e4 is 0
+    # in float64), and nothing overflows (filterwarnings = error would catch it).
+    tree = small_tree()
+    reward = np.array([0.0, 1e4, -1e4, 2e4, 0.0, 1e4, -1e4, 2e4])
+    prefs = tr.sample_preferences(tree, reward, 5000, seed=3, prompt="y")
+    assert np.all(prefs.prompt == 1)
+    distinct = prefs.chosen != prefs.rejected
+    assert np.all(reward[prefs.chosen][distinct] > reward[prefs.rejected][distinct])
+    chosen_prompts = np.array([0, 1, 1, 0])
+    prefs = tr.sample_preferences(tree, reward, 4, seed=3, prompt=chosen_prompts)
+    np.testing.assert_array_equal(prefs.prompt, chosen_prompts)
+    assert len(tr.sample_preferences(tree, reward, 0, seed=3)) == 0
+
+
+def test_sampling_is_reproducible_and_validates():
+    tree = small_tree()
+    reward = np.arange(8.0)
+    first = tr.sample_preferences(tree, reward, 100, seed=7)
+    second = tr.sample_preferences(tree, reward, 100, seed=7)
+    np.testing.assert_array_equal(first.chosen, second.chosen)
+    with pytest.raises(ValueError, match="shape"):
+        tr.sample_preferences(tree, reward[:3], 10, seed=0)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        tr.sample_preferences(tree, reward, -1, seed=0)
+    with pytest.raises(TypeError, match="policy"):
+        tr.sample_preferences(tree, reward, 10, seed=0, policy="uniform")
+    other = tr.Policy.uniform(tr.TokenTree(["a", "b"], horizon=2))
+    with pytest.raises(ValueError, match="same TokenTree"):
+        tr.sample_preferences(tree, reward, 10, seed=0, policy=other)
+    with pytest.raises(ValueError, match="prompt"):
+        tr.sample_preferences(tree, reward, 3, seed=0, prompt=np.array([0, 5, 1]))
+    with pytest.raises(TypeError):
+        tr.sample_preferences(tree, reward, 10)  # the seed is required
+
+
+# ---------------------------------------------------------------------------------- JSONL
+def test_jsonl_round_trip_with_and_without_weights(tmp_path):
+    tree = tr.TokenTree(["the", "cat", "sat"], horizon=2, prompts=["Say:", "Écris « ça »"])
+    reward = np.random.default_rng(4).normal(size=tree.n_leaves)
+    prefs = tr.sample_preferences(tree, reward, 50, seed=5)
+    path = tmp_path / "prefs.jsonl"
+    prefs.to_jsonl(path, tree)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 50
+    first = json.loads(lines[0])
+    assert set(first) == {"prompt", "chosen", "rejected"}  # TRL's columns, no weight
+    p, text = tree.leaf_text(int(prefs.chosen[0]))
+    assert first["prompt"] == p and first["chosen"] == text and " " in text
+    back = tr.Preferences.from_jsonl(path, tree)
+    for field in ("prompt", "chosen", "rejected", "weight"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(prefs, field))
+
+    population = tr.population_preferences(tree, reward)
+    population.to_jsonl(path, tree)  # overwrites
+    back = tr.Preferences.from_jsonl(path, tree)
+    np.testing.assert_array_equal(back.chosen, population.chosen)
+    np.testing.assert_array_equal(back.weight, population.weight)  # repr of floats is exact
+    assert [name for name in os.listdir(tmp_path)] == ["prefs.jsonl"]  # no temporary left
+
+
+def test_jsonl_reads_blank_lines_and_extra_keys(tmp_path):
+    tree = small_tree()
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        '{"prompt": "x", "chosen": "ab", "rejected": "ba", "score": 3}\n'
+        "\n"
+        '{"prompt": "y", "chosen": "bb", "rejected": "aa", "weight": 2.5}\n',
+        encoding="utf-8",
+    )
+    prefs = tr.Preferences.from_jsonl(path, tree)
+    np.testing.assert_array_equal(prefs.prompt, [0, 1])
+    np.testing.assert_array_equal(prefs.chosen, [1, 7])  # x:ab = 0*4 + 0b01, y:bb = 4 + 3
+    np.testing.assert_array_equal(prefs.rejected, [2, 4])
+    np.testing.assert_array_equal(prefs.weight, [1.0, 2.5])
+
+
+GOOD = '{"prompt": "x", "chosen": "ab", "rejected": "ba"}'
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "match"),
+    [
+        ('{"prompt": "x", "chosen": "ab", "rejected": "ba"', "bad JSON"),
+        ('["x", "ab", "ba"]', "JSON object"),
+        ('{"prompt": "x", "chosen": "ab"}', "missing key 'rejected'"),
+        ('{"prompt": "x", "chosen": ["ab"], "rejected": "ba"}', "'chosen' must be a string"),
+        ('{"prompt": "z", "chosen": "ab", "rejected": "ba"}', "unknown prompt 'z'"),
+        ('{"prompt": "x", "chosen": "ac", "rejected": "ba"}', "'chosen': not a path in the tree"),
+        ('{"prompt": "x", "chosen": "ab", "rejected": "b"}', "1 tokens, but every completion"),
+        ('{"prompt": "x", "chosen": "aba", "rejected": "ba"}', "3 tokens"),
+        ('{"prompt": "x", "chosen": "", "rejected": "ba"}', "0 tokens"),
+        ('{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": -1}', "'weight'"),
+        ('{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": NaN}', "'weight'"),
+        ('{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": "2"}', "'weight'"),
+        ('{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": true}', "'weight'"),
+    ],
+)
+def test_jsonl_errors_name_the_line_and_the_problem(tmp_path, bad_line, match):
+    tree = small_tree()
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{GOOD}\n\n{bad_line}\n{GOOD}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=match) as error:
+        tr.Preferences.from_jsonl(path, tree)
+    assert f"{path}:3:" in str(error.value)  # the blank line 2 still counts
+
+
+def test_jsonl_write_is_atomic(tmp_path, monkeypatch):
+    tree = small_tree()
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("old contents\n", encoding="utf-8")
+    # pairs that do not fit the tree: refused before anything is written
+    with pytest.raises(ValueError, match="out of range"):
+        tr.Preferences([0], [0], [9]).to_jsonl(path, tree)
+    assert path.read_text(encoding="utf-8") == "old contents\n"
+
+    # a failure at the final rename leaves the old file and no temporary behind
+    def failing_replace(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        tr.Preferences([0], [0], [1]).to_jsonl(path, tree)
+    assert path.read_text(encoding="utf-8") == "old contents\n"
+    assert os.listdir(tmp_path) == ["prefs.jsonl"]
+
+
+def test_trees_with_an_end_token(tmp_path):
+    # After eos only eos: a leaf such as "a <e> b" is no completion. Sampling (uniform
+    # policy, forced rows) never produces one, texts stop at the first eos and read back,
+    # and reading or checking such a completion fails.
+    tree = tr.TokenTree(["a", "b", "<e>"], horizon=3, prompts=["x", "y"], eos="<e>")
+    reward = tree.leaf_values(lambda prompt, tokens: tokens.count("a") - 0.3 * len(tokens))
+    prefs = tr.sample_preferences(tree, reward, 3000, seed=0)
+    valid = tree.valid_leaves()
+    assert valid[prefs.chosen].all() and valid[prefs.rejected].all()
+    population = tr.population_preferences(tree, reward)
+    assert valid[population.chosen].all() and valid[population.rejected].all()
+    path = tmp_path / "eos.jsonl"
+    prefs.to_jsonl(path, tree)
+    assert '"<e>"' in path.read_text(encoding="utf-8")  # a completion that ends at once
+    back = tr.Preferences.from_jsonl(path, tree)
+    np.testing.assert_array_equal(back.chosen, prefs.chosen)
+    np.testing.assert_array_equal(back.rejected, prefs.rejected)
+    path.write_text('{"prompt": "x", "chosen": "a <e> b", "rejected": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r":1: 'chosen': completion 'a <e> b' continues after"):
+        tr.Preferences.from_jsonl(path, tree)
+    path.write_text('{"prompt": "x", "chosen": "a <e>", "rejected": "a"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"'rejected': completion 'a' has 1 tokens.*or fewer"):
+        tr.Preferences.from_jsonl(path, tree)
+    _, invalid = tree.state_index("x", ["a", "<e>", "b"])  # level H, no padding
+    with pytest.raises(ValueError, match="after the end token"):
+        tr.Preferences([0], [invalid], [0], tree=tree)

@@ -1,0 +1,613 @@
+"""Drawing the lecture's pictures with matplotlib (no computation beyond drawing).
+
+Every function takes data (arrays, sweeps, or a tree and policies) and an optional ``ax`` (or
+``axes`` for multi-panel pictures) to draw into, and returns the matplotlib ``Figure``. With no
+``ax`` a new ``matplotlib.figure.Figure`` is made without pyplot (no global state; Jupyter
+displays it). The numbers come from :mod:`tinyrlhf.projections`, :mod:`tinyrlhf.sweeps`, the
+solvers and :mod:`tinyrlhf.figures`, which assembles the committed set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
+
+from .policy import Policy
+from .sweeps import BetaPath, RewardKLFrontier
+from .tree import TokenTree
+from .validation import check_tree
+
+#: Largest number of leaves per prompt that :func:`plot_token_tree` draws legibly.
+MAX_TREE_LEAVES = 32
+#: Markers cycled through for overlaid point sets (solvers often land on the same point, so
+#: hollow markers of decreasing size keep all of them visible).
+MARKERS = ("o", "s", "D", "^", "v", "P", "X")
+#: Default ``(marker, colour)`` of the points marked on a landscape.
+POINT_STYLES = (("o", "white"), ("X", "red"), ("*", "orange"), ("s", "cyan"), ("D", "magenta"))
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    if ax is not None:
+        if not isinstance(ax, Axes):
+            raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+        return ax
+    return Figure(figsize=figsize, layout="constrained").subplots()
+
+
+def _panels(axes: Sequence[Axes] | None, n: int, figsize: tuple[float, float]) -> list[Axes]:
+    if axes is None:
+        return list(Figure(figsize=figsize, layout="constrained").subplots(1, n))
+    axes = list(axes)
+    if len(axes) != n or not all(isinstance(ax, Axes) for ax in axes):
+        raise ValueError(f"axes must be a sequence of {n} matplotlib Axes")
+    return axes
+
+
+def _check_prompt(tree: TokenTree, prompt: int | str) -> int:
+    return tree.prompt_index(prompt)
+
+
+# ------------------------------------------------------------------------------ the tree
+def plot_token_tree(
+    tree: TokenTree,
+    policies: Mapping[str, Policy],
+    *,
+    prompt: int | str = 0,
+    leaf_values: Mapping[str, np.ndarray] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """The token tree of one prompt, each edge labelled with ``pi(a | s)`` of every policy.
+
+    Edge widths follow the last policy's ``pi(a | s)``. Leaves show their completion and the
+    given per-leaf values (e.g. the reward).
+
+    Args:
+        tree: the token tree (at most :data:`MAX_TREE_LEAVES` leaves per prompt).
+        policies: label -> Policy on ``tree`` (e.g. ``{"π_ref": ref, "π*": pi_star}``).
+        prompt: which prompt's tree to draw (index or string).
+        leaf_values: label -> ``(n_leaves,)`` array printed under each leaf.
+        ax: where to draw.
+
+    Returns:
+        The figure.
+    """
+    tree = check_tree(tree)
+    p = _check_prompt(tree, prompt)
+    if tree.leaves_per_prompt > MAX_TREE_LEAVES:
+        raise ValueError(
+            f"plot_token_tree draws at most {MAX_TREE_LEAVES} leaves per prompt legibly; this "
+            f"tree has {tree.leaves_per_prompt}. Use a smaller tree."
+        )
+    if not policies or not all(
+        isinstance(pi, Policy) and pi.tree == tree for pi in policies.values()
+    ):
+        raise ValueError("policies must map labels to one or more Policy objects on tree")
+    n_leaf_lines = 1 + len(leaf_values or {})
+    ax = _axes(ax, (max(7.0, 1.1 * tree.leaves_per_prompt + 2.0), 1.5 * tree.horizon + 2.0))
+    n_tokens, horizon = tree.n_tokens, tree.horizon
+    colors = [f"C{k}" for k in range(len(policies))]
+    widest = list(policies.values())[-1]
+    for h in range(horizon):
+        n_parents = n_tokens**h
+        span = n_tokens ** (horizon - h)  # leaves under a level-h state
+        parent_x = (np.arange(n_parents) + 0.5) * span - 0.5  # (A**h,) in leaf units
+        child_x = (np.arange(n_parents * n_tokens) + 0.5) * (span // n_tokens) - 0.5
+        rows = slice(p * n_parents, (p + 1) * n_parents)  # this prompt's level-h states
+        width = np.exp(widest.log_probs[h][rows]).reshape(-1)  # (A**(h+1),)
+        segments = np.stack(
+            [
+                np.stack([np.repeat(parent_x, n_tokens), np.full(child_x.size, -h)], axis=1),
+                np.stack([child_x, np.full(child_x.size, -h - 1.0)], axis=1),
+            ],
+            axis=1,
+        )  # (A**(h+1), 2 ends, 2 coordinates)
+        ax.add_collection(
+            LineCollection(segments, linewidths=0.6 + 5.0 * width, colors="0.55", zorder=1)
+        )
+        # labels at 55% of the way down each edge: the token, then each policy's pi(a|s)
+        label_x = 0.45 * np.repeat(parent_x, n_tokens) + 0.55 * child_x
+        label_y = -h - 0.55
+        for child in range(child_x.size):
+            token = tree.tokens[child % n_tokens]
+            ax.text(
+                label_x[child],
+                label_y + 0.12,
+                token,
+                ha="center",
+                va="bottom",
+                fontsize=10,
+                fontweight="bold",
+                zorder=3,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
+            lines = [
+                f"{np.exp(pi.log_probs[h][rows].reshape(-1)[child]):.2f}"
+                for pi in policies.values()
+            ]
+            for k, (line, color) in enumerate(zip(lines, colors, strict=True)):
+                ax.text(
+                    label_x[child],
+                    label_y - 0.02 - 0.17 * k,
+                    line,
+                    ha="center",
+                    va="top",
+                    fontsize=8,
+                    color=color,
+                    zorder=3,
+                    bbox={
+                        "boxstyle": "square,pad=0.05",
+                        "fc": "white",
+                        "ec": "none",
+                        "alpha": 0.8,
+                    },
+                )
+    node_x = [
+        ((np.arange(n_tokens**h) + 0.5) * n_tokens ** (horizon - h) - 0.5)
+        for h in range(horizon + 1)
+    ]
+    for h, xs in enumerate(node_x):
+        ax.scatter(xs, np.full(xs.size, -h), s=30, color="0.2", zorder=2)
+    leaves = range(p * tree.leaves_per_prompt, (p + 1) * tree.leaves_per_prompt)
+    for offset, leaf in enumerate(leaves):
+        lines = [tree.leaf_text(leaf)[1]]
+        for label, values in (leaf_values or {}).items():
+            lines.append(f"{label}={np.asarray(values)[leaf]:.2f}")
+        ax.text(offset, -horizon - 0.15, "\n".join(lines), ha="center", va="top", fontsize=8)
+    prompt_text = tree.prompts[p] or "(empty prompt)"
+    ax.text(node_x[0][0], 0.15, f"prompt {prompt_text!r}", ha="center", va="bottom", fontsize=9)
+    ax.set_xlim(-0.7, tree.leaves_per_prompt - 0.3)
+    ax.set_ylim(-horizon - 0.3 - 0.15 * n_leaf_lines, 0.4)
+    ax.set_yticks(-np.arange(horizon + 1), [f"depth {h}" for h in range(horizon + 1)])
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    ax.legend(
+        handles=[Line2D([], [], color=color, lw=3) for color in colors],
+        labels=[f"{label}(a | s)" for label in policies],
+        title=f"edge width: {list(policies)[-1]}(a | s)",
+        title_fontsize=8,
+        loc="upper right",
+        fontsize=9,
+    )
+    return ax.figure
+
+
+# ----------------------------------------------------------------------- distributions
+def plot_leaf_distributions(
+    tree: TokenTree,
+    policies: Mapping[str, Policy],
+    *,
+    prompt: int | str = 0,
+    ax: Axes | None = None,
+) -> Figure:
+    """Grouped bars of ``P(xi | s_0)`` over the leaves of one prompt, one group per leaf.
+
+    Args:
+        tree: the token tree.
+        policies: label -> Policy on ``tree`` (e.g. target, reverse and forward projections).
+        prompt: which prompt.
+        ax: where to draw.
+    """
+    tree = check_tree(tree)
+    p = _check_prompt(tree, prompt)
+    ax = _axes(ax, (max(6.0, 0.5 * tree.leaves_per_prompt * len(policies) + 2.0), 4.0))
+    leaves = np.arange(p * tree.leaves_per_prompt, (p + 1) * tree.leaves_per_prompt)
+    width = 0.8 / len(policies)
+    for k, (label, pi) in enumerate(policies.items()):
+        probs = pi.leaf_probs()[leaves]
+        ax.bar(
+            np.arange(leaves.size) + (k - (len(policies) - 1) / 2) * width,
+            probs,
+            width=width,
+            label=label,
+            color=f"C{k}",
+        )
+    ax.set_xticks(np.arange(leaves.size), [repr(tree.leaf_text(int(leaf))[1]) for leaf in leaves])
+    ax.set_xlabel("complete generation ξ")
+    ax.set_ylabel("P(ξ | s₀)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=9)
+    return ax.figure
+
+
+# --------------------------------------------------------------------------- landscapes
+def plot_kl_landscape(
+    x: np.ndarray,
+    y: np.ndarray,
+    values: np.ndarray,
+    *,
+    points: Mapping[str, np.ndarray] | None = None,
+    styles: Sequence[tuple[str, str]] | None = None,
+    title: str = "",
+    xlabel: str = "θ₀",
+    ylabel: str = "θ₁",
+    colorbar_label: str = "KL",
+    ax: Axes | None = None,
+) -> Figure:
+    """Filled contours of a divergence over two parameters, with marked points.
+
+    Args:
+        x: ``(n_x,)`` and y: ``(n_y,)`` grid coordinates.
+        values: ``(n_y, n_x)`` the divergence on the grid (``values[j, i]`` at ``x[i], y[j]``).
+        points: label -> ``(n, 2)`` or ``(2,)`` parameter points (optima, saddles) to mark.
+        styles: ``(marker, colour)`` per entry of ``points`` (default :data:`POINT_STYLES`).
+        title, xlabel, ylabel, colorbar_label: text.
+        ax: where to draw (a colorbar is added next to it).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(y), len(x)):
+        raise ValueError(f"values must have shape (len(y), len(x)) = {(len(y), len(x))}")
+    ax = _axes(ax, (5.5, 4.5))
+    # contour levels at quantiles of the finite values: even use of the colour scale
+    finite = values[np.isfinite(values)]
+    levels = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, 25)))
+    filled = ax.contourf(x, y, values, levels=levels, cmap="viridis")
+    ax.contour(x, y, values, levels=levels[::2], colors="white", linewidths=0.4, alpha=0.6)
+    ax.figure.colorbar(filled, ax=ax, label=colorbar_label, format="%.2f")
+    styles = POINT_STYLES if styles is None else list(styles)
+    for k, (label, where) in enumerate((points or {}).items()):
+        where = np.atleast_2d(np.asarray(where, dtype=np.float64))
+        marker, color = styles[k % len(styles)]
+        ax.scatter(
+            where[:, 0],
+            where[:, 1],
+            marker=marker,
+            s=260 if marker == "*" else 110,
+            facecolor=color,
+            edgecolor="black",
+            linewidth=1.0,
+            label=label,
+            zorder=3,
+        )
+    if points:
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_aspect("equal")
+    return ax.figure
+
+
+# -------------------------------------------------------------------------------- sweeps
+def plot_beta_path(
+    path: BetaPath, *, prompt: int = 0, axes: Sequence[Axes] | None = None
+) -> Figure:
+    """Three panels over ``beta`` (log scale): reward and value, KL and entropy, log Z and λ*.
+
+    Args:
+        path: from :func:`tinyrlhf.sweeps.beta_path`.
+        prompt: which prompt's column to draw.
+        axes: three Axes to draw into (default: a new 1x3 figure).
+    """
+    if not isinstance(path, BetaPath):
+        raise TypeError(f"path must be a BetaPath, got {type(path).__name__}")
+    reward_ax, kl_ax, log_z_ax = _panels(axes, 3, (13.0, 3.8))
+    beta = path.beta
+    reward_ax.plot(beta, path.expected_reward[:, prompt], label="E_π*[r]")
+    reward_ax.plot(beta, path.objective[:, prompt], "--", label="J(π*) = β log Z")
+    reward_ax.set_ylabel("reward units")
+    reward_ax.set_title("reward and value of the optimum")
+    kl_ax.plot(beta, path.kl[:, prompt], color="C2", label="KL(π* ‖ π_ref)")
+    kl_ax.plot(beta, path.entropy[:, prompt], color="C3", label="entropy H(P*)")
+    kl_ax.set_ylabel("nats")
+    kl_ax.set_title("distance from the reference, entropy")
+    log_z_ax.plot(beta, path.log_partition[:, prompt], color="C4", label="log Z")
+    log_z_ax.plot(beta, path.lagrange_multiplier[:, prompt], color="C5", label="λ* = β(1 − log Z)")
+    log_z_ax.set_yscale("asinh", linear_width=1.0)
+    # ticks 0, +-1, +-10, ... inside the drawn range (asinh's default ticks crowd near 0)
+    low, high = log_z_ax.get_ylim()
+    candidates = np.concatenate([-(10.0 ** np.arange(6)), [0.0], 10.0 ** np.arange(6)])
+    log_z_ax.set_yticks(candidates[(candidates >= low) & (candidates <= high)])
+    log_z_ax.yaxis.set_major_formatter("{x:g}")
+    log_z_ax.yaxis.set_minor_locator(NullLocator())
+    log_z_ax.set_ylabel("value (asinh scale)")
+    log_z_ax.set_title("partition function and multiplier")
+    for ax in (reward_ax, kl_ax, log_z_ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("β (KL coefficient)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return reward_ax.figure
+
+
+def plot_frontier(
+    frontier: RewardKLFrontier,
+    *,
+    prompt: int = 0,
+    points: Mapping[str, tuple[float, float]] | None = None,
+    background: tuple[np.ndarray, np.ndarray] | None = None,
+    background_label: str = "other policies",
+    ax: Axes | None = None,
+) -> Figure:
+    """The reward-KL frontier of one prompt, with policies placed by ``(KL, E[r])``.
+
+    Args:
+        frontier: from :func:`tinyrlhf.sweeps.reward_kl_frontier`.
+        prompt: which prompt's column.
+        points: label -> ``(KL(pi || pi_ref), E_pi[r])`` drawn as hollow markers of
+            decreasing size (so coinciding points stay visible).
+        background: ``(kl, reward)`` arrays of other policies, drawn as small grey dots.
+        background_label: legend text of the background.
+        ax: where to draw.
+    """
+    if not isinstance(frontier, RewardKLFrontier):
+        raise TypeError(f"frontier must be a RewardKLFrontier, got {type(frontier).__name__}")
+    ax = _axes(ax, (6.5, 4.5))
+    if background is not None:
+        ax.scatter(
+            background[0], background[1], s=6, color="0.7", label=background_label, zorder=1
+        )
+    ax.plot(
+        frontier.kl[:, prompt],
+        frontier.expected_reward[:, prompt],
+        color="black",
+        lw=2,
+        label="frontier: π*_β for β ∈ (0, ∞)",
+        zorder=2,
+    )
+    for k, (label, (kl, reward)) in enumerate((points or {}).items()):
+        ax.scatter(
+            [kl],
+            [reward],
+            marker=MARKERS[k % len(MARKERS)],
+            s=220 / (1 + 0.6 * k),
+            facecolor="none",
+            edgecolor=f"C{k}",
+            linewidth=2,
+            label=label,
+            zorder=3,
+        )
+    ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
+    ax.set_ylabel("E_π[r]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax.figure
+
+
+def plot_convergence(
+    gaps: Mapping[str, np.ndarray],
+    *,
+    floor: float | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Objective gap ``J(pi*) - J(pi_t)`` against step, log scale, one line per method.
+
+    Args:
+        gaps: label -> ``(n_steps + 1,)`` gaps (entry 0 is the starting policy).
+        floor: gaps below this (the float64 resolution of ``J``) are drawn at it, with a
+            dotted line marking it; None draws only positive gaps.
+        ax: where to draw.
+    """
+    ax = _axes(ax, (7.5, 4.8))
+    for k, (label, gap) in enumerate(gaps.items()):
+        gap = np.asarray(gap, dtype=np.float64)
+        shown = np.maximum(gap, floor) if floor is not None else np.where(gap > 0, gap, np.nan)
+        ax.plot(np.arange(gap.size), shown, color=f"C{k}", label=label, lw=1.5)
+    if floor is not None:
+        ax.axhline(floor, color="0.4", ls=":", lw=1, label="float64 resolution of J")
+    ax.set_yscale("log")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("step (linear to 10, then log)")
+    ax.set_ylabel("J(π*) − J(π_t)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_reward_fit(
+    true_reward: np.ndarray,
+    fitted: Mapping[str, np.ndarray],
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Fitted against true reward, one panel per fit, each with the identity line.
+
+    Args:
+        true_reward: ``(n_leaves,)`` the true reward (centred as the fits are).
+        fitted: label -> ``(n_leaves,)`` fitted rewards (e.g. one per dataset size).
+        axes: one Axes per fit (default: a new 1 x len(fitted) figure, shared axes).
+    """
+    true_reward = np.asarray(true_reward, dtype=np.float64)
+    if not fitted:
+        raise ValueError("fitted must hold at least one fitted reward")
+    if axes is None:
+        axes = Figure(figsize=(3.6 * len(fitted) + 0.6, 4.0), layout="constrained").subplots(
+            1, len(fitted), sharex=True, sharey=True, squeeze=False
+        )[0]
+    panels = _panels(axes, len(fitted), (0.0, 0.0))
+    arrays = {label: np.asarray(r_hat, dtype=np.float64) for label, r_hat in fitted.items()}
+    for label, r_hat in arrays.items():
+        if r_hat.shape != true_reward.shape:
+            raise ValueError(f"fitted[{label!r}] must have shape {true_reward.shape}")
+    low = min(true_reward.min(), *(r_hat.min() for r_hat in arrays.values()))
+    high = max(true_reward.max(), *(r_hat.max() for r_hat in arrays.values()))
+    for k, (ax, (label, r_hat)) in enumerate(zip(panels, arrays.items(), strict=True)):
+        ax.plot([low, high], [low, high], color="black", lw=1, ls="--", label="r̂ = r")
+        ax.scatter(true_reward, r_hat, s=16, alpha=0.6, color=f"C{k}", label="leaves")
+        ax.set_title(label)
+        ax.set_xlabel("true reward r (centred)")
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel("fitted reward r̂")
+    panels[0].legend(fontsize=8, loc="upper left")
+    return panels[0].figure
+
+
+# ------------------------------------------------------------ beyond the lecture (issue 7)
+def plot_preference_game(
+    preference: np.ndarray,
+    labels: Sequence[str],
+    distributions: Mapping[str, np.ndarray],
+    *,
+    win_rates: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """An (intransitive) preference game: ``P(y > y')``, solutions, and who beats RLHF.
+
+    Args:
+        preference: ``(n, n)`` with ``preference[i, j] = P(i > j)`` (from
+            :func:`tinyrlhf.preference_matrix`, one prompt).
+        labels: the ``n`` completions' names.
+        distributions: label -> ``(n,)`` distributions over the completions (e.g. RLHF
+            optimum, minimax winner, regularized Nash equilibrium).
+        win_rates: optional ``(betas, label -> (n_betas,))``: win rates against the RLHF
+            optimum over ``beta``, drawn in a third panel with the tie line 1/2, in the
+            colours of the last ``len(curves)`` distributions (list those last, in order).
+        axes: two (three with ``win_rates``) Axes to draw into.
+    """
+    preference = np.asarray(preference, dtype=np.float64)
+    n = preference.shape[0]
+    if preference.shape != (n, n) or len(labels) != n:
+        raise ValueError("preference must be (n, n) with one label per completion")
+    n_panels = 3 if win_rates is not None else 2
+    panels = _panels(axes, n_panels, (4.6 * n_panels, 4.2))
+    matrix_ax, bars_ax = panels[0], panels[1]
+    image = matrix_ax.imshow(preference, cmap="RdBu_r", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            dark = abs(preference[i, j] - 0.5) > 0.3  # white text on the saturated cells
+            matrix_ax.text(
+                j,
+                i,
+                f"{preference[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
+    matrix_ax.set_xticks(np.arange(n), labels)
+    matrix_ax.set_yticks(np.arange(n), labels)
+    matrix_ax.set_xlabel("y'")
+    matrix_ax.set_ylabel("y")
+    matrix_ax.set_title("P(y ≻ y')")
+    matrix_ax.figure.colorbar(image, ax=matrix_ax, shrink=0.8)
+    width = 0.8 / max(len(distributions), 1)
+    for k, (label, probs) in enumerate(distributions.items()):
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != (n,):
+            raise ValueError(f"distributions[{label!r}] must have shape ({n},)")
+        offset = (k - (len(distributions) - 1) / 2) * width
+        bars_ax.bar(np.arange(n) + offset, probs, width=width, label=label, color=f"C{k}")
+    bars_ax.set_xticks(np.arange(n), labels)
+    bars_ax.set_ylim(0, 1)
+    bars_ax.set_ylabel("probability")
+    bars_ax.set_title("the solutions")
+    bars_ax.legend(fontsize=8)
+    if win_rates is not None:
+        rates_ax = panels[2]
+        betas, curves = win_rates
+        first = len(distributions) - len(curves)
+        for k, (label, rate) in enumerate(curves.items()):
+            rates_ax.plot(betas, rate, color=f"C{first + k}", label=label)
+        rates_ax.axhline(0.5, color="0.4", ls=":", lw=1, label="tie")
+        rates_ax.set_xscale("log")
+        rates_ax.set_xlabel("β (KL coefficient of RLHF, τ of the Nash game)")
+        rates_ax.set_ylabel("P(· ≻ RLHF optimum)")
+        rates_ax.set_title("win rate against the RLHF optimum")
+        rates_ax.grid(alpha=0.3)
+        rates_ax.legend(fontsize=8)
+    return matrix_ax.figure
+
+
+def plot_kl_estimators(
+    kl: np.ndarray,
+    means: Mapping[str, np.ndarray],
+    stds: Mapping[str, np.ndarray],
+    gradient_errors: Mapping[str, np.ndarray],
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Bias, spread and loss-gradient error of KL estimators against the true KL.
+
+    Args:
+        kl: ``(n,)`` the exact ``KL(pi || pi_ref)`` of ``n`` policies (the x axis).
+        means: label -> ``(n,)`` exact ``E[k]`` of each estimator.
+        stds: label -> ``(n,)`` exact standard deviations.
+        gradient_errors: label -> ``(n,)`` ``||E grad k - grad KL|| / ||grad KL||``.
+        axes: three Axes to draw into.
+    """
+    kl = np.asarray(kl, dtype=np.float64)
+    mean_ax, std_ax, grad_ax = _panels(axes, 3, (14.0, 4.2))
+    mean_ax.plot(kl, kl, color="black", lw=1, ls="--", label="the true KL")
+    for k, label in enumerate(means):
+        style = {"color": f"C{k % 3}", "ls": "-" if k < 3 else "--"}
+        mean_ax.plot(kl, np.asarray(means[label]), label=label, **style)
+        std_ax.plot(kl, np.asarray(stds[label]), label=label, **style)
+        grad_ax.plot(kl, np.asarray(gradient_errors[label]), label=label, **style)
+    mean_ax.set_title("mean E[k]: k1, k3 unbiased")
+    mean_ax.set_ylabel("nats")
+    std_ax.set_title("standard deviation of one sample")
+    std_ax.set_ylabel("nats (log scale)")
+    std_ax.set_yscale("log")
+    grad_ax.set_title("as a loss: ‖E∇k − ∇KL‖ / ‖∇KL‖")
+    grad_ax.set_ylabel("relative error of the expected gradient")
+    for ax in (mean_ax, std_ax, grad_ax):
+        ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return mean_ax.figure
+
+
+def plot_overoptimization(
+    kl: np.ndarray,
+    true_reward: np.ndarray,
+    labels: Sequence[str],
+    *,
+    proxy_gain: np.ndarray | None = None,
+    oracle: tuple[np.ndarray, np.ndarray] | None = None,
+    reference_reward: float | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Over-optimization curves: true reward (and proxy gain) against ``sqrt(KL)``.
+
+    As in Gao et al. (2023) the x axis is the distance ``d = sqrt(KL(pi || pi_ref))``.
+
+    Args:
+        kl: ``(n_curves, n_points)`` KL of the policies along each curve.
+        true_reward: ``(n_curves, n_points)`` their true expected reward.
+        labels: one label per curve (e.g. the dataset size).
+        proxy_gain: ``(n_curves, n_points)`` the fitted reward's gain over the reference;
+            drawn in a second panel next to the true gain (``true_reward -
+            reference_reward``).
+        oracle: ``(kl, reward)`` of the optimum under the true reward (the frontier).
+        reference_reward: the reference policy's true reward (a horizontal line).
+        axes: one Axes (two with ``proxy_gain``) to draw into.
+    """
+    kl = np.atleast_2d(np.asarray(kl, dtype=np.float64))
+    true_reward = np.atleast_2d(np.asarray(true_reward, dtype=np.float64))
+    if kl.shape != true_reward.shape or len(labels) != kl.shape[0]:
+        raise ValueError("kl and true_reward must have the same (n_curves, n_points) shape")
+    with_proxy = proxy_gain is not None
+    panels = _panels(axes, 2 if with_proxy else 1, (12.0 if with_proxy else 6.5, 4.6))
+    true_ax = panels[0]
+    if oracle is not None:
+        true_ax.plot(
+            np.sqrt(oracle[0]), oracle[1], color="black", lw=2, label="oracle: RLHF under r"
+        )
+    for k, label in enumerate(labels):
+        true_ax.plot(np.sqrt(kl[k]), true_reward[k], "o-", ms=3, color=f"C{k}", label=label)
+    if reference_reward is not None:
+        true_ax.axhline(reference_reward, color="0.4", ls=":", lw=1, label="π_ref")
+    true_ax.set_ylabel("true reward E_π[r]")
+    true_ax.set_title("true reward of the RLHF optimum under r̂")
+    if with_proxy:
+        proxy_ax = panels[1]
+        proxy = np.atleast_2d(np.asarray(proxy_gain, dtype=np.float64))
+        base = 0.0 if reference_reward is None else reference_reward
+        for k, label in enumerate(labels):
+            proxy_ax.plot(np.sqrt(kl[k]), proxy[k], color=f"C{k}", label=f"{label}: proxy r̂")
+            proxy_ax.plot(np.sqrt(kl[k]), true_reward[k] - base, color=f"C{k}", ls="--")
+        proxy_ax.plot([], [], color="0.3", ls="--", label="true r (dashed)")
+        proxy_ax.set_ylabel("gain over π_ref")
+        proxy_ax.set_title("what the optimizer sees (r̂) and what it gets (r)")
+    for ax in panels:
+        ax.set_xlabel("√KL(π ‖ π_ref)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return true_ax.figure
