@@ -256,3 +256,28 @@ def test_solvers_survive_extreme_rewards():
     log_weight = (ref.leaf_log_probs() + reward / 1e-2).reshape(tree.n_prompts, -1)
     np.testing.assert_allclose(closed.log_partition, logsumexp(log_weight, axis=1), rtol=1e-12)
     np.testing.assert_allclose(soft.log_partition, closed.log_partition, rtol=1e-12)
+
+
+def test_gradient_at_a_policy_with_extra_zeros_has_no_nan():
+    # pi forbids a token pi_ref allows: its logit is -inf, so it has no gradient (0, not NaN:
+    # pi log pi -> 0), and the other entries still match finite differences of J.
+    tree, ref, reward = demo_problem(horizon=2)
+    tables = [table.copy() for table in tr.Policy.random(tree, seed=4).log_probs]
+    tables[1][0, 0] = -np.inf
+    policy = tr.Policy.from_logits(tree, tables)
+    gradient = tr.policy_gradient_grad(policy, ref, reward, 0.5)
+    assert not any(np.isnan(g).any() for g in gradient) and gradient[1][0, 0] == 0.0
+    step = 1e-6
+    plus = [t.copy() for t in policy.log_probs]
+    minus = [t.copy() for t in policy.log_probs]
+    plus[0][1, 2] += step
+    minus[0][1, 2] -= step
+
+    def mean_objective(logits):
+        return tr.objective(tr.Policy.from_logits(tree, logits), ref, reward, 0.5).mean()
+
+    numeric = (mean_objective(plus) - mean_objective(minus)) / (2 * step)
+    np.testing.assert_allclose(gradient[0][1, 2], numeric, rtol=1e-6)
+    # the other way round is refused: a policy that leaves the reference's support
+    with pytest.raises(ValueError, match="never picks"):
+        tr.policy_gradient_grad(ref, policy, reward, 0.5)

@@ -97,10 +97,13 @@ def _evaluate(
     for h in range(horizon - 1, -1, -1):
         # Q(s,a) = V_{h+1}(s o a) - beta log(pi/pi_ref)(a|s), 0 where the token is forbidden
         q = np.zeros_like(log_pi[h])
-        np.subtract(log_pi[h], log_pi_ref[h], out=q, where=allowed[h])
-        q = np.where(allowed[h], value.reshape(-1, n_tokens) - beta * q, 0.0)
+        # Only tokens pi picks enter (pi log pi -> 0 as pi -> 0); they are a subset of the
+        # tokens pi_ref allows, which the callers guarantee.
+        picked = allowed[h] & (log_pi[h] > -np.inf)
+        np.subtract(log_pi[h], log_pi_ref[h], out=q, where=picked)
+        q = np.where(picked, value.reshape(-1, n_tokens) - beta * q, 0.0)
         value = (np.exp(log_pi[h]) * q).sum(axis=1)  # V_h(s) = sum_a pi Q : (level_size(h),)
-        advantage[h] = np.where(allowed[h], q - value[:, None], 0.0)
+        advantage[h] = np.where(picked, q - value[:, None], 0.0)
     per_prompt = value
     gradient: list[np.ndarray] = []
     if need_gradient:
@@ -119,11 +122,26 @@ def policy_gradient_grad(
 
     ``J`` is the mean over prompts of ``E_pi[r] - beta KL(pi || pi_ref)``; the gradient is
     ``d_pi(s) pi(a|s) (Q(s,a) - V(s))`` (module docstring). Returns one
-    ``(level_size(h), A)`` array per level, zero on tokens ``pi_ref`` forbids.
+    ``(level_size(h), A)`` array per level, zero on tokens ``pi`` never picks (a logit of
+    ``-inf`` has no gradient).
+
+    Raises:
+        ValueError: ``policy`` picks a token that ``ref`` never picks (the KL is infinite).
     """
+    for name, value in (("policy", policy), ("ref", ref)):
+        if not isinstance(value, Policy):
+            raise TypeError(f"{name} must be a tinyrlhf.Policy, got {type(value).__name__}")
+    if policy.tree != ref.tree:
+        raise ValueError("policy and ref must be policies on the same TokenTree")
     reward = check_leaf_array(ref.tree, reward, "reward")
     beta = check_beta(beta)
     allowed = [table > -np.inf for table in ref.log_probs]
+    for h, (table, mask) in enumerate(zip(policy.log_probs, allowed, strict=True)):
+        if np.any((table > -np.inf) & ~mask):
+            raise ValueError(
+                f"policy picks a token at level {h} that ref never picks: KL(pi || pi_ref) is "
+                "infinite there; use a policy whose zeros include ref's zeros"
+            )
     theta = [np.array(table) for table in policy.log_probs]
     return _evaluate(theta, list(ref.log_probs), allowed, reward, beta, ref.tree.n_tokens).gradient
 
