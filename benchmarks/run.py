@@ -254,7 +254,7 @@ def kernel_section(config: dict) -> tuple[str, list[dict]]:
         }
         candidates = {"floor": floor, "scipy": scipy_level, "logaddexp": logaddexp_level}
         candidates |= {name: partial(kernel_level, ws) for name, ws in layouts.items()}
-        times = interleaved_best_times(candidates, max(3, config["repeats"] // 2))
+        times = interleaved_best_times(candidates, config["repeats"])
         chosen = "token-major" if n_tokens <= kernels.TOKEN_MAJOR_MAX_TOKENS else "row-major"
         record = {"n_tokens": n_tokens, "chosen": chosen}
         record |= {name: times[name] / times["floor"] for name in candidates if name != "floor"}
@@ -263,6 +263,7 @@ def kernel_section(config: dict) -> tuple[str, list[dict]]:
             [n_tokens] + [ratio(record[name]) for name in candidates if name != "floor"] + [chosen]
         )
         del layouts, candidates
+        print(f"  kernels: A = {n_tokens} done", flush=True)
     header = [
         "A",
         "scipy logsumexp(axis=1)",

@@ -119,8 +119,9 @@ def _score_gram(policy: Policy) -> np.ndarray:
     """``K[p, x, y] = s_x . s_y`` for the leaves ``x, y`` of each prompt, ``(P, L, L)``."""
     tree = policy.tree
     n_tokens, horizon, per_prompt = tree.n_tokens, tree.horizon, tree.leaves_per_prompt
+    # the Gram matrices and up to four (P, L, L) temporaries (here and in the variance)
     check_memory(
-        tree.n_prompts * per_prompt**2 * FLOAT_BYTES * 3,
+        tree.n_prompts * per_prompt**2 * FLOAT_BYTES * 5,
         f"the score Gram matrices ({tree.n_prompts} x {per_prompt} x {per_prompt})",
     )
     leaf = np.arange(tree.n_leaves, dtype=np.int64).reshape(tree.n_prompts, per_prompt)

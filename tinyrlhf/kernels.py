@@ -9,30 +9,36 @@ Every exact computation on the token tree is a loop over levels of one of two re
 - up the tree (backward), a level is a row-wise log-sum-exp over the ``A`` children of each
   state, and the row's normalized log-weights are a policy,
 
-      x(s, a)      = log_prior(s, a) + children(s o a) / divisor
+      x(s, a)      = [row_offset(s) + log_prior(s, a)] + children(s o a) / divisor
       log_sum(s)   = log sum_a exp x(s, a)
       log_pi(a|s)  = x(s, a) - log_sum(s)                                       (log_normalize_level)
 
   With ``log_prior = log pi_ref`` and ``children = V_{h+1} / beta`` this is the soft Bellman
   backup (``log_sum = V_h / beta``, ``log_pi = log pi*``); with no prior and ``children`` the
-  log-masses of the subtrees of level ``h + 1`` it sums the closed form's ``P*`` over subtrees.
+  log-masses of the subtrees of level ``h + 1`` it sums the closed form's ``P*`` over
+  subtrees (and with ``row_offset = log d_ref``, ``log_prior = log pi_ref``,
+  ``children = r``, ``divisor = beta`` its first level forms the leaf weights
+  ``log P_ref + r/beta`` on the way).
 
 The straightforward versions are ``scipy.special.logsumexp(x, axis=1)`` and
 ``log_reach[:, None] + table``; the tests check that these kernels agree with them to 1e-12.
-The kernels are faster because of how numpy executes small reductions, measured on a 2-core
-AMD EPYC with numpy 2.4 (times per 2**24 array elements, relative to one
-``scipy.special.logsumexp`` over 2**24 leaves):
+The kernels are faster because of how numpy executes small reductions. Measured on a 2-core
+AMD EPYC with numpy 2.4 (``python benchmarks/run.py``, table "Level kernels": one backward
+level of 2**24 elements, relative to one ``scipy.special.logsumexp`` over 2**24 leaves):
 
 - A reduction along a short last axis (``x.max(axis=1)`` on ``(n, 2)``) runs numpy's inner
-  loop once per row, and ``scipy.special.logsumexp(x, axis=1)`` costs about 8x the floor at
-  A = 2. ``np.logaddexp`` (about 1.3x for the pair) is not vectorized with SIMD either.
-  Max-shift + ``exp`` + ``sum`` on token-major ``(A, rows)`` buffers, where every ufunc runs
-  over long contiguous rows, costs about 0.4x for A <= 8 (:data:`TOKEN_MAJOR_MAX_TOKENS`).
-- For A >= 16 the rows are long enough: the same steps along axis 1 of ``(rows, A)`` buffers
-  cost 0.3-0.8x, while gathering A strided columns costs more than it saves.
-- The work is done in blocks of :data:`BLOCK_ELEMENTS` elements so that the scratch buffers
-  stay in cache (1 MiB each) and are allocated once per solve (:class:`LevelWorkspace`), not
-  once per level: 0.41x per level at A = 2 against 0.68x without blocking.
+  loop once per row: ``scipy.special.logsumexp(x, axis=1)`` costs about 10x the floor at
+  A = 2 (2.3x at A = 16), and the same max-shift steps on row-major ``(rows, A)`` buffers
+  3.9x. ``np.logaddexp`` is not SIMD-vectorized: a chain costs about 1.7x at every A.
+- Max-shift + ``exp`` + ``sum`` on token-major ``(A, rows)`` buffers, filled column by
+  column, runs every ufunc over long contiguous rows: about 0.45x for A <= 8, 0.67x at
+  A = 16 (row-major 0.85x), about equal at A = 24; from A = 32 on (0.77x against 0.62x;
+  0.85x against 0.50x at A = 64) the rows are long enough and gathering A strided columns
+  costs more than it saves (:data:`TOKEN_MAJOR_MAX_TOKENS`).
+- The work is done in blocks of :data:`BLOCK_ELEMENTS` elements so that the scratch
+  buffers stay in cache (1 MiB each) and are allocated once per solve
+  (:class:`LevelWorkspace`), not once per level: 0.45x at A = 2 against 0.69x for the same
+  kernel in one block.
 
 ``-inf`` entries (tokens a policy never picks) flow through: an all ``-inf`` row has
 ``log_sum = -inf`` and its ``log_pi`` row is left all ``-inf`` (no NaN, no warning); callers
@@ -47,12 +53,12 @@ from __future__ import annotations
 import numpy as np
 
 #: Elements per block of the backward kernel: two (A, rows) float64 scratch buffers of 1 MiB
-#: fit in the L2 cache; measured at A = 2 and 2**24 leaves, 2**17 beat 2**15 (0.46x) and
-#: 2**19 (0.52x) and unblocked (0.68x, all relative to the floor).
+#: fit in the L2 cache; measured at A = 2 and 2**24 elements, 2**17 (0.41x the floor) beat
+#: 2**15 (0.46x), 2**19 (0.52x) and one block (0.69x).
 BLOCK_ELEMENTS = 1 << 17
 #: Largest A for which the backward kernel works token-major, on (A, rows) buffers filled
-#: column by column (measured faster for A <= 8; for A >= 16 row-major wins, see above).
-TOKEN_MAJOR_MAX_TOKENS = 8
+#: column by column (measured: faster up to A = 16, even at 24, slower from 32; see above).
+TOKEN_MAJOR_MAX_TOKENS = 16
 #: Largest A for which the forward kernel writes one strided column per token instead of one
 #: broadcast add (measured at 2**24 elements: A = 2, 0.12x against 0.18x; A = 3 already
 #: favours the broadcast, 0.14x against 0.17x).
@@ -62,19 +68,24 @@ FORWARD_COLUMNS_MAX_TOKENS = 2
 _NUMPY_BUFFER_BYTES = 8192 * 8
 
 
-def extend_log_reach(log_reach: np.ndarray, log_probs: np.ndarray) -> np.ndarray:
+def extend_log_reach(
+    log_reach: np.ndarray, log_probs: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """One level down: ``log d_{h+1}(s o a) = log d_h(s) + log pi(a | s)``.
 
     Args:
         log_reach: ``(n,)`` log-probabilities ``log d_h`` of reaching the states of level h
             (``-inf`` allowed).
         log_probs: ``(n, A)`` the policy's table ``log pi(a | s)`` at level h.
+        out: optional ``(n, A)`` array to write into (not overlapping the inputs).
 
     Returns:
-        A new ``(n * A,)`` array, ``log d_{h+1}`` in canonical order (child ``i * A + a``).
+        ``(n * A,)``: ``log d_{h+1}`` in canonical order (child ``i * A + a``), a view of
+        ``out`` when given, else a new array.
     """
     n_rows, n_tokens = log_probs.shape
-    out = np.empty((n_rows, n_tokens))
+    if out is None:
+        out = np.empty((n_rows, n_tokens))
     if n_tokens <= FORWARD_COLUMNS_MAX_TOKENS:
         for a in range(n_tokens):  # long strided columns beat a broadcast over rows of 2
             np.add(log_reach, log_probs[:, a], out=out[:, a])
@@ -168,6 +179,8 @@ def log_normalize_level(
     n_tokens = workspace.n_tokens
     child_rows = children.reshape(n_rows, n_tokens)  # (n, A): row i holds children i*A + a
     token_axis = 0 if workspace.token_major else 1
+    # a (size,) row vector broadcast along the token axis: (1, size) or (size, 1)
+    per_token = (np.newaxis, slice(None)) if workspace.token_major else (slice(None), np.newaxis)
     any_dead = False
     for start in range(0, n_rows, workspace.block_rows):
         stop = min(n_rows, start + workspace.block_rows)
@@ -191,16 +204,16 @@ def log_normalize_level(
                 np.copyto(out_weights[start:stop], weights)
         row_max = workspace.row_max[:size]
         row_sum = workspace.row_sum[:size]
-        np.max(weights, axis=token_axis, out=row_max)
+        np.maximum.reduce(weights, axis=token_axis, out=row_max)
         # all -inf rows (one min instead of a mask when there are none, the common case)
         block_dead = bool(row_max.min() == -np.inf)
         if block_dead:
             dead = np.isneginf(row_max)  # (size,) bool
             row_max[dead] = 0.0  # shift by 0 there: exp(-inf - 0) = 0, so the row sums to 0
         # m(s) + log sum_a exp(x(s, a) - m(s))
-        np.subtract(weights, np.expand_dims(row_max, token_axis), out=shifted)
+        np.subtract(weights, row_max[per_token], out=shifted)
         np.exp(shifted, out=shifted)
-        np.sum(shifted, axis=token_axis, out=row_sum)
+        np.add.reduce(shifted, axis=token_axis, out=row_sum)
         log_sum = out_log_sum[start:stop]
         if block_dead:
             with np.errstate(divide="ignore"):  # log 0 = -inf is the exact answer on dead rows

@@ -49,6 +49,7 @@ import numpy as np
 
 from .divergences import kl_divergence
 from .policy import Policy
+from .solvers import policy_gradient_grad
 
 #: The estimator names accepted by :func:`kl_estimator_moments` and
 #: :func:`kl_estimator_gradient`.
@@ -177,16 +178,20 @@ def kl_estimator_gradient(
 def kl_gradient(policy: Policy, ref: Policy) -> list[np.ndarray]:
     """Exact gradient of the mean over prompts of ``KL(pi || pi_ref)`` w.r.t. softmax logits.
 
-        grad KL = E_pi[log(pi / pi_ref)(xi) grad log pi(xi)]
-                = M(s o a) - pi(a|s) M(s),   M = subtree sums of P_pi log(P_pi / P_ref)
+        grad KL = -grad J,   J = E_pi[0] - 1 * KL(pi || pi_ref)
 
-    (the score-function identity; it equals ``-policy_gradient_grad(policy, ref, 0, 1)``,
-    computed here by forward subtree sums so that policies with zero-probability tokens work).
+    computed by :func:`tinyrlhf.policy_gradient_grad` with zero reward and ``beta = 1`` (its
+    backward pass ``d_pi(s) pi(a|s) (Q(s, a) - V(s))``). By the score-function identity it
+    equals the expected gradient of sequence-level ``k2`` (:func:`kl_estimator_gradient`,
+    computed by forward subtree sums), which the tests check.
 
     Raises:
-        ValueError: ``KL(pi || pi_ref) = inf``.
+        TypeError: ``policy`` or ``ref`` is not a Policy.
+        ValueError: ``policy`` picks a token that ``ref`` never picks.
     """
-    return kl_estimator_gradient(policy, ref, "k2")
+    _check_inputs(policy, ref, "k1", False)
+    gradient = policy_gradient_grad(policy, ref, np.zeros(policy.tree.n_leaves), 1.0)
+    return [-table for table in gradient]
 
 
 @dataclass(frozen=True)
@@ -242,7 +247,8 @@ def kl_estimator_report(policy: Policy, ref: Policy) -> KLEstimatorReport:
     ||grad KL||`` over all logits (``nan`` when ``grad KL = 0``, i.e. ``pi = pi_ref``).
 
     Raises:
-        ValueError: ``KL(pi || pi_ref) = inf``.
+        ValueError: ``policy`` picks a token that ``ref`` never picks (see
+            :func:`kl_gradient`).
     """
     kl = kl_divergence(policy, ref)
     true_gradient = _flatten(kl_gradient(policy, ref))

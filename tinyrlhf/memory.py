@@ -30,6 +30,10 @@ DEFAULT_FRACTION = 0.5
 ENV_VAR = "TINYRLHF_MEMORY_LIMIT"
 #: Bytes of one float64.
 FLOAT_BYTES = 8
+#: Requests up to this size are not checked against the available memory (reading it costs
+#: about 50 us, more than solving a tree of a thousand leaves); an explicit limit or
+#: TINYRLHF_MEMORY_LIMIT is always applied.
+ALWAYS_AFFORDABLE_BYTES = 16 * 1024**2
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 #: (limit file, usage file) of the process's memory cgroup, v2 then v1.
@@ -146,6 +150,8 @@ def check_memory(n_bytes: int, what: str, limit: int | None = None) -> None:
         ValueError: naming the size needed, the budget, where the budget comes from and how
             to change it.
     """
+    if limit is None and not os.environ.get(ENV_VAR) and n_bytes <= ALWAYS_AFFORDABLE_BYTES:
+        return
     budget, source = _budget_and_source(limit)
     if n_bytes > budget:
         raise ValueError(

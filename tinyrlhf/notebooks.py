@@ -88,8 +88,19 @@ def check_prediction(
     else:
         right = bool(prediction == answer)
     verdict = "Right" if right else "Not quite"
-    print(f"{verdict}: the answer is {answer!r} (your prediction: {prediction!r})")
+    print(f"{verdict}: the answer is {_show(answer)} (your prediction: {_show(prediction)})")
     return right
+
+
+def _show(value: object) -> str:
+    """A number or array as a student would write it (no ``np.float64(...)`` wrapper)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        return np.array2string(value, precision=6)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return repr(value)
 
 
 def _require_extra() -> tuple:

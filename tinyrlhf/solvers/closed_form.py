@@ -35,7 +35,7 @@ import time
 import numpy as np
 from scipy.special import logsumexp
 
-from ..kernels import LevelWorkspace, log_normalize_level
+from ..kernels import LevelWorkspace, extend_log_reach, log_normalize_level
 from ..memory import FLOAT_BYTES, check_memory
 from ..policy import Policy
 from ..tree import TokenTree
@@ -48,14 +48,14 @@ from .solution import Solution
 def estimate_bytes(tree: TokenTree) -> int:
     """Bytes :func:`closed_form` allocates on ``tree`` (without the soft value iteration
     fallback for unreached states): the leaf weights (``n_leaves``), the policy
-    (``n_states - n_prompts``), the reference's reach probabilities of level ``H - 1``, two
-    level buffers of subtree sums and the kernel's scratch."""
+    (``n_states - n_prompts``, which also holds the forward pass), two level buffers of
+    subtree sums and the kernel's scratch."""
     horizon = tree.horizon
     floats = (
         tree.n_leaves
         + tree.n_states
         - tree.n_prompts
-        + 2 * tree.level_size(horizon - 1)
+        + tree.level_size(horizon - 1)
         + tree.level_size(max(horizon - 2, 0))
     )
     return FLOAT_BYTES * floats + LevelWorkspace.estimate_bytes(
@@ -130,13 +130,22 @@ def closed_form(
     def backup(h: int, children: np.ndarray, **level_inputs: object) -> np.ndarray:
         """U_h(s) = log sum_a exp U_{h+1}(s o a);  log pi*(a|s) = U_{h+1}(s o a) - U_h(s)."""
         subtree_log_mass = buffers[(horizon - 1 - h) % 2][: tree.level_size(h)]  # U_h
-        log_pi[h] = np.empty((tree.level_size(h), n_tokens))
+        if log_pi[h].size == 0:  # the last level; the others hold log d_ref until now
+            log_pi[h] = np.empty((tree.level_size(h), n_tokens))
         if log_normalize_level(
             children, subtree_log_mass, log_pi[h], workspace=workspace, **level_inputs
         ):
             unreached[h] = np.isneginf(subtree_log_mass)
         return subtree_log_mass
 
+    # log d_ref(s), the reference's probability of reaching s, down to level H - 1:
+    # log d_{h+1}(s o a) = log d_h(s) + log pi_ref(a|s). Level h + 1 has the shape of the
+    # policy table log_pi[h], so it is computed there; the backward pass overwrites it after
+    # its last use (no other level-size scratch).
+    log_reach = np.zeros(tree.n_prompts)  # log d_0
+    for h in range(horizon - 1):
+        log_pi[h] = np.empty((tree.level_size(h), n_tokens))
+        log_reach = extend_log_reach(log_reach, ref.log_probs[h], out=log_pi[h])
     # U_H = W(xi) = log P_ref(xi) + r(xi)/beta, the unnormalized log P* of every leaf, with
     # log P_ref(s o a) = log d_ref(s) + log pi_ref(a|s) at the states s of level H - 1; the
     # kernel forms W into log_weight while it sums the last level: (level_size(H-1), A)
@@ -145,7 +154,7 @@ def closed_form(
         horizon - 1,
         reward,
         log_prior=ref.log_probs[horizon - 1],
-        row_offset=ref.state_log_probs(horizon - 1),
+        row_offset=log_reach,
         divisor=beta,
         out_weights=log_weight,
     )

@@ -14,8 +14,9 @@ recursion runs in units of ``V / beta`` so that every normaliser is one ``logsum
 everywhere.
 
 Each level is one call of :func:`tinyrlhf.kernels.log_normalize_level` (the backup and the
-normalized row in one pass, in cache-sized blocks); ``V_{h+1} / beta`` lives in two buffers
-reused level after level, and nothing of leaf size is allocated besides the outputs.
+normalized row in one pass, in cache-sized blocks); ``V_h / beta`` is computed in the output
+``values[h]`` and scaled by ``beta`` in place once the level above has read it, so nothing of
+leaf size is allocated besides the outputs.
 """
 
 from __future__ import annotations
@@ -34,15 +35,10 @@ from .solution import Solution
 
 def estimate_bytes(tree: TokenTree) -> int:
     """Bytes :func:`soft_value_iteration` allocates on ``tree``: the values ``V_0..V_H``
-    (``n_states``), the policy (``n_states - n_prompts``), two level buffers for
-    ``V / beta`` and the kernel's scratch."""
+    (``n_states``; each level holds ``V_h / beta`` until the level above has read it), the
+    policy (``n_states - n_prompts``) and the kernel's scratch."""
     horizon = tree.horizon
-    floats = (
-        2 * tree.n_states
-        - tree.n_prompts
-        + tree.level_size(horizon - 1)
-        + tree.level_size(max(horizon - 2, 0))
-    )
+    floats = 2 * tree.n_states - tree.n_prompts
     return FLOAT_BYTES * floats + LevelWorkspace.estimate_bytes(
         tree.n_tokens, tree.level_size(horizon - 1)
     )
@@ -79,34 +75,32 @@ def soft_value_iteration(
         estimate_bytes(tree), f"soft value iteration on {tree.n_states:,} states", memory_limit
     )
     horizon, n_tokens = tree.horizon, tree.n_tokens
+    level_sizes = [tree.level_size(h) for h in range(horizon + 1)]
 
     values: list[np.ndarray] = [np.empty(0)] * (horizon + 1)
     log_pi: list[np.ndarray] = [np.empty(0)] * horizon
     values[horizon] = reward.copy()
-    workspace = LevelWorkspace(n_tokens, tree.level_size(horizon - 1))
-    # V_h / beta for even and odd distances from the leaves: level h reads level h + 1's
-    # buffer and writes the other one.
-    buffers = (
-        np.empty(tree.level_size(horizon - 1)),
-        np.empty(tree.level_size(max(horizon - 2, 0))),
-    )
+    workspace = LevelWorkspace(n_tokens, level_sizes[horizon - 1])
     children, divisor = reward, beta  # level H enters as r / beta
     for h in range(horizon - 1, -1, -1):
-        scaled_value = buffers[(horizon - 1 - h) % 2][: tree.level_size(h)]  # V_h / beta
-        log_pi[h] = np.empty((tree.level_size(h), n_tokens))
+        # values[h] holds V_h / beta until level h - 1 has read it, then V_h
+        values[h] = np.empty(level_sizes[h])
+        log_pi[h] = np.empty((level_sizes[h], n_tokens))
         # V_h(s)/beta = log sum_a pi_ref(a|s) exp(V_{h+1}(s o a)/beta), and
         # log pi*(a|s) = log pi_ref(a|s) + V_{h+1}(s o a)/beta - V_h(s)/beta
         log_normalize_level(
             children,
-            scaled_value,
+            values[h],
             log_pi[h],
             log_prior=ref.log_probs[h],
             divisor=divisor,
             workspace=workspace,
         )
-        values[h] = beta * scaled_value
-        children, divisor = scaled_value, None
-    log_z = scaled_value.copy()  # V_0 / beta = log Z(s_0) : (n_prompts,), off the buffer
+        if h + 1 < horizon:
+            values[h + 1] *= beta  # V_{h+1} = beta * (V_{h+1} / beta), read for the last time
+        children, divisor = values[h], None
+    log_z = values[0].copy()  # V_0 / beta = log Z(s_0) : (n_prompts,)
+    values[0] *= beta
     return Solution(
         policy=Policy._trusted(tree, log_pi),
         method="soft_value_iteration",
