@@ -79,8 +79,8 @@ def test_log_normalize_level_equals_straightforward(case):
 
 @given(level_arrays(max_tokens=12), st.data())
 def test_log_normalize_level_with_prior_offset_and_divisor(case, data):
-    # x = [row_offset + log_prior] + children / divisor, the closed form's and soft VI's
-    # first backup; the weights it writes out are that sum exactly.
+    # x = [row_offset + log_prior] + children / divisor: the closed form's and soft VI's
+    # first backup.
     children, workspace = case
     n_rows, n_tokens = children.shape
     rng = np.random.default_rng(data.draw(trt.seeds))
@@ -90,7 +90,6 @@ def test_log_normalize_level_with_prior_offset_and_divisor(case, data):
     row_offset[rng.random(n_rows) < 0.1] = -np.inf
     divisor = data.draw(trt.betas())
     log_sum, table = np.empty(n_rows), np.empty((n_rows, n_tokens))
-    weights = np.empty((n_rows, n_tokens))
     kernels.log_normalize_level(
         children.reshape(-1),
         log_sum,
@@ -98,11 +97,9 @@ def test_log_normalize_level_with_prior_offset_and_divisor(case, data):
         log_prior=log_prior,
         row_offset=row_offset,
         divisor=divisor,
-        out_weights=weights,
         workspace=workspace,
     )
     x = (row_offset[:, None] + log_prior) + children / divisor
-    np.testing.assert_array_equal(weights, x)
     expected_sum, expected_table = straightforward_log_softmax(x)
     atol = tolerance(x)
     np.testing.assert_allclose(log_sum, expected_sum, rtol=RTOL, atol=atol)
@@ -133,6 +130,18 @@ def test_extend_log_reach_equals_broadcast(n_rows, n_tokens, seed):
     np.testing.assert_array_equal(
         kernels.extend_log_reach(log_reach, table), (log_reach[:, None] + table).reshape(-1)
     )
+
+
+def test_extend_log_reach_across_blocks():
+    # more rows than one block of the strided-column path (A <= FORWARD_COLUMNS_MAX_TOKENS)
+    rng = np.random.default_rng(3)
+    for n_tokens in range(1, kernels.FORWARD_COLUMNS_MAX_TOKENS + 1):
+        n_rows = 2 * kernels.BLOCK_ELEMENTS // n_tokens + 7
+        log_reach = rng.standard_normal(n_rows)
+        table = np.log(rng.dirichlet(np.ones(n_tokens), size=n_rows))
+        np.testing.assert_array_equal(
+            kernels.extend_log_reach(log_reach, table), (log_reach[:, None] + table).reshape(-1)
+        )
 
 
 def plain_soft_value_iteration(ref, reward, beta):
@@ -191,8 +200,9 @@ def test_closed_form_equals_plain_leaf_normalization(problem):
     log_z, log_p_star, log_pi = plain_closed_form(ref, reward, beta)
     scale = 1 + np.abs(reward).max() / beta + np.abs(log_z).max()
     np.testing.assert_allclose(solution.log_partition, log_z, rtol=RTOL, atol=RTOL * scale)
+    # the policy generates P*: its leaf log-probabilities are the normalized leaf weights
     np.testing.assert_allclose(
-        solution.info["leaf_log_probs"], log_p_star, rtol=RTOL, atol=RTOL * scale
+        solution.policy.leaf_log_probs(), log_p_star, rtol=RTOL, atol=RTOL * scale
     )
     for fast, plain in zip(solution.policy.log_probs, log_pi, strict=True):
         reached = ~np.isnan(plain)

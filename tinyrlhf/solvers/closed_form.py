@@ -21,9 +21,10 @@ summing ``P*`` over subtrees, one backward pass of log-sum-exps over the leaf we
 ``M_h(s)`` is the log-probability under ``P*`` of passing through ``s``, and ``Z`` is the
 partition function's sum over leaves taken subtree by subtree (the same sum, grouped; the
 leaf-level ``logsumexp`` is :func:`optimal_leaf_log_probs`). The normalization cancels in the
-policy, ``M_{h+1} - M_h = U_{h+1} - U_h``, so one pass gives ``Z``, ``P*`` and ``pi*``. This
-uses ``pi_ref`` only through the leaf probabilities ``P_ref(xi)``, so it is a computation
-independent of soft value iteration's per-state backups. At states the reference never
+policy, ``M_{h+1} - M_h = U_{h+1} - U_h``, so one pass gives ``Z`` and ``pi*``, and
+``log P*(s o a) = M_{H-1}(s) + log pi*(a|s)`` on the leaves. This uses ``pi_ref`` only through the leaf probabilities
+``P_ref(xi)`` (formed by a forward pass), so it is a computation independent of soft value
+iteration's per-state backups. At states the reference never
 reaches (``M_h(s) = -inf``) the ratio is undefined; there the policy is taken from soft
 value iteration, which is defined everywhere and agrees on reachable states.
 """
@@ -47,16 +48,18 @@ from .solution import Solution
 
 def estimate_bytes(tree: TokenTree) -> int:
     """Bytes :func:`closed_form` allocates on ``tree`` (without the soft value iteration
-    fallback for unreached states): the leaf weights (``n_leaves``), the policy
-    (``n_states - n_prompts``, which also holds the forward pass), two level buffers of
-    subtree sums and the kernel's scratch."""
+    fallback for unreached states): the policy (``n_states - n_prompts``, which also holds
+    the forward pass), ``log P*`` on the leaves, the subtree sums of level ``H - 1`` and two
+    buffers for the levels below, and the kernel's scratch. The leaf weights are formed block
+    by block and never stored."""
     horizon = tree.horizon
     floats = (
-        tree.n_leaves
-        + tree.n_states
+        tree.n_states
         - tree.n_prompts
+        + tree.n_leaves
         + tree.level_size(horizon - 1)
         + tree.level_size(max(horizon - 2, 0))
+        + tree.level_size(max(horizon - 3, 0))
     )
     return FLOAT_BYTES * floats + LevelWorkspace.estimate_bytes(
         tree.n_tokens, tree.level_size(horizon - 1)
@@ -100,7 +103,8 @@ def closed_form(
     Returns:
         A :class:`Solution` with ``policy`` (``pi*`` from subtree sums of ``P*``),
         ``log_partition`` (``log Z``, ``(n_prompts,)``), ``lagrange_multiplier``
-        (``beta (1 - log Z)``), and ``info["leaf_log_probs"]`` (``log P*``, ``(n_leaves,)``).
+        (``beta (1 - log Z)``), and ``info["leaf_log_probs"]`` (``log P*``, ``(n_leaves,)``,
+        from the last level's ``P*`` mass and ``pi*``).
 
     Raises:
         TypeError: ``ref`` is not a Policy.
@@ -120,16 +124,19 @@ def closed_form(
     log_pi: list[np.ndarray] = [np.empty(0)] * horizon
     unreached: dict[int, np.ndarray] = {}  # level -> states P* never passes through
     workspace = LevelWorkspace(n_tokens, tree.level_size(horizon - 1))
-    # U_h for even and odd distances from the leaves: level h reads level h + 1's buffer
-    # and writes the other one.
+    # U_h of the levels below H - 1, for odd and even distances from the leaves: level h
+    # reads level h + 1's buffer and writes the other one.
     buffers = (
-        np.empty(tree.level_size(horizon - 1)),
+        np.empty(tree.level_size(max(horizon - 3, 0))),
         np.empty(tree.level_size(max(horizon - 2, 0))),
     )
 
     def backup(h: int, children: np.ndarray, **level_inputs: object) -> np.ndarray:
         """U_h(s) = log sum_a exp U_{h+1}(s o a);  log pi*(a|s) = U_{h+1}(s o a) - U_h(s)."""
-        subtree_log_mass = buffers[(horizon - 1 - h) % 2][: tree.level_size(h)]  # U_h
+        if h == horizon - 1:  # U_{H-1}, kept for log P* at the end
+            subtree_log_mass = np.empty(tree.level_size(h))
+        else:  # U_h : (level_size(h),)
+            subtree_log_mass = buffers[(horizon - 1 - h) % 2][: tree.level_size(h)]
         if log_pi[h].size == 0:  # the last level; the others hold log d_ref until now
             log_pi[h] = np.empty((tree.level_size(h), n_tokens))
         if log_normalize_level(
@@ -148,22 +155,18 @@ def closed_form(
         log_reach = extend_log_reach(log_reach, ref.log_probs[h], out=log_pi[h])
     # U_H = W(xi) = log P_ref(xi) + r(xi)/beta, the unnormalized log P* of every leaf, with
     # log P_ref(s o a) = log d_ref(s) + log pi_ref(a|s) at the states s of level H - 1; the
-    # kernel forms W into log_weight while it sums the last level: (level_size(H-1), A)
-    log_weight = np.empty((tree.level_size(horizon - 1), n_tokens))
-    log_mass = backup(
+    # kernel forms W block by block while it sums the last level (W is never stored)
+    last_log_mass = backup(
         horizon - 1,
         reward,
         log_prior=ref.log_probs[horizon - 1],
         row_offset=log_reach,
         divisor=beta,
-        out_weights=log_weight,
     )
+    log_mass = last_log_mass
     for h in range(horizon - 2, -1, -1):
         log_mass = backup(h, log_mass)
     log_z = log_mass.copy()  # U_0 = log Z(s_0) : (n_prompts,)
-    # log P*(xi) = W(xi) - log Z(s_0), in place, one row per prompt: (n_prompts, A**H)
-    log_p_star = log_weight.reshape(tree.n_prompts, -1)
-    log_p_star -= log_z[:, None]
     if unreached:
         check_memory(
             estimate_bytes(tree) + soft_vi_bytes(tree),
@@ -173,6 +176,9 @@ def closed_form(
         fallback = soft_value_iteration(ref, reward, beta, memory_limit=memory_limit).policy
         for h, mask in unreached.items():
             log_pi[h][mask] = fallback.log_probs[h][mask]
+    # log P*(s o a) = M_{H-1}(s) + log pi*(a|s) on the leaves, M_{H-1} = U_{H-1} - log Z(s_0)
+    last_log_mass.reshape(tree.n_prompts, -1)[...] -= log_z[:, None]  # (n_prompts, A**(H-1))
+    log_p_star = extend_log_reach(last_log_mass, log_pi[horizon - 1])  # (n_leaves,)
     return Solution(
         policy=Policy._trusted(tree, log_pi),
         method="closed_form",
@@ -182,5 +188,5 @@ def closed_form(
         log_partition=log_z,
         lagrange_multiplier=beta * (1.0 - log_z),
         wall_time=time.perf_counter() - start,
-        info={"leaf_log_probs": log_p_star.reshape(-1)},
+        info={"leaf_log_probs": log_p_star},
     )
