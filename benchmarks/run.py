@@ -1,7 +1,7 @@
 """Benchmarks of tinyrlhf's exact solvers against the unavoidable work (lecture section 4).
 
 Run ``python benchmarks/run.py`` (a few minutes; writes ``benchmarks/results.md`` and
-``figures/benchmark_scaling.png``) or ``python benchmarks/run.py --quick`` (smaller sizes,
+``benchmarks/scaling.png``) or ``python benchmarks/run.py --quick`` (smaller sizes,
 well under a minute, prints only unless ``--output``/``--figure`` are given). ``tinyrlhf
 bench [--quick]`` runs this script.
 
@@ -543,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--figure",
         type=Path,
         default=None,
-        help="scaling plot (default: figures/benchmark_scaling.png, none with --quick)",
+        help="scaling plot (default: benchmarks/scaling.png, none with --quick)",
     )
     return parser
 
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = QUICK if args.quick else FULL
     output = args.output or (None if args.quick else BENCHMARKS / "results.md")
-    figure = args.figure or (None if args.quick else ROOT / "figures" / "benchmark_scaling.png")
+    figure = args.figure or (None if args.quick else ROOT / "benchmarks" / "scaling.png")
     start = time.perf_counter()
     machine = machine_description()
     print(f"tinyrlhf benchmarks ({'quick' if args.quick else 'full'}) on {machine}", flush=True)

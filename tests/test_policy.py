@@ -96,3 +96,31 @@ def test_bad_builder_arguments():
         tr.Policy.random(tree, seed=0, temperature=0.0)
     with pytest.raises(TypeError, match="seed"):
         tr.Policy.random(tree, seed="zero")
+
+
+@given(st.data())
+def test_from_leaf_log_probs_inverts_leaf_log_probs(data):
+    tree = data.draw(trt.trees(with_eos=data.draw(st.booleans())))
+    policy = data.draw(trt.policies(tree))
+    rebuilt = tr.Policy.from_leaf_log_probs(tree, policy.leaf_log_probs())
+    np.testing.assert_allclose(rebuilt.leaf_probs(), policy.leaf_probs(), atol=1e-13)
+    # Same conditionals wherever the policy reaches; rows it never reaches are uniform
+    # (forced after eos), so Policy() accepts the result.
+    tr.Policy(tree, rebuilt.log_probs)
+    for h in range(tree.horizon):
+        reached = policy.state_log_probs(h) > -np.inf
+        left, right = rebuilt.log_probs[h][reached], policy.log_probs[h][reached]
+        np.testing.assert_array_equal(np.isneginf(left), np.isneginf(right))
+        finite = np.isfinite(right)
+        np.testing.assert_allclose(left[finite], right[finite], atol=1e-10)
+
+
+def test_from_leaf_log_probs_refuses_bad_distributions():
+    tree = tr.TokenTree(["a", "$"], 2, eos="$")
+    with pytest.raises(ValueError, match="sum to"):
+        tr.Policy.from_leaf_log_probs(tree, np.log([0.5, 0.5, 0.5, 0.5]))
+    # leaf "$a" (index 2) has a token after the end token: no policy produces it
+    with pytest.raises(ValueError, match="after the end token"):
+        tr.Policy.from_leaf_log_probs(tree, np.log([0.5, 0.25, 0.125, 0.125]))
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        tr.Policy.from_leaf_log_probs(tree, np.zeros(3))

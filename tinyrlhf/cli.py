@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--figure",
         default=None,
-        help="scaling plot (default: figures/benchmark_scaling.png, full run)",
+        help="scaling plot (default: benchmarks/scaling.png, full run)",
     )
     bench.set_defaults(handler=run_bench)
     return parser

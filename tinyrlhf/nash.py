@@ -486,9 +486,9 @@ def rlhf_versus_minimax(
 def _leaf_distribution_policy(tree, leaf_probs: np.ndarray) -> Policy:
     """The autoregressive policy of a leaf distribution (subtree sums, shared helper).
 
-    ``from_logits`` re-normalizes nothing (rows are normalized already) but forces the rows
-    after an end token, which ``leaf_policy`` fills uniformly where the distribution puts
-    no mass.
+    The solvers' leaf distributions are normalized only to their own tolerance, so the rows
+    go through ``from_logits`` (which renormalizes each row and forces the rows after an end
+    token) rather than ``Policy.from_leaf_log_probs``'s strict check.
     """
     return Policy.from_logits(tree, leaf_policy(tree, _log(leaf_probs)).log_probs)
 

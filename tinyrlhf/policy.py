@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
-from .kernels import extend_log_reach
+from .kernels import extend_log_reach, log_normalize_level
 from .tree import TokenTree
-from .validation import check_positive_int, check_tree, make_rng
+from .validation import check_leaf_array, check_positive_int, check_tree, make_rng
 
 #: Largest |logsumexp(row)| accepted as "normalized" (log space: about 1e-8 relative error
 #: in the row's probability sum, far above float64 rounding of a softmax, far below any real
@@ -153,6 +153,68 @@ class Policy:
         arrays = _check_tables(tree, logits, "logits")
         tables = [log_softmax(table, axis=1) for table in arrays]
         return cls._trusted(tree, _force_ended_rows(tree, tables))
+
+    @classmethod
+    def from_leaf_log_probs(
+        cls, tree: TokenTree, leaf_log_probs: np.ndarray, *, fallback: Policy | None = None
+    ) -> Policy:
+        """The autoregressive policy that generates a given leaf distribution per prompt.
+
+        Sums the distribution over subtrees, one backward pass (the seed's trajectory-level
+        ``P`` turned into next-token conditionals):
+
+            M_H = log P(xi),   M_h(s) = log sum_a exp M_{h+1}(s o a),
+            log pi(a | s) = M_{h+1}(s o a) - M_h(s).
+
+        At states the distribution never reaches (``M_h(s) = -inf``) the conditional is
+        undefined and changes no leaf probability; those rows are taken from ``fallback``
+        (default: the uniform policy, whose rows after an ``eos`` token are forced).
+
+        Args:
+            tree: the token tree.
+            leaf_log_probs: ``(n_leaves,)`` ``log P(xi | s_0)``; ``-inf`` allowed; each
+                prompt's leaves must sum to 1 in probability (within
+                :data:`NORMALIZATION_ATOL` in log space), and on a tree with ``eos`` leaves
+                with a token after the end token must have probability 0.
+            fallback: policy for the unreached rows (same tree).
+
+        Raises:
+            ValueError: wrong shape, NaN/``+inf``, a prompt whose leaves do not normalize,
+                mass on an impossible ``eos`` leaf, or a fallback on another tree.
+        """
+        tree = check_tree(tree)
+        leaf_log_probs = check_leaf_array(
+            tree, leaf_log_probs, "leaf_log_probs", allow_neg_inf=True
+        )
+        totals = logsumexp(leaf_log_probs.reshape(tree.n_prompts, -1), axis=1)  # (n_prompts,)
+        bad = ~(np.abs(totals) <= NORMALIZATION_ATOL)
+        if bad.any():
+            p = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"leaf_log_probs of prompt {tree.prompts[p]!r} sum to {np.exp(totals[p])!r} in "
+                "probability, not 1; subtract their logsumexp per prompt first"
+            )
+        impossible = ~tree.valid_leaves() & (leaf_log_probs > -np.inf)
+        if impossible.any():
+            raise ValueError(
+                f"leaf_log_probs gives probability to leaf {int(np.flatnonzero(impossible)[0])}, "
+                f"which has a token after the end token {tree.eos!r}; no policy produces it"
+            )
+        if fallback is None:
+            fallback = cls.uniform(tree)
+        elif not isinstance(fallback, Policy) or fallback.tree != tree:
+            raise ValueError("fallback must be a tinyrlhf.Policy on the same tree")
+        log_pi: list[np.ndarray] = [np.empty(0)] * tree.horizon
+        log_mass = leaf_log_probs  # M_H: (n_leaves,)
+        for h in range(tree.horizon - 1, -1, -1):
+            subtree_log_mass = np.empty(tree.level_size(h))  # M_h: (level_size(h),)
+            table = np.empty((tree.level_size(h), tree.n_tokens))  # M_{h+1}(s o a) - M_h(s)
+            if log_normalize_level(log_mass, subtree_log_mass, table):
+                unreached = np.isneginf(subtree_log_mass)
+                table[unreached] = fallback.log_probs[h][unreached]
+            log_pi[h] = table
+            log_mass = subtree_log_mass
+        return cls._trusted(tree, log_pi)
 
     # ---------------------------------------------------------------------- quantities
     @property

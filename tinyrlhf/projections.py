@@ -57,7 +57,6 @@ from scipy.optimize import minimize, minimize_scalar, root
 from scipy.special import log_softmax, logsumexp
 
 from .divergences import kl_divergence, total_variation
-from .kernels import log_normalize_level
 from .policy import NORMALIZATION_ATOL, Policy
 from .solvers import policy_gradient_grad
 from .tree import TokenTree
@@ -320,29 +319,14 @@ def _as_target(target: object, tree: TokenTree | None) -> Policy:
 def leaf_policy(tree: TokenTree, leaf_log_probs: np.ndarray) -> Policy:
     """The autoregressive policy generating a leaf distribution (subtree sums in log space).
 
-        M_H = log P(xi),  M_h(s) = log sum_a exp M_{h+1}(s o a),
-        log pi(a | s) = M_{h+1}(s o a) - M_h(s),
-
-    the backward pass of :func:`tinyrlhf.closed_form` (the same level kernel,
-    :func:`tinyrlhf.kernels.log_normalize_level`); at states ``P`` never reaches
-    (``M_h(s) = -inf``) the conditional is undefined and is taken uniform (it changes no
-    leaf probability).
+    Kept for the projections' own use; see :meth:`tinyrlhf.Policy.from_leaf_log_probs`
+    (unreached states take the uniform policy's rows, forced after an ``eos`` token).
 
     Args:
         tree: the token tree.
-        leaf_log_probs: ``(n_leaves,)`` log-probabilities, summing to 1 per prompt
-            (not checked here; :func:`project` checks).
+        leaf_log_probs: ``(n_leaves,)`` log-probabilities, summing to 1 per prompt.
     """
-    log_pi: list[np.ndarray] = [np.empty(0)] * tree.horizon
-    log_mass = np.asarray(leaf_log_probs, dtype=np.float64)  # M_H: (n_leaves,)
-    for h in range(tree.horizon - 1, -1, -1):
-        subtree_log_mass = np.empty(tree.level_size(h))  # M_h
-        table = np.empty((tree.level_size(h), tree.n_tokens))  # M_{h+1}(s o a) - M_h(s)
-        if log_normalize_level(log_mass, subtree_log_mass, table):
-            table[np.isneginf(subtree_log_mass)] = -np.log(tree.n_tokens)  # unreached: uniform
-        log_pi[h] = table
-        log_mass = subtree_log_mass
-    return Policy._trusted(tree, log_pi)
+    return Policy.from_leaf_log_probs(tree, leaf_log_probs)
 
 
 def _as_family(family: object) -> Family:

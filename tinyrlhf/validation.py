@@ -57,6 +57,10 @@ def check_leaf_array(
             f"generation in canonical order; got shape {array.shape}. "
             "Build it with tree.leaf_values(fn)."
         )
+    # Fast path: one pass over the leaves when everything is finite (the common case; the
+    # solvers call this on every solve, see benchmarks/results.md). Details only on failure.
+    if np.isfinite(array).all():
+        return array
     if np.isnan(array).any():
         raise ValueError(f"{name} contains NaN at leaf {int(np.flatnonzero(np.isnan(array))[0])}")
     bad = np.isposinf(array) if allow_neg_inf else ~np.isfinite(array)
