@@ -227,7 +227,12 @@ class KLEstimatorReport:
         for row in self.rows:
             lines.append(
                 f"{row.name:<14} {row.kl:>10.5f} {row.mean:>10.5f} {row.bias:>10.2e} "
-                f"{row.std:>10.5f} {row.gradient_error:>15.3e} {row.gradient_cosine:>7.3f}"
+                f"{row.std:>10.5f} {row.gradient_error:>15.3e} "
+                + (
+                    f"{row.gradient_cosine:>7.3f}"
+                    if np.isfinite(row.gradient_cosine)
+                    else f"{'—':>7}"
+                )
             )
         return "\n".join(lines)
 
