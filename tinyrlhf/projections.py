@@ -329,6 +329,13 @@ def leaf_policy(tree: TokenTree, leaf_log_probs: np.ndarray) -> Policy:
     return Policy.from_leaf_log_probs(tree, leaf_log_probs)
 
 
+def _check_arguments(
+    target: object, family: object, divergence: object, tree: TokenTree | None
+) -> tuple[Policy, Family, str]:
+    """The checks every public projection function starts with (messages name the argument)."""
+    return _as_target(target, tree), _as_family(family), _check_divergence(divergence)
+
+
 def _as_family(family: object) -> Family:
     if isinstance(family, Family):
         return family
@@ -502,9 +509,7 @@ def family_divergence(
         ``(F(theta), dF/dtheta)``: a float (``+inf`` where the divergence is infinite) and an
         ``(n_parameters,)`` array.
     """
-    target = _as_target(target, tree)
-    family = _as_family(family)
-    divergence = _check_divergence(divergence)
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
     theta = _check_theta(family, target.tree, theta)
     if theta.ndim != 1:
         raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
@@ -532,9 +537,7 @@ def kl_landscape(
     Returns:
         ``thetas.shape[:-1]`` array of mean-over-prompts divergences (``+inf`` allowed).
     """
-    target = _as_target(target, tree)
-    family = _as_family(family)
-    divergence = _check_divergence(divergence)
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
     thetas = _check_theta(family, target.tree, thetas)
     flat = thetas.reshape(-1, thetas.shape[-1])  # (n_points, n_parameters)
     values = np.array(
@@ -574,9 +577,7 @@ def saddle_point(
     Raises:
         RuntimeError: the root-finder did not converge.
     """
-    target = _as_target(target, tree)
-    family = _as_family(family)
-    divergence = _check_divergence(divergence)
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
     theta_a = _check_theta(family, target.tree, theta_a)
     theta_b = _check_theta(family, target.tree, theta_b)
     if divergence == "reverse":
@@ -669,9 +670,7 @@ def project_all(
     Returns:
         A :class:`Projection`.
     """
-    target = _as_target(target, tree)
-    family = _as_family(family)
-    divergence = _check_divergence(divergence)
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
     n_starts = check_positive_int(n_starts, "n_starts")
     rng = make_rng(seed)
     closed = family.closed_form(target, divergence)
