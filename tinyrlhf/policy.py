@@ -235,6 +235,19 @@ class Policy:
             log_reach = extend_log_reach(log_reach, self.log_probs[level])
         return log_reach
 
+    def log_occupancies(self) -> list[np.ndarray]:
+        """``log d_h`` for every level ``h = 0..H``, one forward pass (the tree's forward primitive).
+
+        ``log d_0 = 0``; ``log d_{h+1}(s o a) = log d_h(s) + log pi(a | s)``; ``d_h(s)`` is the
+        probability of reaching state ``s`` of level ``h`` from its prompt, and ``log d_H`` is
+        :meth:`leaf_log_probs`. Returns ``H + 1`` new arrays, ``(level_size(h),)`` each.
+        """
+        log_reach = [np.zeros(self.tree.n_prompts)]
+        for table in self.log_probs:
+            # (level_size(h),) and (level_size(h), A) -> (level_size(h + 1),)
+            log_reach.append(extend_log_reach(log_reach[-1], table))
+        return log_reach
+
     def state_probs(self, h: int) -> np.ndarray:
         """``d_h(s)``: probability of reaching each level-``h`` state, ``(level_size(h),)``."""
         return np.exp(self.state_log_probs(h))

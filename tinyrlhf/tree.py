@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import row_logsumexp
 from .memory import FLOAT_BYTES, check_memory
 
 
@@ -148,6 +149,45 @@ class TokenTree:
     def n_states(self) -> int:
         """Number of states on all levels ``0..H`` of all prompts."""
         return sum(self.level_size(h) for h in range(self.horizon + 1))
+
+    # ----------------------------------------------------------------- backward passes
+    def subtree_sums(self, leaf_values: np.ndarray) -> list[np.ndarray]:
+        """Sums over subtrees, one backward pass: ``M_H = x``, ``M_h(s) = sum_a M_{h+1}(s o a)``.
+
+        The tree's linear backward primitive: with ``x = P(xi) C(xi)`` it gives the subtree
+        expectations that every score-function gradient needs.
+
+        Args:
+            leaf_values: ``(n_leaves,)`` real values ``x(xi)`` (finite; callers mask
+                unreached leaves to 0 first).
+
+        Returns:
+            ``H + 1`` arrays ``M_0..M_H``, ``M_h`` of shape ``(level_size(h),)``; ``M_H`` is
+            ``leaf_values`` itself (as float64), ``M_0`` the per-prompt totals.
+        """
+        sums = [np.asarray(leaf_values, dtype=np.float64)]
+        for h in range(self.horizon - 1, -1, -1):
+            # (level_size(h), A) -> (level_size(h),)
+            sums.append(sums[-1].reshape(self.level_size(h), self.n_tokens).sum(axis=1))
+        return sums[::-1]
+
+    def subtree_logsumexps(self, leaf_log_values: np.ndarray) -> list[np.ndarray]:
+        """Log-sums over subtrees: ``U_H = w``, ``U_h(s) = log sum_a exp U_{h+1}(s o a)``.
+
+        The log-space twin of :meth:`subtree_sums` (``-inf`` leaves allowed, a subtree of
+        only ``-inf`` leaves gives ``-inf`` without a warning); one backward pass.
+
+        Args:
+            leaf_log_values: ``(n_leaves,)`` log-weights ``w(xi)``, finite or ``-inf``.
+
+        Returns:
+            ``H + 1`` arrays ``U_0..U_H``, ``U_h`` of shape ``(level_size(h),)``.
+        """
+        sums = [np.asarray(leaf_log_values, dtype=np.float64)]
+        for h in range(self.horizon - 1, -1, -1):
+            # (level_size(h), A) -> (level_size(h),)
+            sums.append(row_logsumexp(sums[-1].reshape(self.level_size(h), self.n_tokens)))
+        return sums[::-1]
 
     # ------------------------------------------------------------------------- indexing
     def prompt_index(self, prompt: str | int) -> int:

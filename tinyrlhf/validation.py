@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .tree import TokenTree
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 
 def check_tree(tree: object, name: str = "tree") -> TokenTree:
@@ -79,3 +83,46 @@ def make_rng(seed: object, name: str = "seed") -> np.random.Generator:
     ):
         return np.random.default_rng(seed)
     raise TypeError(f"{name} must be an int, a numpy.random.Generator or None, got {seed!r}")
+
+
+def check_policy(policy: object, name: str = "policy") -> Policy:
+    """Return ``policy`` if it is a :class:`tinyrlhf.Policy`, else raise ``TypeError``."""
+    from .policy import Policy  # policy.py imports this module
+
+    if not isinstance(policy, Policy):
+        raise TypeError(f"{name} must be a tinyrlhf.Policy, got {type(policy).__name__}")
+    return policy
+
+
+def check_same_tree(first: Policy, second: Policy, names: tuple[str, str]) -> None:
+    """Both policies live on the same :class:`TokenTree` (``ValueError`` naming both)."""
+    if first.tree != second.tree:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must be policies on the same TokenTree; got "
+            f"{first.tree!r} and {second.tree!r}"
+        )
+
+
+def check_problem(ref: object, reward: object, beta: object) -> tuple[Policy, np.ndarray, float]:
+    """The KL-regularized problem's inputs: ``(ref, reward, beta)`` checked and converted.
+
+    ``ref`` a Policy, ``reward`` a finite ``(n_leaves,)`` float64 array, ``beta`` finite > 0.
+    """
+    policy = check_policy(ref, "ref")
+    return policy, check_leaf_array(policy.tree, reward, "reward"), check_beta(beta)
+
+
+def check_nonnegative(value: object, name: str, *, allow_zero: bool = True) -> float:
+    """A finite real number >= 0 (> 0 when ``allow_zero`` is False)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not np.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return number
+
+
+def check_tolerance(tol: object, name: str = "tol") -> float:
+    """A convergence tolerance: finite and > 0 (``inf`` would certify anything)."""
+    return check_nonnegative(tol, name, allow_zero=False)

@@ -29,7 +29,13 @@ class Solution:
         history: per-step records (policy gradient): a dict of 1-D arrays ``"objective"``,
             ``"kl"``, ``"grad_norm"``, ``"step_size"`` (objective and KL averaged over
             prompts, the first entry is the initial policy).
-        converged: whether an iterative solver met its stopping rule (None for direct ones).
+        converged: True exactly when an iterative solver's certificate ``residual`` is at
+            most ``tolerance`` (None for direct solvers).
+        residual: the certificate of an iterative solver: the optimality residual it stops on
+            (what it measures is stated in each solver's docstring; e.g. the norm of the exact
+            gradient or of the expected update, a fixed-point residual, a duality gap). The
+            same attribute name on every result type in the package. None for direct solvers.
+        tolerance: the bound ``residual`` is compared with.
         wall_time: seconds the solver took.
         info: anything else a solver reports.
     """
@@ -44,6 +50,8 @@ class Solution:
     values: list[np.ndarray] | None = None
     history: dict[str, np.ndarray] | None = None
     converged: bool | None = None
+    residual: float | None = None
+    tolerance: float | None = None
     wall_time: float | None = None
     info: dict = field(default_factory=dict)
 
@@ -71,6 +79,8 @@ class Solution:
             parts.append(f"log_partition={np.array2string(self.log_partition, precision=6)}")
         if self.converged is not None:
             parts.append(f"converged={self.converged}")
+        if self.residual is not None:
+            parts.append(f"residual={self.residual:.3g}")
         if self.wall_time is not None:
             parts.append(f"wall_time={self.wall_time:.3g}s")
         return f"Solution({', '.join(parts)})"

@@ -1,0 +1,99 @@
+"""The two tree primitives and the tabular softmax-gradient helpers."""
+
+import numpy as np
+from scipy.optimize import approx_fprime
+from scipy.special import log_softmax
+
+import tinyrlhf as tr
+from tinyrlhf.gradients import gradient_norm, sequence_score_gradient, token_score_gradient
+
+
+def _problem(seed):
+    rng = np.random.default_rng(seed)
+    tree = tr.TokenTree(list("abc"), 3, prompts=("x", "y"))
+    pi = tr.Policy.random(tree, seed=rng, zero_fraction=0.2)
+    return tree, pi, rng
+
+
+def test_log_occupancies_are_the_forward_pass():
+    tree, pi, _ = _problem(0)
+    occupancies = pi.log_occupancies()
+    assert len(occupancies) == tree.horizon + 1
+    for h, log_reach in enumerate(occupancies):
+        # d_h by brute force: the product of the conditionals along each state's path
+        expected = np.zeros(tree.level_size(h))
+        for i in range(tree.level_size(h)):
+            path, state = [], i
+            for level in range(h, 0, -1):
+                path.append((level - 1, state // tree.n_tokens, state % tree.n_tokens))
+                state //= tree.n_tokens
+            expected[i] = sum(pi.log_probs[lv][s, a] for lv, s, a in path)
+        np.testing.assert_allclose(log_reach, expected, atol=1e-13)
+        # probabilities of one level sum to 1 per prompt
+        np.testing.assert_allclose(np.exp(log_reach).reshape(tree.n_prompts, -1).sum(1), 1.0)
+
+
+def test_subtree_sums_match_direct_sums():
+    tree, _, rng = _problem(1)
+    x = rng.normal(size=tree.n_leaves)
+    sums = tree.subtree_sums(x)
+    logs = tree.subtree_logsumexps(np.log(np.abs(x)))
+    for h in range(tree.horizon + 1):
+        # a level-h state covers A**(H-h) consecutive leaves
+        block = x.reshape(tree.level_size(h), -1)
+        np.testing.assert_allclose(sums[h], block.sum(axis=1), atol=1e-13)
+        np.testing.assert_allclose(
+            logs[h], np.log(np.abs(block).sum(axis=1)), rtol=1e-13, atol=1e-13
+        )
+
+
+def test_subtree_logsumexps_of_impossible_leaves_is_minus_inf():
+    tree = tr.TokenTree(list("ab"), 2)
+    logs = tree.subtree_logsumexps(np.array([-np.inf, -np.inf, 0.0, -np.inf]))
+    np.testing.assert_array_equal(logs[1], [-np.inf, 0.0])
+    assert logs[0][0] == 0.0
+
+
+def test_sequence_score_gradient_is_the_gradient_of_the_expectation():
+    # grad_theta sum_xi P_theta(xi) C(xi) with C held fixed, by finite differences of the
+    # softmax parametrization (all logits of all levels as one vector)
+    tree, _, rng = _problem(2)
+    pi = tr.Policy.random(tree, seed=rng)
+    coefficients = rng.normal(size=tree.n_leaves)
+    shapes = [table.shape for table in pi.log_probs]
+    theta0 = np.concatenate([table.ravel() for table in pi.log_probs])
+
+    def expectation(theta):
+        tables, start = [], 0
+        for shape in shapes:
+            size = shape[0] * shape[1]
+            tables.append(log_softmax(theta[start : start + size].reshape(shape), axis=1))
+            start += size
+        policy = tr.Policy(tree, tables)
+        return float((policy.leaf_probs() * coefficients).sum() / tree.n_prompts)
+
+    numeric = approx_fprime(theta0, expectation, 1e-7)
+    exact = np.concatenate([g.ravel() for g in sequence_score_gradient(pi, coefficients)])
+    np.testing.assert_allclose(exact, numeric, atol=2e-6)
+
+
+def test_both_forms_give_the_exact_policy_gradient():
+    tree, pi, rng = _problem(3)
+    ref = tr.Policy.random(tree, seed=rng)
+    reward, beta = rng.normal(size=tree.n_leaves), 0.7
+    exact = tr.policy_gradient_grad(pi, ref, reward, beta)
+    # sequence form: C = r - beta log(P_pi / P_ref)
+    leaf_coefficient = reward - beta * (pi.leaf_log_probs() - ref.leaf_log_probs())
+    by_sequence = sequence_score_gradient(pi, leaf_coefficient)
+    # token form: c = Q_pi(s, a) = V_{h+1}(s o a) - beta log(pi/pi_ref)(a|s), V by recursion
+    value, q_tables = reward, [None] * tree.horizon
+    for h in range(tree.horizon - 1, -1, -1):
+        picked = pi.log_probs[h] > -np.inf
+        log_ratio = np.where(picked, pi.log_probs[h] - ref.log_probs[h], 0.0)
+        q_tables[h] = value.reshape(-1, tree.n_tokens) - beta * log_ratio
+        value = (np.exp(pi.log_probs[h]) * np.where(picked, q_tables[h], 0.0)).sum(axis=1)
+    by_token = token_score_gradient(pi, q_tables)
+    for a, b, c in zip(exact, by_sequence, by_token, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-14)
+        np.testing.assert_allclose(c, a, atol=1e-14)
+    assert gradient_norm(exact) > 0

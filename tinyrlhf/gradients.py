@@ -1,0 +1,84 @@
+"""Exact expected score-function gradients for tabular softmax policies (lecture section 4).
+
+A policy with softmax logits ``theta(s, .)`` per state has
+``grad_{theta(s, .)} log pi(a | s) = onehot(a) - pi(. | s)``. Two expectations cover every
+gradient in the package (policy gradient, KL estimators as losses, group-relative
+estimators):
+
+- a **sequence coefficient** ``C(xi)`` multiplying the whole generation's score,
+
+      E_{xi ~ pi}[C(xi) grad log P_pi(xi)](s, a) = M(s o a) - pi(a | s) M(s),
+      M(node) = sum_{xi below node} P_pi(xi) C(xi)         (TokenTree.subtree_sums)
+
+  (the sum over the tokens of ``xi`` collapses onto the one path through ``s``);
+- a **token coefficient** ``c(s, a)`` multiplying each token's own score,
+
+      E[sum_h c(s_h, a_h) grad log pi(a_h | s_h)](s, a)
+          = d_pi(s) pi(a | s) (c(s, a) - sum_b pi(b | s) c(s, b))   (Policy.log_occupancies)
+
+The exact policy gradient of ``J = E[r] - beta KL`` is the sequence form with
+``C = r - beta log(P_pi / P_ref)`` and the token form with ``c = Q_pi`` (Sutton et al. 2000,
+the policy-gradient theorem; Williams 1992 for the score function). Both are gradients of the
+mean over prompts (prompts uniform). Tokens the policy never picks get 0 (a ``-inf`` logit has
+no gradient), and coefficients there are never read, so ``0 * inf`` cannot arise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .policy import Policy
+
+
+def sequence_score_gradient(policy: Policy, leaf_coefficients: np.ndarray) -> list[np.ndarray]:
+    """``E_{xi ~ pi}[C(xi) grad_theta log P_pi(xi)]`` per level, mean over prompts.
+
+    Args:
+        policy: ``pi_theta`` with softmax logits ``theta``.
+        leaf_coefficients: ``(n_leaves,)`` ``C(xi)``; only leaves the policy reaches are read
+            (any value, even ``inf`` or NaN, elsewhere).
+
+    Returns:
+        ``H`` arrays ``(level_size(h), A)``: ``(M(s o a) - pi(a|s) M(s)) / n_prompts``.
+    """
+    tree = policy.tree
+    log_p = policy.leaf_log_probs()
+    reached = log_p > -np.inf
+    weighted = np.zeros(tree.n_leaves)  # P(xi) C(xi), 0 off the support
+    np.multiply(np.exp(log_p), leaf_coefficients, out=weighted, where=reached)
+    sums = tree.subtree_sums(weighted)  # M_0..M_H
+    gradient = []
+    for h, log_pi in enumerate(policy.log_probs):
+        children = sums[h + 1].reshape(-1, tree.n_tokens)  # M(s o a): (level_size(h), A)
+        gradient.append((children - np.exp(log_pi) * sums[h][:, None]) / tree.n_prompts)
+    return gradient
+
+
+def token_score_gradient(policy: Policy, token_coefficients: list[np.ndarray]) -> list[np.ndarray]:
+    """``E[sum_h c(s_h, a_h) grad_theta log pi(a_h | s_h)]`` per level, mean over prompts.
+
+    Args:
+        policy: ``pi_theta`` with softmax logits ``theta``.
+        token_coefficients: ``H`` arrays ``(level_size(h), A)`` of ``c(s, a)``; entries at
+            tokens the policy never picks are not read.
+
+    Returns:
+        ``H`` arrays ``(level_size(h), A)``:
+        ``d_pi(s) pi(a|s) (c(s, a) - sum_b pi(b|s) c(s, b)) / n_prompts``.
+    """
+    tree = policy.tree
+    log_reach = policy.log_occupancies()
+    gradient = []
+    for h, log_pi in enumerate(policy.log_probs):
+        picked = log_pi > -np.inf
+        c = np.where(picked, token_coefficients[h], 0.0)  # (level_size(h), A)
+        pi = np.exp(log_pi)
+        baseline = (pi * c).sum(axis=1, keepdims=True)  # sum_b pi(b|s) c(s, b)
+        weight = np.exp(log_reach[h])[:, None] * pi  # d(s) pi(a|s)
+        gradient.append(np.where(picked, weight * (c - baseline), 0.0) / tree.n_prompts)
+    return gradient
+
+
+def gradient_norm(gradient: list[np.ndarray]) -> float:
+    """Euclidean norm of a per-level gradient (all levels as one vector)."""
+    return float(np.sqrt(sum(float(np.vdot(table, table)) for table in gradient)))
