@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_expit
+from scipy.special import expit, log_expit
 
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
@@ -323,6 +323,25 @@ class Preferences:
 
 
 # ------------------------------------------------------------------------------ sampling
+def preference_probability(reward_chosen: np.ndarray, reward_rejected: np.ndarray) -> np.ndarray:
+    """The Bradley-Terry probability that one completion is preferred to another.
+
+        P(y+ > y-) = sigma(r(y+) - r(y-)) = 1 / (1 + exp(-(r(y+) - r(y-))))
+
+    (lecture section 3; Bradley and Terry 1952), computed by ``scipy.special.expit`` so that
+    huge margins give 0 or 1 without overflow. Arrays broadcast; returns float64.
+    """
+    return expit(np.subtract(reward_chosen, reward_rejected, dtype=np.float64))
+
+
+def log_preference_probability(
+    reward_chosen: np.ndarray, reward_rejected: np.ndarray
+) -> np.ndarray:
+    """``log sigma(r(y+) - r(y-))``, the log of :func:`preference_probability`, stable for
+    margins of any size (``scipy.special.log_expit``)."""
+    return log_expit(np.subtract(reward_chosen, reward_rejected, dtype=np.float64))
+
+
 def sample_preferences(
     tree: TokenTree,
     reward: np.ndarray,
@@ -372,7 +391,7 @@ def sample_preferences(
     second = _sample_leaves(tree, policy, prompts, rng)  # (n,) y_2
     # y_1 wins with probability sigma(r(y_1) - r(y_2)); u in (0, 1] so log u is finite
     u = 1.0 - rng.random(n)
-    first_wins = np.log(u) < log_expit(reward[first] - reward[second])
+    first_wins = np.log(u) < log_preference_probability(reward[first], reward[second])
     chosen = np.where(first_wins, first, second)
     rejected = np.where(first_wins, second, first)
     return Preferences._trusted(prompts, chosen, rejected, np.ones(n))
@@ -428,7 +447,7 @@ def population_preferences(
         np.log(2.0 / tree.n_prompts)
         + log_pi[chosen]
         + log_pi[rejected]
-        + log_expit(reward[chosen] - reward[rejected])
+        + log_preference_probability(reward[chosen], reward[rejected])
     )
     weight = np.exp(log_weight)
     keep = (chosen != rejected) & (weight > 0)
