@@ -152,22 +152,6 @@ def _enumerate(
     )
 
 
-def _group_types(
-    values: np.ndarray, lengths: np.ndarray, prob: np.ndarray, by_length: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct reached types ``(reward, length)`` (or reward only) and their log-masses."""
-    reached = prob > 0
-    if by_length:
-        keys = np.stack([values[reached], lengths[reached].astype(np.float64)], axis=1)
-        types, inverse = np.unique(keys, axis=0, return_inverse=True)
-        type_rewards, type_lengths = types[:, 0], types[:, 1]
-    else:
-        type_rewards, inverse = np.unique(values[reached], return_inverse=True)
-        type_lengths = np.zeros_like(type_rewards)
-    mass = np.bincount(inverse.reshape(-1), weights=prob[reached], minlength=type_rewards.size)
-    return type_rewards, type_lengths, np.log(mass)
-
-
 def _member_coefficient(
     estimator: str,
     own_reward: np.ndarray,
@@ -237,13 +221,25 @@ def expected_coefficients(
         base = rewards if estimator == "reinforce" else np.zeros_like(rewards)
         return _part(base, part), 0
     if part == "all" and estimator in ("rloo", "dr_grpo"):
-        r_bar = float(np.dot(prob, rewards))
+        r_bar = float((prob * rewards).sum())  # no BLAS: see _dot
         factor = 1.0 if estimator == "rloo" else (group_size - 1) / (group_size * horizon)
         return factor * (rewards - r_bar), 0
-    centre = float(np.median(rewards[prob > 0]))  # shift invariance: centre for accuracy
-    values = rewards - centre
     by_length = estimator == "dapo"
-    type_rewards, type_lengths, log_q = _group_types(values, lengths, prob, by_length)
+    # own types: distinct rewards (and lengths, for dapo) of all the prompt's leaves
+    own_reward, inverse = np.unique(rewards, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    own_length = np.ones_like(own_reward)  # grpo: w = E[A] / |y|, divided per leaf below
+    if by_length:
+        key = inverse * (horizon + 1) + lengths  # (reward index, length) as one integer
+        keys, inverse = np.unique(key, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        own_reward = own_reward[keys // (horizon + 1)]
+        own_length = (keys % (horizon + 1)).astype(np.float64)
+    mass = np.bincount(inverse, weights=prob, minlength=own_reward.size)
+    present = mass > 0  # the other members' types: those pi reaches
+    # every estimator enumerated here is shift invariant: centre the rewards for accuracy
+    own_reward = own_reward - float(np.median(own_reward[present]))
+    type_rewards, type_lengths = own_reward[present], own_length[present]
     count = composition_count(group_size - 1, type_rewards.size)
     if count > MAX_COMPOSITIONS:
         raise ValueError(
@@ -253,18 +249,7 @@ def expected_coefficients(
             f"MAX_COMPOSITIONS = {MAX_COMPOSITIONS:,}; use a smaller group_size or a reward "
             "with fewer distinct values (e.g. 0/1 or rounded)"
         )
-    comps = _enumerate(type_rewards, type_lengths, log_q, group_size - 1)
-    if by_length:
-        own_keys = np.stack([values, lengths.astype(np.float64)], axis=1)
-        own, inverse = np.unique(own_keys, axis=0, return_inverse=True)
-        own_reward, own_length = own[:, 0], own[:, 1]
-    elif estimator == "grpo":
-        own_reward, inverse = np.unique(values, return_inverse=True)
-        own_length = np.ones_like(own_reward)  # w = E[A] / |y|: divided per leaf below
-    else:
-        own_reward, inverse = np.unique(values, return_inverse=True)
-        own_length = np.ones_like(own_reward)
-    inverse = inverse.reshape(-1)
+    comps = _enumerate(type_rewards, type_lengths, np.log(mass[present]), group_size - 1)
     expected = np.empty(own_reward.size)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, comps.prob.size))
     for start in range(0, own_reward.size, chunk):
@@ -278,7 +263,7 @@ def expected_coefficients(
             eps,
             horizon,
         )  # (n_comp, chunk)
-        expected[columns] = comps.prob @ _part(coefficient, part)
+        expected[columns] = (comps.prob[:, None] * _part(coefficient, part)).sum(axis=0)
     weights = expected[inverse]
     if estimator == "grpo":
         weights = weights / lengths
@@ -419,9 +404,15 @@ def _per_prompt(gradient: list[np.ndarray], n_prompts: int) -> np.ndarray:
     return np.concatenate([table.reshape(n_prompts, -1) for table in gradient], axis=1)
 
 
+def _dot(first: np.ndarray, second: np.ndarray) -> float:
+    """``<first, second>`` by an elementwise product and a sum: a multithreaded BLAS ``dot``
+    slows down by orders of magnitude on a machine whose cores are busy (measured)."""
+    return float((first * second).sum())
+
+
 def _cosine(first: np.ndarray, second: np.ndarray) -> float:
-    norms = float(np.linalg.norm(first) * np.linalg.norm(second))
-    return float(np.vdot(first, second) / norms) if norms > 0 else float("nan")
+    norms = float(np.sqrt(_dot(first, first) * _dot(second, second)))
+    return _dot(first, second) / norms if norms > 0 else float("nan")
 
 
 def expected_update(
@@ -490,9 +481,9 @@ def expected_update(
     reward_only = sequence_score_gradient(policy, reward) if use_kl else true_gradient
     g_rows = _per_prompt(reward_gradient, tree.n_prompts)  # (P, dim)
     t_rows = _per_prompt(reward_only, tree.n_prompts)
-    t_norms = np.einsum("pd,pd->p", t_rows, t_rows)
-    dots = np.einsum("pd,pd->p", g_rows, t_rows)
-    g_norms = np.einsum("pd,pd->p", g_rows, g_rows)
+    t_norms = (t_rows * t_rows).sum(axis=1)  # (P,)
+    dots = (g_rows * t_rows).sum(axis=1)
+    g_norms = (g_rows * g_rows).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         prompt_scale = np.where(t_norms > 0, dots / t_norms, np.nan)
         both = np.sqrt(t_norms * g_norms)
@@ -501,7 +492,7 @@ def expected_update(
         np.concatenate([g.ravel() for g in gradient]),
         np.concatenate([t.ravel() for t in true_gradient]),
     )
-    true_norm = float(np.linalg.norm(flat_t))
+    true_norm = float(np.sqrt(_dot(flat_t, flat_t)))
     lengths = completion_lengths(tree)
     prob = policy.leaf_probs()
     prompts = tree.leaf_prompts()
@@ -522,7 +513,9 @@ def expected_update(
         reward_gradient=reward_gradient,
         true_gradient=true_gradient,
         cosine=_cosine(flat_g, flat_t),
-        norm_ratio=float(np.linalg.norm(flat_g) / true_norm) if true_norm > 0 else float("nan"),
+        norm_ratio=float(np.sqrt(_dot(flat_g, flat_g)) / true_norm)
+        if true_norm > 0
+        else float("nan"),
         prompt_scale=prompt_scale,
         prompt_cosine=prompt_cosine,
         lengths=lengths,
