@@ -221,9 +221,11 @@ def expected_coefficients(
         base = rewards if estimator == "reinforce" else np.zeros_like(rewards)
         return _part(base, part), 0
     if part == "all" and estimator in ("rloo", "dr_grpo"):
-        r_bar = float((prob * rewards).sum())  # no BLAS: see _dot
+        # r - r_bar, centred first so that a constant reward gives exactly 0
+        centred = rewards - rewards[np.argmax(prob)]
+        r_bar = float((prob * centred).sum())  # no BLAS: see _dot
         factor = 1.0 if estimator == "rloo" else (group_size - 1) / (group_size * horizon)
-        return factor * (rewards - r_bar), 0
+        return factor * (centred - r_bar), 0
     by_length = estimator == "dapo"
     # own types: distinct rewards (and lengths, for dapo) of all the prompt's leaves
     own_reward, inverse = np.unique(rewards, return_inverse=True)
