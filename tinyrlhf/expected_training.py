@@ -348,7 +348,7 @@ def train_expected(
         )
     }
 
-    def expected_gradient(current: Policy) -> tuple[np.ndarray, list[np.ndarray]]:
+    def expected_gradient(current: Policy, kl_ref: Policy) -> tuple[np.ndarray, list[np.ndarray]]:
         weights, _ = leaf_weights(current, reward, estimator, group_size, eps)
         gradient = sequence_score_gradient(current, weights)
         if use_kl:
@@ -366,13 +366,14 @@ def train_expected(
         records["mean_length"].append(float((current.leaf_probs() @ lengths) / tree.n_prompts))
         records["residual"].append(residual)
 
-    weights, gradient = expected_gradient(policy)
-    residual = gradient_norm(gradient)
-    record(policy, residual)
-    steps_taken = 0
-    for step in range(steps):
-        if residual <= tol:
-            break
+    def _step(
+        theta: list[np.ndarray],
+        policy: Policy,
+        weights: np.ndarray,
+        gradient: list[np.ndarray],
+        kl_ref: Policy,
+    ) -> list[np.ndarray]:
+        """One update of the logits (see the docstring); returns row-centred logits."""
         if update == "natural":
             direction = _natural_direction(policy, weights, kl_ref, term, beta)
             theta = [t + lr * d for t, d in zip(theta, direction, strict=True)]
@@ -383,26 +384,61 @@ def train_expected(
             prob = old.leaf_probs()
             positive, _ = leaf_weights(old, reward, estimator, group_size, eps, "positive")
             negative, _ = leaf_weights(old, reward, estimator, group_size, eps, "negative")
-            positive_sums = tree.subtree_sums(prob * positive)
-            negative_sums = tree.subtree_sums(prob * negative)
+            positive_sums = tree.subtree_sums(prob * positive)  # M+ per level
+            negative_sums = tree.subtree_sums(prob * negative)  # M- per level
             for _epoch in range(epochs):
                 surrogate = _clipped_gradient(theta, old, positive_sums, negative_sums, clip)
                 if use_kl:
+                    if not all(np.all(t < np.inf) & ~np.any(np.isnan(t)) for t in theta):
+                        break  # diverged: the caller sees the non-finite logits
                     now = Policy.from_logits(tree, theta)
                     kl_grad = kl_penalty_gradient(now, kl_ref, term)  # type: ignore[arg-type]
                     surrogate = [g - beta * k for g, k in zip(surrogate, kl_grad, strict=True)]
                 theta = [t + lr * g for t, g in zip(theta, surrogate, strict=True)]
         # keep logits centred per row (softmax is shift invariant; avoids drift)
-        theta = [t - np.max(t, axis=1, keepdims=True) for t in theta]
-        policy = Policy.from_logits(tree, theta)
+        return [t - np.max(t, axis=1, keepdims=True) for t in theta]
+
+    weights, gradient = expected_gradient(policy, kl_ref)
+    residual = gradient_norm(gradient)
+    record(policy, residual)
+    steps_taken = 0
+    diverged = False
+    allowed = [np.isfinite(table) for table in ref.log_probs]
+    for step in range(steps):
+        if residual <= tol:
+            break
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_theta = _step(theta, policy, weights, gradient, kl_ref)
+        if not all(
+            np.array_equal(np.isfinite(t), mask)
+            for t, mask in zip(new_theta, allowed, strict=True)
+        ):
+            diverged = True
+            break
+        new_policy = Policy.from_logits(tree, new_theta)
+        new_ref = kl_ref
+        if reset_every is not None and (step + 1) % reset_every == 0:
+            new_ref = new_policy
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_weights, new_gradient = expected_gradient(new_policy, new_ref)
+        new_residual = gradient_norm(new_gradient)
+        if not np.isfinite(new_residual):
+            diverged = True
+            break
+        theta, policy, kl_ref = new_theta, new_policy, new_ref
+        weights, gradient, residual = new_weights, new_gradient, new_residual
         steps_taken = step + 1
-        if reset_every is not None and steps_taken % reset_every == 0:
-            kl_ref = policy
-        weights, gradient = expected_gradient(policy)
-        residual = gradient_norm(gradient)
         record(policy, residual)
     converged = residual <= tol
-    if not converged:
+    if diverged:
+        warnings.warn(
+            f"train_expected diverged at step {steps_taken + 1}: the update made a logit or "
+            f"the next update non-finite (lr = {lr:g} is too large for this problem); returning the last "
+            "finite policy; lower lr",
+            ExpectedTrainingWarning,
+            stacklevel=2,
+        )
+    elif not converged:
         warnings.warn(
             f"train_expected stopped after {steps_taken} step(s) with residual "
             f"||E[g_hat]|| = {residual:.3g} > tol = {tol:.3g}: not a certified stationary "
