@@ -170,11 +170,11 @@ def test_grpo_with_two_members_by_hand():
     policy = tr.Policy.random(tree, seed=3)
     reward = (tree.leaf_token_indices()[:, 0] == 0).astype(float)  # first token is 'a'
     p = float(tr.expected_reward(policy, reward)[0])
-    eps = 0.05
-    update = expected_update(policy, reward, estimator="grpo", group_size=2, eps=eps)
-    advantage = 0.5 / (np.sqrt(0.5) + eps)
-    expected = np.where(reward == 1, (1 - p) * advantage, -p * advantage) / tree.horizon
-    np.testing.assert_allclose(update.leaf_weights, expected, rtol=1e-14)
+    for eps in (0.0, 0.05):  # eps = 0: identical groups still give 0, not 0/0
+        update = expected_update(policy, reward, estimator="grpo", group_size=2, eps=eps)
+        advantage = 0.5 / (np.sqrt(0.5) + eps)
+        expected = np.where(reward == 1, (1 - p) * advantage, -p * advantage) / tree.horizon
+        np.testing.assert_allclose(update.leaf_weights, expected, rtol=1e-14)
 
 
 def test_identical_groups_contribute_nothing():

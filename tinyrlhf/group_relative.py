@@ -181,7 +181,9 @@ def _member_coefficient(
     identical = (comps.reward_min[:, None] == x) & (comps.reward_max[:, None] == x)
     if n_others == 0:
         identical = np.ones_like(identical)
-    advantage = np.where(identical, 0.0, (x - mean) / (std + eps))
+    advantage = np.zeros(np.broadcast_shapes(identical.shape, std.shape))
+    # identical groups: A = 0 (not 0/0 when eps = 0); otherwise std > 0
+    np.divide(x - mean, std + eps, out=advantage, where=~identical)
     if estimator == "grpo":
         return advantage / own_length[None, :]
     # dapo: G A_i / (|y_i| + sum_{j != i} |y_j|)
