@@ -427,8 +427,8 @@ def figure_rlvr_length(config: FigureConfig) -> Figure:
                 reward,
                 estimator=estimator,
                 group_size=8,
-                lr=0.5,
-                steps=min(config.rlvr_steps, 200),
+                lr=1.0,
+                steps=min(config.rlvr_steps, 400),
                 update="natural",
             )
         mean_lengths[estimator] = run.history["mean_length"]
