@@ -81,9 +81,9 @@ ESTIMATORS = ("reinforce", "rloo", "dr_grpo", "grpo", "dapo")
 #: Estimators whose leaf weight needs the enumeration of the other members' types.
 NONLINEAR_ESTIMATORS = ("grpo", "dapo")
 #: Largest number of type compositions enumerated per prompt (memory ~ 60 bytes each).
-MAX_COMPOSITIONS = 2_000_000
+MAX_COMPOSITIONS = 1_000_000
 #: Own-type columns evaluated at once against all compositions (bounds temporaries).
-_CHUNK_ELEMENTS = 4_000_000
+_CHUNK_ELEMENTS = 1_000_000
 
 
 def completion_lengths(tree: TokenTree) -> np.ndarray:
