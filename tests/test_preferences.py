@@ -91,33 +91,184 @@ def test_sampled_win_rates_match_bradley_terry():
             assert abs(z) < Z_MAX, (i, j, z)
 
 
-def test_sampled_pairs_match_the_population_weights():
-    # population_preferences gives the probability of each (prompt, chosen, rejected) for one
-    # sampled pair; the sampled counts are Binomial(n, w): z-test every cell, and ties
-    # (chosen == rejected) happen with probability 1 - sum w.
+def _pair_z_scores(prefs, probabilities, n):
+    """z-scores of the (chosen, rejected) counts against Binomial(n, probabilities[i, j])
+    in every cell of positive probability, and the counts in impossible cells."""
+    size = probabilities.shape[0]
+    counts = np.zeros((size, size))
+    np.add.at(counts, (prefs.chosen, prefs.rejected), 1.0)
+    expected = n * probabilities
+    cell = expected > 0
+    z = (counts[cell] - expected[cell]) / np.sqrt(expected[cell] * (1 - probabilities[cell]))
+    return z, counts[~cell]
+
+
+def _population_matrix(population, n_leaves):
+    matrix = np.zeros((n_leaves, n_leaves))
+    matrix[population.chosen, population.rejected] = population.weight
+    return matrix
+
+
+def test_independent_pairs_match_the_population_weights():
+    # distinct=False keeps the old law: two independent draws. population_preferences gives
+    # the probability of each (prompt, chosen, rejected) for one sampled pair; the sampled
+    # counts are Binomial(n, w): z-test every cell, and ties (chosen == rejected) happen with
+    # probability 1 - sum w.
     rng = np.random.default_rng(1)
     tree = tr.TokenTree(["a", "b", "c"], horizon=1, prompts=["x", "y"])
     policy = tr.Policy.random(tree, seed=2, zero_fraction=0.3)
     reward = rng.normal(size=tree.n_leaves)
     n = 300_000
-    prefs = tr.sample_preferences(tree, reward, n, policy=policy, seed=rng)
+    prefs = tr.sample_preferences(tree, reward, n, policy=policy, seed=rng, distinct=False)
     population = tr.population_preferences(tree, reward, policy=policy)
-    counts = np.zeros((tree.n_leaves, tree.n_leaves))
-    np.add.at(counts, (prefs.chosen, prefs.rejected), 1.0)
-    expected = np.zeros_like(counts)
-    expected[population.chosen, population.rejected] = n * population.weight
-    ties = np.diag(counts).sum()
-    np.fill_diagonal(counts, 0.0)
-    assert np.all(counts[expected == 0] == 0)  # impossible pairs never appear
-    cell = expected > 0
-    z = (counts[cell] - expected[cell]) / np.sqrt(expected[cell] * (1 - expected[cell] / n))
+    probabilities = _population_matrix(population, tree.n_leaves)
+    ties = int(np.sum(prefs.chosen == prefs.rejected))
+    off_diagonal = prefs[prefs.chosen != prefs.rejected]
+    z, impossible = _pair_z_scores(off_diagonal, probabilities, n)
     assert np.abs(z).max() < Z_MAX
+    assert np.all(impossible == 0)  # impossible pairs never appear
     tie_probability = 1 - population.total_weight
     z_ties = (ties - n * tie_probability) / np.sqrt(n * tie_probability * (1 - tie_probability))
     assert abs(z_ties) < Z_MAX
     # chosen and rejected lie under the pair's prompt; zero-probability leaves never appear
     prefs.check(tree)
     assert np.all(policy.leaf_probs()[np.concatenate([prefs.chosen, prefs.rejected])] > 0)
+
+
+def _policy_with_zeros(tree):
+    """A policy on a one-level tree with probability-0 leaves and a peaked prompt."""
+    assert tree.horizon == 1
+    probs = np.array([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.9, 0.0, 0.0, 0.1]])[: tree.n_prompts]
+    with np.errstate(divide="ignore"):
+        return tr.Policy(tree, [np.log(probs)])
+
+
+def test_distinct_pairs_follow_the_conditional_law():
+    # Default distinct=True: a pair is two independent draws conditioned on differing, so
+    # P(chosen i, rejected j) = w(i, j) / (1 - sum_k P(k | s_0)^2) with w the population
+    # weight (derived in sample_preferences' docstring). z-test every cell; ties never occur.
+    rng = np.random.default_rng(11)
+    tree = tr.TokenTree(list("abcde"), horizon=1, prompts=["x", "y"])
+    policy = _policy_with_zeros(tree)
+    reward = rng.normal(size=tree.n_leaves)
+    n = 300_000
+    prefs = tr.sample_preferences(tree, reward, n, policy=policy, seed=rng)
+    assert np.all(prefs.chosen != prefs.rejected)
+    population = tr.population_preferences(tree, reward, policy=policy)
+    leaf_probs = policy.leaf_probs().reshape(tree.n_prompts, -1)  # (P, L)
+    no_tie = 1.0 - (leaf_probs**2).sum(axis=1)  # (P,) 1 - sum_k P(k | s_0)^2
+    probabilities = _population_matrix(population, tree.n_leaves)
+    probabilities /= np.repeat(no_tie, tree.leaves_per_prompt)[:, None]  # row i's prompt
+    np.testing.assert_allclose(probabilities.sum(), 1.0, rtol=1e-12)
+    z, impossible = _pair_z_scores(prefs, probabilities, n)
+    assert np.abs(z).max() < Z_MAX
+    assert np.all(impossible == 0)
+    # independent draws would tie with probability .5^2+.3^2+.2^2 (prompt x), .9^2+.1^2 (y)
+    np.testing.assert_allclose(1.0 - no_tie, [0.38, 0.82], rtol=1e-12)
+
+
+def test_distinct_pair_map_is_the_exact_conditional_law():
+    # A deterministic check of the inverse-CDF map itself: feed the midpoints of an M x M
+    # grid of (u_1, u_2). The first draw puts M q(i) +- 1 grid rows on each i (an interval
+    # of length q(i) holds that many midpoints) and, within each, M P(j | i) +- 1 columns on
+    # each j, so every joint frequency is within 2/M + 1/M^2 of the exact law
+    # P(i) P(j) / (1 - sum_k P(k)^2), i != j. Rows: zeros, a peaked row (P = 1 - 1e-15, where
+    # 1 - P(i) by subtraction would lose every digit), and a uniform row.
+    from tinyrlhf.preferences import distinct_pair_offsets
+
+    probs = np.array(
+        [
+            [0.5, 0.0, 0.3, 0.2, 0.0],
+            [1.0 - 1e-15, 1e-15, 0.0, 0.0, 0.0],
+            [0.2, 0.2, 0.2, 0.2, 0.2],
+        ]
+    )
+    m = 1000
+    grid = (np.arange(m) + 0.5) / m
+    u_first, u_second = (u.ravel() for u in np.meshgrid(grid, grid, indexing="ij"))
+    for row, p in enumerate(probs):
+        first, second, admits_pair = distinct_pair_offsets(
+            probs, np.full(m * m, row), u_first, u_second
+        )
+        assert admits_pair.all()
+        frequency = np.zeros((5, 5))
+        np.add.at(frequency, (first, second), 1.0 / (m * m))
+        exact = np.outer(p, p)
+        np.fill_diagonal(exact, 0.0)
+        exact /= exact.sum()
+        np.testing.assert_allclose(frequency, exact, rtol=0, atol=2 / m + 1 / m**2)
+        assert np.all(frequency[exact == 0] == 0)  # never a tie, never a zero-probability leaf
+    # the peaked row: 1 - P(0) = 1e-15 exactly as summed, so each order has probability 1/2
+    first, second, _ = distinct_pair_offsets(probs, np.ones(2, dtype=int), [0.5, 1.0], [1.0, 1.0])
+    np.testing.assert_array_equal(first, [0, 1])
+    np.testing.assert_array_equal(second, [1, 0])
+
+
+@given(st.data())
+@settings(max_examples=30)
+def test_distinct_pairs_are_distinct_and_possible(data):
+    tree = data.draw(trt.trees(max_leaves=64, with_eos=data.draw(st.booleans())))
+    policy = data.draw(trt.policies(tree))
+    reward = data.draw(trt.rewards(tree, max_magnitude=50.0))
+    seed = data.draw(trt.seeds)
+    support = policy.leaf_probs().reshape(tree.n_prompts, -1) > 0  # (P, L)
+    pairable = np.flatnonzero(support.sum(axis=1) >= 2)
+    if pairable.size < tree.n_prompts:
+        with pytest.raises(ValueError, match="distinct=False"):
+            tr.sample_preferences(tree, reward, 50, policy=policy, seed=seed)
+    if pairable.size == 0:
+        return
+    prompts = np.resize(pairable, 200)
+    prefs = tr.sample_preferences(tree, reward, 200, policy=policy, seed=seed, prompt=prompts)
+    prefs.check(tree)
+    assert np.all(prefs.chosen != prefs.rejected)
+    assert np.all(support.ravel()[prefs.chosen] & support.ravel()[prefs.rejected])
+
+
+def test_distinct_pairs_on_the_demo_tree_and_degenerate_prompts():
+    # The demo tree: about 8% of independent pairs compare a completion with itself (the
+    # notebook showed "'abc' preferred to 'abc'"); the default never does.
+    from tinyrlhf.examples import demo_problem
+
+    tree, ref, reward = demo_problem(horizon=3)
+    tie_mass = (ref.leaf_probs() ** 2).sum() / tree.n_prompts  # P(y_1 = y_2)
+    assert 0.05 < tie_mass < 0.12
+    prefs = tr.sample_preferences(tree, reward, 5000, policy=ref, seed=0)
+    assert not np.any(prefs.chosen == prefs.rejected)
+    # the uniform policy (no eos) takes a closed-form path: uniform over ordered distinct pairs
+    uniform = tr.sample_preferences(tree, reward, 1000, seed=1)
+    assert not np.any(uniform.chosen == uniform.rejected)
+    # a prompt with a single possible completion admits no distinct pair
+    one_token = tr.TokenTree(["a"], horizon=2, prompts=["x"])
+    with pytest.raises(ValueError, match=r"only one completion of prompt 'x'.*distinct=False"):
+        tr.sample_preferences(one_token, np.zeros(1), 3, seed=0)
+    assert len(tr.sample_preferences(one_token, np.zeros(1), 0, seed=0)) == 0
+    tied = tr.sample_preferences(one_token, np.zeros(1), 3, seed=0, distinct=False)
+    np.testing.assert_array_equal(tied.chosen, tied.rejected)
+    five = tr.TokenTree(list("abcde"), horizon=1, prompts=["x", "y", "z"])
+    probs = np.array([[0.5, 0.0, 0.3, 0.2, 0.0], [0, 0, 1.0, 0, 0], [0.0, 0.9, 0.0, 0.0, 0.1]])
+    with np.errstate(divide="ignore"):
+        lonely = tr.Policy(five, [np.log(probs)])
+    with pytest.raises(ValueError, match="prompt 'y'"):  # uniform prompts may draw y
+        tr.sample_preferences(five, np.zeros(15), 10, policy=lonely, seed=0)
+    with pytest.raises(ValueError, match="prompt 'y'"):
+        tr.sample_preferences(five, np.zeros(15), 2, policy=lonely, seed=0, prompt=[0, 1])
+    fine = tr.sample_preferences(
+        five, np.zeros(15), 100, policy=lonely, seed=0, prompt=[0, 2] * 50
+    )
+    assert np.all(fine.chosen != fine.rejected)
+    with pytest.raises(TypeError, match="distinct"):
+        tr.sample_preferences(five, np.zeros(15), 1, seed=0, distinct="yes")
+
+
+def test_sample_sizes_are_checked_before_allocating():
+    tree = small_tree()
+    for n in (10**12, 10**400):
+        with pytest.raises(ValueError, match=r"n = .* preference pairs") as error:
+            tr.sample_preferences(tree, np.zeros(8), n, seed=0)
+        assert "MemoryError" not in str(error.value)
+    with pytest.raises(ValueError, match="1,000,000,000,000 preference pairs"):
+        tr.sample_preferences(tree, np.zeros(8), 10**12, seed=0)
 
 
 @given(st.data())
