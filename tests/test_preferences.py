@@ -2,6 +2,11 @@
 
 import json
 import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -439,3 +444,208 @@ def test_trees_with_an_end_token(tmp_path):
     _, invalid = tree.state_index("x", ["a", "<e>", "b"])  # level H, no padding
     with pytest.raises(ValueError, match="after the end token"):
         tr.Preferences([0], [invalid], [0], tree=tree)
+
+
+# ------------------------------------------------------------------------------ indexing
+def test_indexing_follows_python_sequence_rules():
+    tree = small_tree()
+    prefs = tr.Preferences([0, 0, 1, 1], [0, 1, 4, 5], [3, 2, 7, 6], tree=tree)
+    as_list = list(zip(prefs.chosen.tolist(), prefs.rejected.tolist(), strict=True))
+    for k in range(-4, 4):  # one pair, negative indexes from the end, as a list does
+        assert (int(prefs[k].chosen[0]), int(prefs[k].rejected[0])) == as_list[k]
+        assert len(prefs[np.int64(k)]) == 1
+    for bad in (4, -5, 10**6, -(10**6), 10**30):
+        with pytest.raises(IndexError, match="out of range for 4 preference pairs"):
+            prefs[bad]
+    for part in (slice(1, None), slice(None, None, -1), slice(10, 20), slice(-3, -1, 2)):
+        expected = as_list[part]
+        got = prefs[part]
+        assert list(zip(got.chosen.tolist(), got.rejected.tolist(), strict=True)) == expected
+    np.testing.assert_array_equal(prefs[[3, -4, 1]].chosen, [5, 0, 1])
+    np.testing.assert_array_equal(prefs[prefs.prompt == 1].chosen, [4, 5])
+    assert len(prefs[[]]) == 0
+    with pytest.raises(IndexError):
+        prefs[[0, 4]]
+    with pytest.raises(IndexError):
+        prefs[np.array([True, False])]  # a mask of the wrong length
+    for bad in (1.0, "0", True, None, np.zeros((2, 2), dtype=int), [0.5]):
+        with pytest.raises(TypeError, match="indexed by"):
+            prefs[bad]
+    empty = prefs[:0]
+    with pytest.raises(IndexError, match="out of range for 0 preference pairs"):
+        empty[0]
+
+
+# ------------------------------------------------------------------- JSONL: hard cases
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    # U+2028, U+2029 and U+0085 are line breaks for str.splitlines but ordinary characters
+    # in JSON strings: a prompt holding them must round-trip, and the writer escapes them
+    # so that any line-based reader keeps one record per line.
+    prompts = ["a\u2028b", "c\u2029d", "e\u0085f"]
+    tree = tr.TokenTree(["x", "y"], horizon=2, prompts=prompts)
+    prefs = tr.sample_preferences(tree, np.arange(12.0), 30, seed=1)
+    path = tmp_path / "breaks.jsonl"
+    prefs.to_jsonl(path, tree)
+    raw = path.read_bytes()
+    assert raw.count(b"\n") == 30 and len(raw.decode("utf-8").splitlines()) == 30
+    back = tr.Preferences.from_jsonl(path, tree)
+    for field in ("prompt", "chosen", "rejected"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(prefs, field))
+    # a file written by another tool with the raw characters reads as well
+    path.write_text(
+        "\n".join(
+            json.dumps({"prompt": p, "chosen": "xy", "rejected": "yy"}, ensure_ascii=False)
+            for p in prompts
+        )
+        + "\r\n",
+        encoding="utf-8",
+    )
+    np.testing.assert_array_equal(tr.Preferences.from_jsonl(path, tree).prompt, [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("bad_bytes", "match"),
+    [
+        (b'{"prompt": "x", "chosen": "ab", "rejected": "\xff"}', "not UTF-8 text"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": 1' + b"0" * 5000 + b"}",
+         "unreadable JSON value"),
+        (b'{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": 1' + b"0" * 400 + b"}",
+         "'weight' must be finite and >= 0, got an integer of about 400 digits"),
+        (b'{"prompt": "x", "chosen": "ab", "rejected": "ba", "weight": 1e400}', "finite"),
+    ],
+)  # fmt: skip
+def test_jsonl_unreadable_values_name_the_file_and_line(tmp_path, bad_bytes, match):
+    tree = small_tree()
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + bad_bytes + b"\n")
+    with pytest.raises(ValueError, match=match) as error:
+        tr.Preferences.from_jsonl(path, tree)
+    assert f"{path}:2:" in str(error.value)
+
+
+def test_jsonl_paths_must_be_file_names(tmp_path, capsys):
+    # An int is a file descriptor to open(): from_jsonl(True, tree) used to read and close
+    # stdout. Both directions refuse anything but str, bytes and os.PathLike.
+    tree = small_tree()
+    prefs = tr.Preferences([0], [0], [1])
+    for bad in (True, 1, 0, 2.5, None, ["a.jsonl"]):
+        with pytest.raises(TypeError, match="path must be a file name"):
+            tr.Preferences.from_jsonl(bad, tree)
+        with pytest.raises(TypeError, match="path must be a file name"):
+            prefs.to_jsonl(bad, tree)
+    print("stdout still open")
+    assert capsys.readouterr().out == "stdout still open\n"
+    path = tmp_path / "bytes.jsonl"
+    prefs.to_jsonl(os.fsencode(path), tree)  # bytes names work like in open()
+    assert len(tr.Preferences.from_jsonl(os.fsencode(path), tree)) == 1
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        prefs.to_jsonl(tmp_path, tree)
+
+
+def test_jsonl_write_respects_modes_links_and_read_only_files(tmp_path):
+    tree = small_tree()
+    prefs = tr.Preferences([0], [0], [1])
+    # a new file gets open()'s mode, 0o666 minus the umask (not mkstemp's 0o600)
+    old_umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.jsonl"
+        prefs.to_jsonl(new, tree)
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        os.umask(0o077)
+        private = tmp_path / "private.jsonl"
+        prefs.to_jsonl(private, tree)
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+    # an existing file keeps its mode
+    shared = tmp_path / "shared.jsonl"
+    shared.write_text("old\n", encoding="utf-8")
+    shared.chmod(0o664)
+    prefs.to_jsonl(shared, tree)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o664
+    assert shared.read_text(encoding="utf-8").startswith('{"prompt"')
+    # a symbolic link is written through: the target changes, the link stays a link
+    target = tmp_path / "data" / "target.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n", encoding="utf-8")
+    target.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    prefs.to_jsonl(link, tree)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert len(tr.Preferences.from_jsonl(target, tree)) == 1
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(os.listdir(target.parent)) == ["target.jsonl"]  # no temporary left
+    # a read-only file is refused and left alone (even for root, who could write it)
+    locked = tmp_path / "locked.jsonl"
+    locked.write_text("keep me\n", encoding="utf-8")
+    locked.chmod(0o444)
+    with pytest.raises(PermissionError, match="read-only"):
+        prefs.to_jsonl(locked, tree)
+    assert locked.read_text(encoding="utf-8") == "keep me\n"
+    assert stat.S_IMODE(locked.stat().st_mode) == 0o444
+
+
+def test_jsonl_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
+    # An exception in the middle of writing (here KeyboardInterrupt from fsync) removes the
+    # temporary file; the existing file is unchanged.
+    tree = small_tree()
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("old contents\n", encoding="utf-8")
+
+    def interrupted(descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tr.Preferences([0], [0], [1]).to_jsonl(path, tree)
+    assert path.read_text(encoding="utf-8") == "old contents\n"
+    assert os.listdir(tmp_path) == ["prefs.jsonl"]
+
+
+def test_jsonl_killed_write_leaves_the_old_file(tmp_path):
+    # A process killed (SIGKILL: no cleanup at all) after writing the new text but before
+    # the rename: the existing file is intact, only a hidden temporary is left.
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("old contents\n", encoding="utf-8")
+    script = (
+        "import os, signal, numpy as np, tinyrlhf as tr\n"
+        "os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tree = tr.TokenTree(['a', 'b'], horizon=2, prompts=['x', 'y'])\n"
+        f"tr.sample_preferences(tree, np.zeros(8), 10_000, seed=0).to_jsonl({str(path)!r}, tree)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], check=False)
+    assert completed.returncode == -signal.SIGKILL
+    assert path.read_text(encoding="utf-8") == "old contents\n"
+    leftovers = [name for name in os.listdir(tmp_path) if name != "prefs.jsonl"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".prefs.jsonl.")
+
+
+def test_jsonl_writes_to_a_pipe_or_dev_stdout_in_place(tmp_path):
+    # A named pipe is no regular file: it is written directly, not replaced by a file.
+    # /dev/stdout redirected to a file must not be replaced either (the shell's descriptor
+    # would point to a deleted file): the same file (inode) receives the line.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text(encoding="utf-8")))
+    reader.start()
+    tree = small_tree()
+    tr.Preferences([0], [0], [1]).to_jsonl(pipe, tree)
+    reader.join(timeout=60)
+    assert received == ['{"prompt": "x", "chosen": "aa", "rejected": "ab"}\n']
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    out = tmp_path / "out.txt"
+    out.write_text("", encoding="utf-8")
+    inode = out.stat().st_ino
+    script = (
+        "import tinyrlhf as tr\n"
+        "tree = tr.TokenTree(['a', 'b'], horizon=2, prompts=['x', 'y'])\n"
+        "tr.Preferences([0], [0], [1]).to_jsonl('/dev/stdout', tree)\n"
+    )
+    with open(out, "w", encoding="utf-8") as handle:
+        subprocess.run([sys.executable, "-c", script], stdout=handle, check=True)
+    assert out.stat().st_ino == inode
+    assert out.read_text(encoding="utf-8") == received[0]
+    assert sorted(os.listdir(tmp_path)) == ["out.txt", "pipe"]

@@ -55,6 +55,8 @@ _JSON_WHITESPACE = " \t\r\n"
 #: ``\uXXXX`` escapes (valid JSON, same strings) so that any line reader keeps one record
 #: per line.
 _ESCAPE_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+#: Paths written in place, never replaced: devices and the process's own descriptors.
+_SPECIAL_DIRECTORIES = ("/dev/", "/proc/")
 #: Write permission for the owner, the group or others.
 _ANY_WRITE_BIT = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 #: No machine holds more pairs than this (2**50 pairs at 128 bytes each is 128 PiB).
@@ -266,8 +268,9 @@ class Preferences:
         leaves half a file. Like ``open(path, "w")``, it writes *through* a symbolic link (the
         link's target is replaced, the link stays), keeps the mode of an existing file, gives
         a new file the default mode ``0o666 & ~umask``, and refuses a read-only file. A path
-        that exists but is no regular file (``/dev/stdout``, a named pipe) is written in
-        place: no atomicity is possible there.
+        that exists but is no regular file (a named pipe, a terminal) or lies under
+        ``/dev/`` or ``/proc/`` (``/dev/stdout``, even when the shell redirects it to a file)
+        is written in place, appending: there is no file to replace.
 
         Raises:
             TypeError: ``tree`` is not a TokenTree; ``path`` is not a str, bytes or
@@ -820,19 +823,24 @@ def _atomic_write_text(path: str | bytes, text: str) -> None:
     after. On any failure (or KeyboardInterrupt) the temporary file is removed and the
     target is untouched; a killed process leaves at most a hidden ``.<name>.<random>.tmp``.
     """
-    target = os.path.realpath(path)  # write through symbolic links, keep the links
     display = os.fsdecode(path)
     try:
-        status = os.stat(target)
+        status = os.stat(path)
     except FileNotFoundError:
         status = None
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(f"{display} is a directory, not a file to write")
+    if (status is not None and not stat.S_ISREG(status.st_mode)) or os.path.abspath(
+        display
+    ).startswith(_SPECIAL_DIRECTORIES):
+        # a device, a pipe, /dev/stdout or /proc/self/fd/N: no file to replace (replacing
+        # or truncating the regular file behind a redirected /dev/stdout would lose the
+        # shell's output, so append, which on a device or pipe is plain writing)
+        with open(path, "a", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        return
+    target = os.path.realpath(path)  # write through symbolic links, keep the links
     if status is not None:
-        if stat.S_ISDIR(status.st_mode):
-            raise IsADirectoryError(f"{display} is a directory, not a file to write")
-        if not stat.S_ISREG(status.st_mode):  # a device or pipe: write in place
-            with open(target, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(text)
-            return
         if not os.access(target, os.W_OK) or not status.st_mode & _ANY_WRITE_BIT:
             raise PermissionError(
                 f"{display} is read-only (mode {stat.filemode(status.st_mode)}); not "
