@@ -40,7 +40,13 @@ from scipy.special import expit, log_expit
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
 from .tree import TokenTree
-from .validation import check_leaf_array, check_positive_int, check_tree, make_rng
+from .validation import (
+    check_leaf_array,
+    check_policy,
+    check_positive_int,
+    check_tree,
+    make_rng,
+)
 
 #: Bytes per pair that :func:`population_preferences` allocates (three int64 index arrays,
 #: a float64 weight and one float64 temporary).
@@ -765,9 +771,8 @@ def _search_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray, side: 
 
 
 def _check_policy(tree: TokenTree, policy: object) -> None:
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a tinyrlhf.Policy or None, got {type(policy).__name__}")
-    if policy.tree != tree:
+    """``policy`` is a :class:`Policy` on ``tree`` (TypeError / ValueError naming it)."""
+    if check_policy(policy, "policy").tree != tree:
         raise ValueError("policy must be a policy on the same TokenTree as tree")
 
 
