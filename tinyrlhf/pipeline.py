@@ -2,7 +2,7 @@
 
 The lecture's two acts, chained on a tree where everything is exact:
 
-1. a true reward ``r`` labels pairs of completions drawn from the reference policy by
+1. a true reward ``r`` labels pairs of distinct completions drawn from the reference policy by
    Bradley-Terry (:func:`~tinyrlhf.preferences.sample_preferences`);
 2. ``r_hat`` is fitted to them by maximum likelihood, the forward-KL projection
    (:func:`~tinyrlhf.bradley_terry.fit_bradley_terry`);

@@ -479,7 +479,7 @@ def sample_preferences(
       :func:`population_preferences` divided, per prompt, by ``1 - sum_k P(k)^2``.
       Every prompt that can be drawn needs two completions of positive probability.
     - ``distinct=False``: two independent draws ``y_1, y_2 ~ P``; ``y_1 = y_2`` happens
-      with probability ``sum_k P(k)^2`` and is kept (the behaviour before version 0.2).
+      with probability ``sum_k P(k)^2`` and is kept (the only behaviour of earlier versions).
 
     Args:
         tree: the token tree.
@@ -572,8 +572,8 @@ def population_preferences(
     (a completion the policy never produces) and ties ``i = j`` (which carry no
     information) are left out, so the weights sum to ``1 - P(y_1 = y_2)``. With the default
     ``distinct=True`` a sampled pair has probability ``w(i, j) / (1 - sum_k P(k | s_0)^2)``:
-    the same weights rescaled per prompt, which changes no maximum-likelihood reward (each
-    prompt's pairs form their own terms of the likelihood). With these
+    the same weights rescaled per prompt, which changes no unregularized maximum-likelihood
+    reward (each prompt's pairs form their own terms of the likelihood). With these
     weights the Bradley-Terry likelihood is the population likelihood, maximized exactly by
     the true reward (up to a constant per prompt) on the policy's support.
 
