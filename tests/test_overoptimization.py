@@ -119,6 +119,11 @@ def test_old_keyword_names_still_work():
     prefs = tr.sample_preferences(tree, reward, 50, policy=other, seed=4)
     fit = tr.fit_bradley_terry(tree, prefs)
     np.testing.assert_allclose(new.fitted_reward[1], fit.reward, rtol=1e-12, atol=1e-12)
+    ties = overoptimization_curve(tree, reward, [50], BETAS, seed=4, ref=ref, distinct=False)
+    prefs = tr.sample_preferences(tree, reward, 50, policy=ref, seed=4, distinct=False)
+    np.testing.assert_allclose(
+        ties.fitted_reward[0], tr.fit_bradley_terry(tree, prefs).reward, rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(TypeError, match="pass only policy="):  # both names: refused
         overoptimization_curve(tree, reward, 20, BETAS, seed=0, policy=other, pair_policy=other)
     with pytest.raises(TypeError, match="policy must be"):

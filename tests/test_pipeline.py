@@ -105,6 +105,14 @@ def test_pair_policy_is_called_policy():
     prefs = tr.sample_preferences(tree, reward, 300, policy=other, seed=np.random.default_rng(3))
     fit = tr.fit_bradley_terry(tree, prefs)
     np.testing.assert_allclose(new.rewards[0], fit.reward, rtol=1e-12, atol=1e-12)
+    # distinct=False: the independent pairs of sample_preferences(distinct=False)
+    ties = tr.preference_pipeline(
+        ref, reward, 0.5, [300], seed=3, population=False, distinct=False
+    )
+    prefs = tr.sample_preferences(tree, reward, 300, policy=ref, seed=3, distinct=False)
+    np.testing.assert_allclose(
+        ties.rewards[0], tr.fit_bradley_terry(tree, prefs).reward, rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(ValueError, match="same TokenTree"):
         tr.preference_pipeline(
             ref, reward, 0.5, [10], policy=tr.Policy.uniform(tr.TokenTree(["a"], 1))

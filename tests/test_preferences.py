@@ -541,6 +541,8 @@ def test_jsonl_paths_must_be_file_names(tmp_path, capsys):
     assert len(tr.Preferences.from_jsonl(os.fsencode(path), tree)) == 1
     with pytest.raises(IsADirectoryError, match="is a directory"):
         prefs.to_jsonl(tmp_path, tree)
+    with pytest.raises(FileNotFoundError, match=r"no directory .*missing.* create it first"):
+        prefs.to_jsonl(tmp_path / "missing" / "prefs.jsonl", tree)
 
 
 def test_jsonl_write_respects_modes_links_and_read_only_files(tmp_path):

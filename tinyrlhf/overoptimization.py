@@ -83,6 +83,7 @@ def overoptimization_curve(
     ref: Policy | None = None,
     policy: Policy | None = None,
     l2: float = DEFAULT_L2,
+    distinct: bool = True,
 ) -> OveroptimizationCurve:
     """Gao et al.'s over-optimization curves, exact in the policy step.
 
@@ -104,6 +105,9 @@ def overoptimization_curve(
         l2: ridge coefficient of the Bradley-Terry fit (default
             :data:`tinyrlhf.bradley_terry.DEFAULT_L2`; sampled data rarely has an
             unregularized maximum).
+        distinct: pairs of distinct completions (default) or independent draws that may
+            compare a completion with itself (see
+            :func:`~tinyrlhf.preferences.sample_preferences`).
 
     Returns:
         An :class:`OveroptimizationCurve`.
@@ -124,7 +128,9 @@ def overoptimization_curve(
         ref = Policy.uniform(tree)
     sampler = ref if policy is None else policy
 
-    prefs = sample_preferences(tree, reward, int(sizes[-1]), policy=sampler, seed=rng)
+    prefs = sample_preferences(
+        tree, reward, int(sizes[-1]), policy=sampler, seed=rng, distinct=distinct
+    )
     shape = (sizes.size, betas.size, tree.n_prompts)
     true_reward, proxy_gain, kl = np.empty(shape), np.empty(shape), np.empty(shape)
     fitted = np.empty((sizes.size, tree.n_leaves))

@@ -106,6 +106,7 @@ def preference_pipeline(
     policy: Policy | None = None,
     population: bool | None = None,
     seed: int | np.random.Generator | None = 0,
+    distinct: bool = True,
 ) -> PipelineResult:
     """Run true reward -> preferences -> Bradley-Terry -> closed-form RLHF for several sizes.
 
@@ -126,6 +127,10 @@ def preference_pipeline(
             ``P * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
         seed: int, Generator or None (:func:`~tinyrlhf.validation.make_rng`); default 0,
             so that a table is reproducible.
+        distinct: pairs of distinct completions (default) or independent draws that may
+            compare a completion with itself (see
+            :func:`~tinyrlhf.preferences.sample_preferences`); the population row has no
+            ties either way.
 
     Returns:
         :class:`PipelineResult`; ``print`` it for a table.
@@ -151,7 +156,9 @@ def preference_pipeline(
 
     true = closed_form(ref, reward, beta)
     true_objective = objective(true.policy, ref, reward, beta)
-    prefs = sample_preferences(tree, reward, sizes[-1], policy=sampler, seed=rng)
+    prefs = sample_preferences(
+        tree, reward, sizes[-1], policy=sampler, seed=rng, distinct=distinct
+    )
     datasets = [(float(size), prefs[:size], l2) for size in sizes]
     if population:
         datasets.append((np.inf, population_preferences(tree, reward, policy=sampler), 0.0))

@@ -881,6 +881,15 @@ def _create_temporary(directory: str, base: str) -> tuple[int, str]:
             return os.open(temporary, flags, 0o666), temporary
         except FileExistsError:
             continue
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no directory {directory!r} to write {base!r} in; create it first"
+            ) from None
+        except PermissionError:
+            raise PermissionError(
+                f"cannot create files in {directory!r} (the new {base!r} is written next to "
+                "it, then renamed over it); choose a writable directory"
+            ) from None
     raise FileExistsError(f"could not create a temporary file next to {base!r} in {directory}")
 
 
