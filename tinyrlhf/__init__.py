@@ -7,6 +7,7 @@ reverse- and forward-KL projections. ``import tinyrlhf as tr``.
 """
 
 from .agreement import AgreementReport, check_agreement
+from .best_of_n import BestOfN, BestOfNCurve, RLHFAtKL, best_of_n, best_of_n_curve, rlhf_at_kl
 from .bradley_terry import (
     BradleyTerryFit,
     bradley_terry_gradient,
@@ -59,6 +60,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgreementReport",
+    "BestOfN",
+    "BestOfNCurve",
     "BetaPath",
     "BoundaryOptimumWarning",
     "BradleyTerryFit",
@@ -70,12 +73,15 @@ __all__ = [
     "Policy",
     "Preferences",
     "Projection",
+    "RLHFAtKL",
     "RegularizedNash",
     "RewardKLFrontier",
     "RlhfVersusMinimax",
     "Solution",
     "TokenTree",
     "__version__",
+    "best_of_n",
+    "best_of_n_curve",
     "beta_path",
     "bradley_terry_gradient",
     "bradley_terry_hessian",
@@ -110,6 +116,7 @@ __all__ = [
     "reinforce_gradient_estimates",
     "reinforce_gradient_variance",
     "reward_kl_frontier",
+    "rlhf_at_kl",
     "rlhf_versus_minimax",
     "sample_preferences",
     "soft_value_iteration",
