@@ -29,6 +29,13 @@ from .kl_estimators import (
     kl_estimator_report,
     kl_gradient,
 )
+from .kl_penalty import (
+    KLPenaltyReport,
+    KLPenaltySolution,
+    KLPenaltyWarning,
+    kl_penalty_fixed_point,
+    kl_penalty_report,
+)
 from .nash import (
     NashConvergenceWarning,
     RegularizedNash,
@@ -67,6 +74,9 @@ __all__ = [
     "BradleyTerryFit",
     "GradientVariance",
     "KLEstimatorReport",
+    "KLPenaltyReport",
+    "KLPenaltySolution",
+    "KLPenaltyWarning",
     "NashConvergenceWarning",
     "OveroptimizationCurve",
     "PipelineResult",
@@ -100,6 +110,8 @@ __all__ = [
     "kl_estimator_moments",
     "kl_estimator_report",
     "kl_gradient",
+    "kl_penalty_fixed_point",
+    "kl_penalty_report",
     "minimax_winner",
     "objective",
     "optimal_leaf_log_probs",
