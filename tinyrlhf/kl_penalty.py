@@ -77,7 +77,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq, root
+from scipy.optimize import root
 from scipy.special import log_softmax, logsumexp
 
 from .divergences import kl_divergence, objective, total_variation
@@ -86,7 +86,7 @@ from .kl_terms import KL_ESTIMATORS, KL_LEVELS, KL_PLACEMENTS, KLTerm, kl_penalt
 from .policy import Policy
 from .solvers import closed_form
 from .solvers.solution import Solution
-from .validation import check_policy, check_problem, check_positive_int, check_tolerance
+from .validation import check_positive_int, check_problem, check_tolerance
 
 #: A generation whose log-probability falls this many nats below the reference's while
 #: training is taken as collapsing to probability 0 (``e^-30 ~ 1e-13``: far below any
@@ -147,9 +147,9 @@ def classify(term: KLTerm) -> tuple[str, str]:
     """``(optimizes, stationary_for)`` of a term: the divergence and the objective (module
     docstring). Callables are matched on a grid of log-probabilities."""
     named = isinstance(term.estimator, str)
-    if named and term.estimator == "k1" or not named and _shape(term) == "u":
+    if (named and term.estimator == "k1") or (not named and _shape(term) == "u"):
         if term.placement == "reward":  # summed per-token k1 is the sequence k1
-            return "reverse KL", "E[r] - β KL(π‖π_ref)"
+            return "reverse KL", "E[r] − β KL(π‖π_ref)"
     shape = term.estimator if named else _shape(term)
     if term.placement == "loss" and (shape == "k1" or shape == "constant"):
         return "nothing in expectation", "E[r] (the penalty's expected gradient is 0)"
