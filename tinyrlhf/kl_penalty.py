@@ -145,61 +145,70 @@ def penalized_update(
 
 def classify(term: KLTerm) -> tuple[str, str]:
     """``(optimizes, stationary_for)`` of a term: the divergence and the objective (module
-    docstring). Callables are matched on a grid of log-probabilities."""
-    named = isinstance(term.estimator, str)
-    if (named and term.estimator == "k1") or (not named and _shape(term) == "u"):
-        if term.placement == "reward":  # summed per-token k1 is the sequence k1
-            return "reverse KL", "E[r] − β KL(π‖π_ref)"
-    shape = term.estimator if named else _shape(term)
-    if term.placement == "loss" and (shape == "k1" or shape == "constant"):
+    docstring), from the shape of its sequence coefficient (:func:`coefficient_shape`)."""
+    shape, _ = coefficient_shape(term)
+    if shape == "constant":
         return "nothing in expectation", "E[r] (the penalty's expected gradient is 0)"
     if term.level == "token":
-        if term.placement == "loss" and shape in ("k2", "u"):
+        if term.placement == "reward" and shape == "u":  # summed per-token k1 = sequence k1
+            return "reverse KL", "E[r] − β KL(π‖π_ref)"
+        if term.placement == "reward" and shape == "-u":
+            return "sign-flipped", "E[r] + β KL(π‖π_ref)"
+        if term.placement == "loss" and shape == "u":
             return (
                 "not a divergence of π",
                 "per state s: E_π[r|s] − β KL(π(·|s)‖π_ref(·|s)), occupancy held fixed",
             )
-        if term.placement == "loss" and shape in ("k3", "-exp(-u)"):
+        if term.placement == "loss" and shape == "-exp(-u)":
             return (
                 "not a divergence of π",
                 "per state s: E_π[r|s] − β KL(π_ref(·|s)‖π(·|s)), occupancy held fixed",
             )
-        if shape == "-u":
-            return "sign-flipped", "E[r] + β KL(π‖π_ref) (per token)"
-        return "not a divergence of π", "none (the estimate's own dependence on π is dropped)"
-    if named:
-        if term.placement == "loss":
-            if term.estimator == "k2":
-                return "reverse KL", "E[r] − β KL(π‖π_ref)"
-            return "forward KL", "E[r] − β KL(π_ref‖π)"
-        if term.estimator == "k2":
-            return "not a divergence of π", "E[r] − β (E_π[k2] − KL(π‖π_ref))"
+        return "not a divergence of π", "none (partial gradients of per-token estimates)"
+    if term.estimator == "k2" and term.placement == "reward":
+        return "not a divergence of π", "E[r] − β (E_π[k2] − KL(π‖π_ref))"
+    if term.estimator == "k3" and term.placement == "reward":
         return "not a divergence of π", "E[r] − β (KL(π‖π_ref) − KL(π_ref‖π))"
     return {
         "u": ("reverse KL", "E[r] − β KL(π‖π_ref)"),
         "-u": ("sign-flipped", "E[r] + β KL(π‖π_ref)"),
         "-exp(-u)": ("forward KL", "E[r] − β KL(π_ref‖π)"),
         "exp(u)": ("χ²", "E[r] − (β/2) χ²(π‖π_ref)"),
-        "constant": ("nothing in expectation", "E[r]"),
     }.get(shape, ("not a divergence of π", "none recognized"))
 
 
-def _shape(term: KLTerm) -> str:
-    """Match a callable's sequence coefficient ``phi`` (value or derivative) to a known form:
-    ``phi = a g(x, y) + c`` with ``a > 0`` exactly (least squares, residual at rounding)."""
+#: Named estimators' sequence coefficients ``phi`` (value in the reward, derivative in the
+#: loss) as ``(shape, slope a)`` of ``phi = a g(u) + c`` (module docstring).
+_NAMED_SHAPES = {
+    ("k1", "reward"): ("u", 1.0),
+    ("k1", "loss"): ("constant", 0.0),
+    ("k2", "reward"): ("other", 0.0),
+    ("k2", "loss"): ("u", 1.0),
+    ("k3", "reward"): ("other", 0.0),
+    ("k3", "loss"): ("-exp(-u)", 1.0),
+}
+
+
+def coefficient_shape(term: KLTerm) -> tuple[str, float]:
+    """The shape of ``phi`` (``k`` in the reward, ``dk/dx`` in the loss) as a function of
+    ``x = log pi``, ``y = log pi_ref``: ``"u"`` (``x - y``), ``"-u"``, ``"-exp(-u)"``,
+    ``"exp(u)"``, ``"constant"`` or ``"other"``, with the slope ``a > 0`` of
+    ``phi = a g + c``. A callable is matched by least squares on a grid of
+    log-probabilities in ``[-4, -0.05]^2`` (a match must be exact to 1e-6 relative)."""
+    if isinstance(term.estimator, str):
+        return _NAMED_SHAPES[(term.estimator, term.placement)]
     x, y = _GRID
     phi = term.value(x, y) if term.placement == "reward" else term.derivative(x, y)
-    if np.ptp(phi) <= 1e-9 * max(1.0, float(np.abs(phi).max())):
-        return "constant"
+    scale = max(1.0, float(np.abs(phi).max()))
+    if np.ptp(phi) <= 1e-9 * scale:
+        return "constant", 0.0
     u = x - y
     for name, basis in (("u", u), ("-u", -u), ("-exp(-u)", -np.exp(-u)), ("exp(u)", np.exp(u))):
         design = np.stack([basis, np.ones_like(basis)], axis=1)
         coefficients = np.linalg.lstsq(design, phi, rcond=None)[0]  # (slope, offset)
-        slope = coefficients[0]
-        fit_error = np.abs(design @ coefficients - phi).max()
-        if slope > 0 and fit_error <= 1e-6 * max(1.0, float(np.abs(phi).max())):
-            return name
-    return "other"
+        if coefficients[0] > 0 and np.abs(design @ coefficients - phi).max() <= 1e-6 * scale:
+            return name, float(coefficients[0])
+    return "other", 0.0
 
 
 def kl_penalty_fixed_point(
@@ -250,11 +259,12 @@ def kl_penalty_fixed_point(
     tol = check_tolerance(tol)
     max_steps = check_positive_int(max_steps, "max_steps")
     optimizes, stationary_for = classify(term)
-    named = term.estimator if isinstance(term.estimator, str) else None
+    shape, slope = coefficient_shape(term)
+    sequence_or_summed = term.level == "sequence" or term.placement == "reward"
     stationary, reason, info = True, "", {}
-    if optimizes == "reverse KL" and (term.placement == "reward" or term.level == "sequence"):
-        policy, how = _reverse_kl(ref, reward, beta, term), "closed form"
-    elif optimizes == "nothing in expectation":
+    if shape == "u" and sequence_or_summed:  # reverse KL with coefficient a beta
+        policy, how = closed_form(ref, reward, beta * slope).policy, "closed form"
+    elif shape == "constant":
         policy, how = _best_generations(ref, reward), "closed form"
         stationary = _constant_on_support(ref, reward)
         if not stationary:
@@ -262,11 +272,11 @@ def kl_penalty_fixed_point(
                 "the penalty's expected gradient is 0, so the update is grad E[r]: no interior "
                 "fixed point; training heads to P_ref restricted to the best generations"
             )
-    elif term.placement == "loss" and term.level == "sequence" and optimizes == "forward KL":
-        scale = _slope(term, "-exp(-u)") if named is None else 1.0
-        policy, how = _forward_kl_sequence(ref, reward, beta * scale), "closed form"
-    elif named in ("k2", "k3") and term.placement == "loss" and term.level == "token":
-        policy, how = _per_state(ref, reward, beta, named), "backward induction"
+    elif shape == "-exp(-u)" and term.level == "sequence":  # forward KL
+        policy, how = _forward_kl_sequence(ref, reward, beta * slope), "closed form"
+    elif shape in ("u", "-exp(-u)") and term.level == "token" and term.placement == "loss":
+        policy = _per_state(ref, reward, beta * slope, reverse=shape == "u")
+        how = "backward induction"
     else:
         policy, stationary, reason, info = _numerical(ref, reward, beta, term, tol, max_steps)
         how = "numerical"
@@ -302,20 +312,6 @@ def kl_penalty_fixed_point(
         reason=reason,
         how=how,
     )
-
-
-def _slope(term: KLTerm, shape: str) -> float:
-    """The ``a`` of ``phi = a g + c`` for a matched callable (its effective beta scale)."""
-    x, y = _GRID
-    phi = term.derivative(x, y) if term.placement == "loss" else term.value(x, y)
-    basis = {"u": x - y, "-exp(-u)": -np.exp(y - x)}[shape]
-    design = np.stack([basis, np.ones_like(basis)], axis=1)
-    return float(np.linalg.lstsq(design, phi, rcond=None)[0][0])
-
-
-def _reverse_kl(ref: Policy, reward: np.ndarray, beta: float, term: KLTerm) -> Policy:
-    scale = 1.0 if isinstance(term.estimator, str) else _slope(term, "u")
-    return closed_form(ref, reward, beta * scale).policy
 
 
 def _best_generations(ref: Policy, reward: np.ndarray) -> Policy:
@@ -374,7 +370,7 @@ def _forward_kl_sequence(ref: Policy, reward: np.ndarray, beta: float) -> Policy
     return Policy.from_leaf_log_probs(tree, log_p.reshape(-1), fallback=ref)
 
 
-def _per_state(ref: Policy, reward: np.ndarray, beta: float, estimator: str) -> Policy:
+def _per_state(ref: Policy, reward: np.ndarray, beta: float, *, reverse: bool) -> Policy:
     """Backward induction: ``Q_{H-1} = r``; each state solves ``max E[Q] - beta D_s``;
     ``V(s) = sum_a pi(a|s) Q(s, a)`` is the next level's ``Q`` (no KL in it)."""
     tree = ref.tree
@@ -383,9 +379,9 @@ def _per_state(ref: Policy, reward: np.ndarray, beta: float, estimator: str) -> 
     for h in range(tree.horizon - 1, -1, -1):
         q_table = value.reshape(-1, tree.n_tokens)  # Q(s, a): (level_size(h), A)
         log_ref = ref.log_probs[h]
-        if estimator == "k2":  # pi ∝ pi_ref exp(Q / beta)
+        if reverse:  # k2: pi ∝ pi_ref exp(Q / beta)
             log_pi[h] = log_softmax(log_ref + q_table / beta, axis=1)
-        else:  # pi = beta pi_ref / (lambda_s - Q)
+        else:  # k3: pi = beta pi_ref / (lambda_s - Q)
             log_pi[h] = _forward_kl_rows(log_ref, q_table, beta)
         value = np.sum(np.exp(log_pi[h]) * np.where(log_pi[h] > -np.inf, q_table, 0.0), axis=1)
     return Policy._trusted(tree, log_pi)
