@@ -169,7 +169,7 @@ def test_large_n_is_accurate_against_decimal():
 
 def test_frontier_dominates_best_of_n_and_rlhf_at_kl_matches():
     tree, ref, reward = demo_problem(horizon=4)
-    curve = best_of_n_curve(ref, reward, [1, 2, 4, 16, 64])
+    curve = best_of_n_curve(ref, reward, [1, 2, 4, 16, 64, 1024, 4096])
     # no policy beats the KL-regularized optimum at its own KL
     assert (curve.expected_reward <= curve.rlhf_expected_score + 1e-10).all()
     np.testing.assert_allclose(curve.expected_reward, curve.expected_score)
@@ -233,3 +233,13 @@ def test_bad_input():
         rlhf_at_kl(ref, reward, -1.0)
     with pytest.raises(TypeError, match="ns must be"):
         best_of_n_curve(ref, reward, [1, 2.5])
+
+
+def test_cli_bon(capsys):
+    from tinyrlhf.cli import main
+
+    assert main(["bon", "--horizon", "3", "--n", "1,4,64"]) == 0
+    out = capsys.readouterr().out
+    assert "log n-(n-1)/n" in out and "k3/loss/token" in out and "forward KL" in out
+    assert main(["bon", "--n", "1,x"]) == 2
+    assert "--n must be positive integers" in capsys.readouterr().err

@@ -206,7 +206,9 @@ class RLHFAtKL:
     Attributes:
         beta: ``(n_prompts,)`` the ``beta`` with ``KL(pi*_beta || pi_ref) = kl`` (``inf`` for
             target 0; ``0`` when the target is at least the largest KL on the frontier,
-            ``-log P_ref(argmax r)``, where the frontier is flat at ``max r``).
+            ``-log P_ref(argmax r)``, where the frontier is flat at ``max r``, or beyond the KL
+            of ``beta = 1e-12``, where it is flat to float precision: rewards within an ulp of
+            the maximum, which are not exact ties, still share the mass there).
         kl: ``(n_prompts,)`` the KL reached.
         expected_reward: ``(n_prompts,)`` ``E_{pi*_beta}[r]``: the reward-KL frontier there.
         residual: ``max |KL reached - target|`` over prompts below the flat part.
@@ -264,8 +266,9 @@ def rlhf_at_kl(ref: Policy, reward: np.ndarray, kl: np.ndarray) -> RLHFAtKL:
         low, high = LOG_BETA_BRACKET
         if gap(high) > 0:  # target below float resolution of the KL near beta = inf
             log_beta = high
-        elif gap(low) < 0:
-            log_beta = low
+        elif gap(low) < 0:  # beyond the KL of beta = 1e-12: the flat end, to float precision
+            beta[p], reached[p], value[p] = 0.0, kl_max, float(r.max())
+            continue
         else:
             log_beta = brentq(gap, low, high, xtol=1e-14, rtol=1e-14, maxiter=500)
         beta[p] = np.exp(log_beta)
@@ -276,7 +279,7 @@ def rlhf_at_kl(ref: Policy, reward: np.ndarray, kl: np.ndarray) -> RLHFAtKL:
 
 def _closed_form_kl(log_q: np.ndarray, r: np.ndarray, beta: float) -> tuple[float, float]:
     """``(KL(P* || q), E_{P*}[r])`` of ``P* ∝ q exp(r / beta)`` on one prompt's support."""
-    log_weight = log_q + r / beta
+    log_weight = log_q + (r - r.max()) / beta  # shifted: no cancellation at tiny beta
     log_p = log_weight - logsumexp(log_weight)
     p = np.exp(log_p)
     return float(max(np.sum(p * (log_p - log_q)), 0.0)), float(p @ r)
@@ -378,6 +381,6 @@ def _frontier_leaf_log_probs(ref: Policy, reward: np.ndarray, beta: np.ndarray) 
             top = np.where(reachable == reachable.max(), log_q[p], -np.inf)
             out[p] = top - logsumexp(top)
         else:
-            log_weight = log_q[p] + rewards[p] / beta[p]
+            log_weight = log_q[p] + (rewards[p] - rewards[p].max()) / beta[p]
             out[p] = log_weight - logsumexp(log_weight)
     return out.reshape(-1)
