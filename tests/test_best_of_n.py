@@ -243,3 +243,21 @@ def test_cli_bon(capsys):
     assert "log n-(n-1)/n" in out and "k3/loss/token" in out and "forward KL" in out
     assert main(["bon", "--n", "1,x"]) == 2
     assert "--n must be positive integers" in capsys.readouterr().err
+
+
+def test_policy_keeps_the_reference_zeros_and_plots_check_shapes():
+    from tinyrlhf.plots import plot_best_of_n, plot_kl_penalty
+
+    tree = tr.TokenTree(["a", "b", "c"], 3, prompts=("x", "y"))
+    ref = tr.Policy.random(tree, seed=2, zero_fraction=0.3)
+    score = np.random.default_rng(2).integers(0, 3, size=tree.n_leaves).astype(float)
+    result = best_of_n(ref, score, 8)
+    # unreached rows come from ref, so per-token estimators accept the pair
+    for h in range(tree.horizon):
+        assert (result.policy.log_probs[h][ref.log_probs[h] == -np.inf] == -np.inf).all()
+    mean, _ = tr.kl_estimator_moments(result.policy, ref, "k1")
+    np.testing.assert_allclose(mean, result.kl, atol=1e-12)  # E[k1] is the KL
+    with pytest.raises(ValueError, match="same"):
+        plot_best_of_n([1, 2], [0.0], [0.0, 1.0], ([0.0], [0.0]))
+    with pytest.raises(ValueError, match="align"):
+        plot_kl_penalty(["k1/loss/token"], [], np.zeros(1), np.zeros(1), [True])
