@@ -395,8 +395,8 @@ SETTLED = 1e-5
 def _collapse_reason(worst: float, steps: int) -> str:
     return (
         f"training from π_ref drives some generations to probability 0 (log P/P_ref = "
-        f"{worst:.1f} after {steps} steps): their penalty grows as they shrink, so no interior "
-        "fixed point is reached"
+        f"{worst:.1f} after {steps} steps): no interior fixed point is reached (for k2/k3 in the "
+        "reward a completion's penalty grows as it becomes rarer)"
     )
 
 
