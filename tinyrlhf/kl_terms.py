@@ -188,22 +188,11 @@ def kl_penalty_gradient(policy: Policy, ref: Policy, term: KLTerm) -> list[np.nd
     Returns:
         ``H`` arrays ``(level_size(h), A)``, gradients of the mean over prompts.
     """
-    if term.placement == "reward":
-        return sequence_score_gradient(policy, kl_penalty_values(policy, ref, term))
-    _check_support(policy, ref)
-    if term.level == "sequence":
-        log_p, log_ref = policy.leaf_log_probs(), ref.leaf_log_probs()
-        reached = log_p > -np.inf
-        slope = np.zeros_like(log_p)
-        slope[reached] = term.derivative(log_p[reached], log_ref[reached])
-        return sequence_score_gradient(policy, slope)
-    slopes = []
-    for log_pi, log_ref in zip(policy.log_probs, ref.log_probs, strict=True):
-        picked = log_pi > -np.inf
-        slope = np.zeros_like(log_pi)
-        slope[picked] = term.derivative(log_pi[picked], log_ref[picked])
-        slopes.append(slope)
-    return token_score_gradient(policy, slopes)
+    leaf, token = kl_penalty_coefficients(policy, ref, term)
+    if leaf is not None:
+        return sequence_score_gradient(policy, leaf)
+    assert token is not None  # exactly one of the two is given
+    return token_score_gradient(policy, token)
 
 
 def _check_support(policy: Policy, ref: Policy) -> None:
