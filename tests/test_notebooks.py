@@ -26,6 +26,7 @@ LESSONS = (
     "04_learning_from_preferences.ipynb",
     "05_rkl_vs_fkl.ipynb",
     "06_beyond_rlhf.ipynb",
+    "09_classroom_sliders.ipynb",
 )
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 #: Stored notebooks stay small enough to render quickly on a code host.
