@@ -106,6 +106,7 @@ sphinx_gallery_conf = {
     "show_memory": False,
     "plot_gallery": "True",
     "min_reported_time": 1e9,
+    "capture_repr": (),  # print() output only, not the repr of a last expression
 }
 
 # ----------------------------------------------------------------------------------- HTML

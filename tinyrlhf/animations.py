@@ -220,11 +220,12 @@ ANIMATIONS = (
 )
 
 
-def make_animations(out_dir: str | os.PathLike) -> list[Path]:
+def make_animations(out_dir: str | os.PathLike, *, small: bool = False) -> list[Path]:
     """Write every animation of :data:`ANIMATIONS` into ``out_dir`` (created if missing).
 
     Args:
         out_dir: the output directory.
+        small: three frames each (for tests) instead of the full sweeps.
 
     Returns:
         The paths written, in the order of :data:`ANIMATIONS`.
@@ -235,5 +236,9 @@ def make_animations(out_dir: str | os.PathLike) -> list[Path]:
     from .figures import STYLE, _check_out_dir
 
     out = _check_out_dir(out_dir)
+    sizes = {
+        "beta_sweep.gif": {"betas": SWEEP_BETAS[::11]} if small else {},
+        "policy_gradient.gif": {"frames": 3} if small else {},
+    }
     with matplotlib.rc_context(STYLE):
-        return [write(out / name) for name, write in ANIMATIONS]
+        return [write(out / name, **sizes[name]) for name, write in ANIMATIONS]

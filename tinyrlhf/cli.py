@@ -165,7 +165,7 @@ def run_figures(args: argparse.Namespace) -> int:
     if getattr(args, "animations", False):  # GIFs of tinyrlhf.animations
         from .animations import make_animations
 
-        paths += make_animations(args.out)
+        paths += make_animations(args.out, small=args.small)
     for path in paths:
         print(path)
     print(f"wrote {len(paths)} figure(s) to {args.out} in {time.perf_counter() - start:.1f} s")
