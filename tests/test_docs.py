@@ -241,3 +241,13 @@ def test_browser_renders_a_gallery_page_with_its_picture(site, screenshots):
     assert "closed_form" in dom
     # the picture's coloured edge labels and legend show in the screenshot
     assert _coloured_fraction(pixels) > 1e-3
+
+
+def test_docs_command_names_the_missing_extra(tmp_path, capsys, monkeypatch):
+    from tinyrlhf import docsite
+    from tinyrlhf.cli import main
+
+    monkeypatch.setattr(docsite.importlib.util, "find_spec", lambda name: None)
+    assert main(["docs", "--out", str(tmp_path / "html")]) == 2
+    assert "pip install -e '.[docs]'" in capsys.readouterr().err
+    assert not (tmp_path / "html").exists()
