@@ -683,6 +683,7 @@ class _Graph:
     n_components: int
     strong: np.ndarray  # (n_leaves,) strongly connected component of the win graph
     mle_exists: bool
+    dominated: np.ndarray  # sorted leaves whose strong component loses to another one
 
 
 def _comparison_graph(
@@ -706,7 +707,12 @@ def _comparison_graph(
     component[compared] = inverse
     # Strong components refine weak ones; equal counts <=> each weak one is strongly connected.
     mle_exists = np.unique(strong[compared]).size == labels.size
-    return _Graph(winner, loser, compared, component, int(labels.size), strong, bool(mle_exists))
+    # a strong component with an arc into it from another one loses to a group it never beats
+    cross = strong[winner] != strong[loser]
+    dominated = compared[np.isin(strong[compared], strong[loser[cross]])]
+    return _Graph(
+        winner, loser, compared, component, int(labels.size), strong, bool(mle_exists), dominated
+    )
 
 
 def _no_mle_message(tree: TokenTree, graph: _Graph) -> str:
