@@ -346,7 +346,7 @@ def test_hinge_qp_issue_case_is_solved_exactly():
     np.testing.assert_allclose(implicit_u(solution), expected, atol=1e-12)
     np.testing.assert_allclose(solution.info["objective"], 2.4125, rtol=1e-13)
     # with one iteration allowed it cannot finish: converged=False comes with a warning
-    with pytest.warns(tr.dpo.PreferenceOptimizationWarning, match="residual"):
+    with pytest.warns(tr.PreferenceOptimizationWarning, match="residual"):
         early = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3, steps=1)
     assert not early.converged and early.residual > early.tolerance
 

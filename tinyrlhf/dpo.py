@@ -260,42 +260,18 @@ def fit_policy_to_preferences(
         raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
     graph = _comparison_graph(tree.n_leaves, chosen, rejected, weight)
     boundary = loss == "dpo" and l2 == 0 and graph.dominated.size > 0
-    if loss == "dpo" and not boundary:  # DPO = Bradley-Terry on r = beta u
-        bt = fit_bradley_terry(tree, prefs, l2=l2, tol=tol, max_iter=steps)
-        fit = _Fit(np.array(bt.reward), bt.residual, bt.n_iter, "bradley-terry newton")
-    elif boundary:
-        fit = _boundary_fit(graph, chosen, rejected, weight, tol, steps)
-    elif loss == "ipo":
-        pairwise = minimize_pairwise(
-            tree.n_leaves,
-            chosen,
-            rejected,
-            weight,
-            _ipo_loss(beta),
-            l2=l2,
-            tol=tol,
-            max_iter=steps,
-        )
-        fit = _Fit(np.array(pairwise.reward), pairwise.residual, pairwise.n_iter, "newton")
-    else:
-        fit = _solve_hinge(tree.n_leaves, chosen, rejected, weight, l2, steps)
-    on_support = ref.leaf_log_probs() > -np.inf
-    reward = np.where(on_support, fit.reward, 0.0)  # the implicit reward r = beta u
+    dominated = graph.dominated if boundary else None  # leaves at probability 0 (the limit)
     if boundary:
         _warn_boundary(tree, graph.dominated)
+    fit = _solve(tree, prefs, graph, boundary, loss, beta, l2, tol, steps)
     converged = bool(fit.residual <= tol)
     if not converged:
-        warnings.warn(
-            f"fit_policy_to_preferences(loss={loss!r}) stopped with residual "
-            f"{fit.residual:.3g} > tol={tol:g} after {fit.n_iter} iterations ({fit.solver}); "
-            "the returned policy is not certified optimal: raise steps",
-            PreferenceOptimizationWarning,
-            stacklevel=2,
-        )
-    policy, leaf_log_probs = _policy(ref, reward, graph.dominated if boundary else None, beta)
+        _warn_unconverged(loss, fit, tol)
+    on_support = ref.leaf_log_probs() > -np.inf
+    reward = np.where(on_support, fit.reward, 0.0)  # the implicit reward r = beta u
+    policy, leaf_log_probs = _policy(ref, reward, dominated, beta)
     # at the boundary the pairs between strong components are won at margin +inf: loss 0
     cross = graph.strong[chosen] != graph.strong[rejected] if boundary else None
-    summary = _summary(prefs, reward, cross, loss, beta, l2)
     return Solution(
         policy=policy,
         method=f"fit_policy_to_preferences[{loss}]",
@@ -307,11 +283,9 @@ def fit_policy_to_preferences(
         tolerance=float(tol),
         wall_time=time.perf_counter() - start,
         info={
-            "implicit_reward": np.where(
-                _mask(reward.size, graph.dominated if boundary else None), -np.inf, reward
-            ),
+            "implicit_reward": np.where(_mask(reward.size, dominated), -np.inf, reward),
             "leaf_log_probs": leaf_log_probs,
-            **summary,
+            **_summary(prefs, reward, cross, loss, beta, l2),
             "boundary": boundary,
             "dominated_leaves": graph.dominated
             if loss == "dpo" and l2 == 0
@@ -321,6 +295,29 @@ def fit_policy_to_preferences(
             "solver": fit.solver,
         },
     )
+
+
+def _solve(tree, prefs, graph, boundary, loss, beta, l2, tol, steps) -> _Fit:
+    """Dispatch to the solver of ``loss`` (module docstring, "Solvers and certificates")."""
+    chosen, rejected, weight = prefs.chosen, prefs.rejected, prefs.weight
+    if boundary:
+        return _boundary_fit(graph, chosen, rejected, weight, tol, steps)
+    if loss == "dpo":  # DPO is the Bradley-Terry fit of r = beta u (and its certificate)
+        bt = fit_bradley_terry(tree, prefs, l2=l2, tol=tol, max_iter=steps)
+        return _Fit(np.array(bt.reward), bt.residual, bt.n_iter, "fit_bradley_terry")
+    if loss == "ipo":  # the same Newton with IPO's loss
+        ipo = minimize_pairwise(
+            tree.n_leaves,
+            chosen,
+            rejected,
+            weight,
+            _ipo_loss(beta),
+            l2=l2,
+            tol=tol,
+            max_iter=steps,
+        )
+        return _Fit(np.array(ipo.reward), ipo.residual, ipo.n_iter, "newton (ipo)")
+    return _solve_hinge(tree.n_leaves, chosen, rejected, weight, l2, steps)
 
 
 @dataclass(frozen=True)
@@ -353,6 +350,16 @@ def _boundary_fit(graph, chosen, rejected, weight, tol, steps) -> _Fit:
         max_iter=steps,
     )
     return _Fit(np.array(fit.reward), fit.residual, fit.n_iter, "bradley-terry newton (limit)")
+
+
+def _warn_unconverged(loss: str, fit: _Fit, tol: float) -> None:
+    warnings.warn(
+        f"fit_policy_to_preferences(loss={loss!r}) stopped with residual {fit.residual:.3g} "
+        f"> tol={tol:g} after {fit.n_iter} iterations ({fit.solver}); the returned policy is "
+        "not certified optimal: raise steps",
+        PreferenceOptimizationWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_boundary(tree, dominated: np.ndarray) -> None:
