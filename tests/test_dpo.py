@@ -323,7 +323,7 @@ def test_bad_input():
 
 
 # ------------------------------------------------------------------ issue 10 cases
-def test_hinge_qp_issue_case_is_solved_exactly():
+def test_hinge_qp_issue_case_is_solved_exactly(monkeypatch):
     # Issue 10: pairs (1,3), (3,2), (2,3), (0,3), (3,2), l2 = 0.3, beta = 1 ended at objective
     # 5.6125. By hand: u = (0.75, 0.75, -1.25, -0.25) puts the margins of (1,3), (3,2) x2 and
     # (0,3) exactly at 1 (loss 0) and (2,3) at -1 (loss 2); the penalty is
@@ -345,10 +345,18 @@ def test_hinge_qp_issue_case_is_solved_exactly():
     assert solution.converged and solution.residual <= 1e-14
     np.testing.assert_allclose(implicit_u(solution), expected, atol=1e-12)
     np.testing.assert_allclose(solution.info["objective"], 2.4125, rtol=1e-13)
-    # with one iteration allowed it cannot finish: converged=False comes with a warning
-    with pytest.warns(tr.PreferenceOptimizationWarning, match="residual"):
-        early = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3, steps=1)
-    assert not early.converged and early.residual > early.tolerance
+
+    # Stopped early, each solver says so, in converged and in a warning: the hinge with no
+    # warm start and one active-set iteration, DPO after one Newton step.
+    monkeypatch.setattr(tr.dpo, "WARM_START_SWEEPS", 0)
+    for loss in ("hinge", "dpo"):
+        with pytest.warns(tr.PreferenceOptimizationWarning, match="residual"):
+            early = fit_policy_to_preferences(ref, prefs, loss=loss, beta=1.0, l2=0.3, steps=1)
+        assert not early.converged and early.residual > early.tolerance
+    # from that cold start the active-set method reaches the exact answer
+    exact = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3, steps=10)
+    assert exact.converged
+    np.testing.assert_allclose(implicit_u(exact), expected, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)

@@ -119,6 +119,10 @@ DEFAULT_TOL = 1e-8
 #: Eigenvalues of the free block of the hinge dual's Hessian below this fraction of the
 #: largest count as zero (the dual is semidefinite: rank ``<= m - 1`` for ``k`` pairs).
 NULL_EIGENVALUE = 1e-10
+#: Sweeps of dual coordinate descent that warm-start the hinge's active-set method.
+WARM_START_SWEEPS = 100
+#: A warm-start dual variable within this fraction of its box ``[0, w]`` starts on the bound.
+BOUND_SNAP = 1e-9
 #: Hinge dual optimality: a bound's multiplier (``margin - 1``, in logits of the implicit
 #: reward) must have the right sign up to this.
 MULTIPLIER_TOL = 1e-10
@@ -505,26 +509,27 @@ def _hinge_qp(
 
     The working set holds variables at a bound. Each iteration minimizes ``q`` over the free
     variables (``grad q = D r - 1``, the margins minus 1, with ``r = D^T alpha / l2``): a
-    Newton step on the free block ``Q_FF`` of ``Q = D D^T / l2``, or, if the free gradient
-    has a component in the null space of ``Q_FF`` (the dual is only semidefinite), a
+    Newton step on the free block ``Q_FF = D_F D_F^T / l2``, or, if the free gradient has a
+    component in the null space of ``Q_FF`` (the dual is only semidefinite), a
     zero-curvature descent direction followed to the first bound. Steps are cut at the
     first bound they hit, which joins the working set; at a minimizer over the free
     variables the bound with the most negative multiplier leaves it, and when none is
     negative ``alpha`` is optimal. Every step lowers ``q`` or (degenerate) changes the
-    working set, so the method ends after finitely many iterations.
+    working set, so the method ends after finitely many iterations, from any feasible
+    start (each iteration costs one eigendecomposition of size ``min(f, m_F)``; with
+    thousands of pairs and a small ``l2`` the default ``steps`` may run out, and the
+    result then says so); it starts from a few sweeps of dual coordinate descent (:func:`_warm_start`),
+    which guess most of the working set.
     """
-    dense = difference.toarray()  # (k, m)
-    gram = dense @ dense.T / l2  # Q: (k, k)
-    k = weight.size
-    alpha = np.zeros(k)
-    state = np.full(k, -1, dtype=np.int8)  # -1: at 0, +1: at w, 0: free
+    transpose = difference.T.tocsr()  # D^T: (m, k)
+    alpha, state = _warm_start(difference, weight, l2)
     n_iter = 0
     at_minimum = False  # alpha minimizes q over the current free variables
     while n_iter < steps:
         n_iter += 1
-        gradient = gram @ alpha - 1.0  # (k,) margin - 1
+        gradient = difference @ (transpose @ alpha) / l2 - 1.0  # (k,) margin - 1
         if not at_minimum:
-            direction, unbounded = _free_direction(gram, gradient, state == 0)
+            direction, unbounded = _free_direction(difference, l2, gradient, state == 0)
             if unbounded or np.max(np.abs(direction)) > 0:
                 alpha, state, blocked = _ratio_test(alpha, state, direction, weight, unbounded)
                 at_minimum = not (unbounded or blocked)
@@ -536,29 +541,72 @@ def _hinge_qp(
             break
         state[worst] = 0
         at_minimum = False
-    reward = dense.T @ alpha / l2
-    primal = float(np.sum(weight * np.maximum(0.0, 1.0 - dense @ reward))) + 0.5 * l2 * float(
-        np.sum(reward * reward)
-    )
-    dual = float(np.sum(alpha)) - 0.5 * l2 * float(np.sum(reward * reward))
+    reward = transpose @ alpha / l2  # (m,)
+    penalty = 0.5 * l2 * float(np.sum(reward * reward))
+    primal = float(np.sum(weight * np.maximum(0.0, 1.0 - difference @ reward))) + penalty
+    dual = float(np.sum(alpha)) - penalty  # 1^T alpha - ||D^T alpha||^2 / (2 l2)
     return reward, max(primal - dual, 0.0) / max(1.0, abs(primal)), n_iter, "active set (dual QP)"
 
 
+def _warm_start(
+    difference: sparse.csr_array, weight: np.ndarray, l2: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A feasible start for the active-set method: :data:`WARM_START_SWEEPS` sweeps of exact
+    coordinate descent on the dual (the dual coordinate descent of linear SVMs, Hsieh et al.
+    2008: ``alpha_k <- clip(alpha_k - (margin_k - 1) l2 / 2, 0, w_k)``, ``Q_kk = 2 / l2``,
+    keeping ``r = D^T alpha / l2`` up to date), then each variable within
+    :data:`BOUND_SNAP` (relative) of a bound put on it."""
+    coo = difference.tocoo()
+    order = np.lexsort((-coo.data, coo.row))  # per row: the +1 (chosen) entry, then the -1
+    chosen, rejected = coo.col[order][0::2].tolist(), coo.col[order][1::2].tolist()
+    weights = weight.tolist()
+    reward = [0.0] * difference.shape[1]
+    alpha = [0.0] * weight.size
+    for _ in range(WARM_START_SWEEPS):
+        for pair, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+            # minimize q over alpha_pair alone: grad = margin - 1, curvature 2 / l2
+            new = min(
+                max(alpha[pair] - (reward[c] - reward[r] - 1.0) * l2 / 2.0, 0.0), weights[pair]
+            )
+            change = (new - alpha[pair]) / l2
+            alpha[pair] = new
+            reward[c] += change
+            reward[r] -= change
+    values = np.array(alpha)
+    state = np.zeros(weight.size, dtype=np.int8)  # -1: at 0, +1: at w, 0: free
+    state[values <= BOUND_SNAP * weight] = -1
+    state[values >= (1.0 - BOUND_SNAP) * weight] = 1
+    return np.where(state == -1, 0.0, np.where(state == 1, weight, values)), state
+
+
 def _free_direction(
-    gram: np.ndarray, gradient: np.ndarray, free: np.ndarray
+    difference: sparse.csr_array, l2: float, gradient: np.ndarray, free: np.ndarray
 ) -> tuple[np.ndarray, bool]:
     """The step minimizing ``q`` over the free variables, or a zero-curvature descent
-    direction (then ``unbounded`` is True)."""
+    direction (then ``unbounded`` is True).
+
+    ``Q_FF = D_F D_F^T / l2`` with ``D_F`` ``(f, m_F)`` (the free pairs' rows on the leaves they
+    touch): its range is spanned by the left singular vectors ``U`` of ``D_F``, found from
+    the eigenvectors of the smaller of ``D_F D_F^T`` and ``D_F^T D_F``.
+    """
     direction = np.zeros(gradient.size)
     if not free.any():
         return direction, False
-    values, vectors = np.linalg.eigh(gram[np.ix_(free, free)])
-    null = values <= NULL_EIGENVALUE * max(float(values.max()), 1.0)
-    coefficients = vectors.T @ gradient[free]
-    if null.any() and np.max(np.abs(coefficients[null])) > MULTIPLIER_TOL:
-        direction[free] = -vectors[:, null] @ coefficients[null]
+    rows = difference[np.flatnonzero(free)]
+    block = rows[:, np.unique(rows.indices)].toarray()  # D_F: (f, m_F)
+    if block.shape[0] <= block.shape[1]:
+        values, basis = np.linalg.eigh(block @ block.T)  # (f,), (f, f)
+    else:
+        values, right = np.linalg.eigh(block.T @ block)  # (m_F,), (m_F, m_F)
+        basis = block @ right / np.sqrt(np.maximum(values, np.finfo(float).tiny))  # U
+    keep = values > NULL_EIGENVALUE * max(float(values.max()), 1.0)
+    basis, values = basis[:, keep], values[keep]  # range of Q_FF; eigenvalues s^2 = l2 lambda
+    coefficients = basis.T @ gradient[free]
+    null_part = gradient[free] - basis @ coefficients  # the gradient's part in null(Q_FF)
+    if np.max(np.abs(null_part)) > MULTIPLIER_TOL:
+        direction[free] = -null_part  # descent (slope -|null_part|^2) at zero curvature
         return direction, True
-    direction[free] = -vectors[:, ~null] @ (coefficients[~null] / values[~null])
+    direction[free] = -basis @ (coefficients * l2 / values)  # -Q_FF^+ g_F
     return direction, False
 
 
