@@ -322,3 +322,28 @@ def test_kl_estimator_figure():
     fig = figures.figure_kl_estimators(figures.SMALL)
     assert len(fig.axes) == 3
     assert len(fig.axes[0].lines) == 7  # the true KL and six estimators
+
+
+@pytest.mark.parametrize("gap", [30.0, 300.0, 700.0, 800.0])
+def test_extreme_ratios_raise_no_warning_and_stay_unbiased(gap):
+    # pi picks "a" and pi_ref "b" with log-odds `gap` on every row, so rho spans e^{+-3 gap}:
+    # squares of k3 overflow where P_pi underflows (0 * inf before). filterwarnings=error
+    # turns any overflow/invalid RuntimeWarning into a failure. k1 and k3 are unbiased:
+    # their means equal the exact KL (about 3 gap by the chain rule).
+    tree = tr.TokenTree(["a", "b"], 3)
+    rows = [np.tile([0.0, -gap], (tree.level_size(h), 1)) for h in range(tree.horizon)]
+    policy = tr.Policy.from_logits(tree, rows)
+    ref = tr.Policy.from_logits(tree, [row[:, ::-1] for row in rows])
+    kl = tr.kl_divergence(policy, ref)
+    np.testing.assert_allclose(kl, 3 * gap, rtol=1e-12)
+    for per_token in (False, True):
+        for estimator in tr.kl_estimators.ESTIMATORS:
+            mean, variance = tr.kl_estimator_moments(policy, ref, estimator, per_token=per_token)
+            assert not np.isnan(mean).any() and np.all(variance >= 0)
+            if estimator != "k2":
+                np.testing.assert_allclose(mean, kl, rtol=1e-12)
+            gradient = tr.kl_estimators.kl_estimator_gradient(
+                policy, ref, estimator, per_token=per_token
+            )
+            assert all(np.isfinite(table).all() for table in gradient)
+    tr.kl_estimator_report(policy, ref)

@@ -36,12 +36,12 @@ def small_problem(n_tokens=2, horizon=10, zero_fraction=0.0):
 
 
 def test_a_16_to_the_12_tree_is_refused_before_allocating():
-    # 16**12 leaves: (16**13 - 1) / 15 states of 64 bytes = 1.92e16 bytes = 17.07 PiB.
+    # 16**12 leaves: (16**13 - 1) / 15 states of 128 bytes = 3.84e16 bytes = 34.13 PiB.
     tokens = [f"t{k}" for k in range(16)]
     tracemalloc.start()
     try:
         with pytest.raises(
-            ValueError, match=r"needs about 17\.07 PiB, more than the memory budget"
+            ValueError, match=r"needs about 34\.13 PiB, more than the memory budget"
         ) as error:
             tr.TokenTree(tokens, 12)
         peak = tracemalloc.get_traced_memory()[1]
@@ -52,13 +52,13 @@ def test_a_16_to_the_12_tree_is_refused_before_allocating():
 
 
 def test_environment_variable_sets_the_budget(monkeypatch):
-    # 2 * (2**11 - 1) = 4,094 states of BYTES_PER_STATE = 64 bytes = 262,016 bytes > 16 KiB
+    # 2 * (2**11 - 1) = 4,094 states of BYTES_PER_STATE = 128 bytes = 524,032 bytes > 16 KiB
     monkeypatch.setenv(memory.ENV_VAR, "16K")
     assert memory.memory_budget() == 16 * 1024
     with pytest.raises(ValueError, match=r"TINYRLHF_MEMORY_LIMIT=16K") as error:
         tr.TokenTree(["a", "b"], 10, prompts=["x", "y"])
-    assert "262,016 bytes" in str(error.value)
-    monkeypatch.setenv(memory.ENV_VAR, "262016")  # exactly enough
+    assert "524,032 bytes" in str(error.value)
+    monkeypatch.setenv(memory.ENV_VAR, "524032")  # exactly enough
     tr.TokenTree(["a", "b"], 10, prompts=["x", "y"])
     monkeypatch.setenv(memory.ENV_VAR, "lots")
     with pytest.raises(ValueError, match="not a size"):
@@ -84,7 +84,7 @@ def test_explicit_limit_wins_over_the_environment(monkeypatch):
 @pytest.mark.parametrize("horizon", [100, 700, 1000, 10_000, 100_000])
 def test_any_size_is_refused_at_once_with_a_readable_size(horizon):
     # the size in the message, derived from the exact count with Python integers:
-    # n_states = (3^(H+1) - 1) / 2, bytes = 64 n_states, PiB = 2^50 bytes
+    # n_states = (3^(H+1) - 1) / 2, bytes = 128 n_states, PiB = 2^50 bytes
     n_states = (3 ** (horizon + 1) - 1) // 2
     exponent = math.floor(math.log10(n_states * memory.BYTES_PER_STATE) - 50 * math.log10(2))
     with pytest.raises(ValueError) as error:

@@ -35,12 +35,12 @@ DEFAULT_FRACTION = 0.5
 ENV_VAR = "TINYRLHF_MEMORY_LIMIT"
 #: Bytes of one float64.
 FLOAT_BYTES = 8
-#: Bytes per state that the tree guard reserves: 8 float64 per state. The largest users
-#: hold about four arrays of one float64 per state at once (soft value iteration: the
-#: values, the policy, the level being formed and the reward; the policy gradient: the
-#: iterate, its gradient, a trial step and the forward/backward passes), so 8 leaves a
-#: factor of two for temporaries.
-BYTES_PER_STATE = 8 * FLOAT_BYTES
+#: Bytes per state that the tree guard reserves: 16 float64 per state. The largest users
+#: hold about eight arrays of one float64 per leaf at once (the KL-estimator moments: the
+#: two leaf log-probabilities, the estimates, their masks, deviations and weights; soft value
+#: iteration holds about four per state), and with A = 16 the leaves are 94% of the states;
+#: 16 leaves a factor of two for temporaries (``tests/test_memory.py`` measures the peaks).
+BYTES_PER_STATE = 16 * FLOAT_BYTES
 #: Largest size (bytes) :func:`parse_bytes` accepts: 2**63, more than any machine has.
 MAX_BYTES = 2**63
 #: Requests up to this size are not checked against the available memory (reading it costs
