@@ -275,6 +275,29 @@ def test_solvers_survive_extreme_rewards():
     np.testing.assert_allclose(soft.log_partition, closed.log_partition, rtol=1e-12)
 
 
+@pytest.mark.parametrize("solver", [tr.closed_form, tr.soft_value_iteration])
+def test_huge_reward_over_beta_still_gives_a_valid_policy(solver):
+    # r/beta = 1e12 on all three leaves (ulp 1.2e-4 there): the optimum is the uniform
+    # reference itself (equal rewards), and the returned tables must pass Policy's own check
+    # (rows normalize to float64 rounding: formed from the shifted entries).
+    ref = tr.Policy.uniform(tr.TokenTree(["a", "b", "c"], 1))
+    solution = solver(ref, [1e6] * 3, 1e-6)
+    tr.Policy(ref.tree, solution.policy.log_probs)  # Policy() accepts it
+    np.testing.assert_allclose(solution.policy.probs[0], 1 / 3, rtol=1e-12)
+    np.testing.assert_allclose(solution.log_partition, 1e12, rtol=1e-15)
+
+
+@pytest.mark.parametrize("solver", [tr.closed_form, tr.soft_value_iteration])
+def test_beta_too_small_for_the_reward_is_refused_up_front(solver):
+    # max|r| / beta = 1 / 5e-324 overflows float64: refused naming beta, never a NaN policy;
+    # with a zero reward the same beta is a fine (if extreme) problem: the optimum is pi_ref
+    ref = tr.Policy.uniform(tr.TokenTree(["a", "b"], 2))
+    with pytest.raises(ValueError, match=r"beta=5e-324 is too small for this reward"):
+        solver(ref, np.ones(4), 5e-324)
+    solution = solver(ref, np.zeros(4), 5e-324)
+    np.testing.assert_allclose(solution.policy.leaf_probs(), 0.25, rtol=1e-15)
+
+
 def test_gradient_at_a_policy_with_extra_zeros_has_no_nan():
     # pi forbids a token pi_ref allows: its logit is -inf, so it has no gradient (0, not NaN:
     # pi log pi -> 0), and the other entries still match finite differences of J.
