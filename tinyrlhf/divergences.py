@@ -50,7 +50,7 @@ def _kl_terms(log_p: np.ndarray, log_q: np.ndarray, axis: int) -> tuple[np.ndarr
     terms = np.where(np.abs(d) < SERIES_BELOW, series, p * (d - 1.0) + q)
     # p = 0: the term is q; p > 0 = q: +inf, reported by `infinite`
     terms = np.where(both, terms, np.where(on_support, 0.0, q))
-    return terms.sum(axis=axis), infinite
+    return terms.sum(axis=axis), np.asarray(infinite)
 
 
 def kl_divergence(p: Policy, q: Policy, *, method: str = "chain") -> np.ndarray:

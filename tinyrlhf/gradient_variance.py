@@ -300,7 +300,7 @@ def reinforce_gradient_estimates(
         coefficient = returns - others
     # g_n = 1/P sum_p 1/n sum_i c_i s_i, with s_i = sum_h (onehot(a_h) - pi(.|s_h))
     coefficient = (coefficient / (n_prompts * batch_size)).reshape(n_batches, -1)  # (B, P*n)
-    leaf = leaf.reshape(n_batches, -1)
+    leaf = np.reshape(leaf, (n_batches, -1))
     batch = np.broadcast_to(np.arange(n_batches)[:, None], leaf.shape)
     estimates = np.zeros((n_batches, n_parameters))
     offset = 0

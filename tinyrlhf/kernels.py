@@ -48,8 +48,8 @@ TOKEN_MAJOR_MAX_TOKENS = 16
 
 
 def log_softmax_rows(
-    x: np.ndarray, out: np.ndarray | None = None, *, rows: bool = True
-) -> tuple[np.ndarray, np.ndarray | None]:
+    x: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Row log-sum-exp and normalized rows of an ``(n, A)`` array, in one pass.
 
         log_sum(s) = log sum_a exp x(s, a),     log_pi(a|s) = x(s, a) - log_sum(s)
@@ -58,16 +58,21 @@ def log_softmax_rows(
         x: ``(n, A)`` float64, finite or ``-inf`` entries (``+inf``/NaN give NaN sums).
         out: optional ``(n, A)`` float64 array for the normalized rows; may be ``x`` itself
             (in place). A new array when None.
-        rows: False to compute only ``log_sum`` (``out`` ignored, None returned).
 
     Returns:
         ``(log_sum, log_pi)``: ``(n,)`` and ``(n, A)`` (``out`` when given); on an all
         ``-inf`` row ``log_sum = -inf`` and the row of ``log_pi`` is all ``-inf``.
     """
+    if out is None:
+        out = np.empty(x.shape)
+    return _row_kernel(x, out), out
+
+
+def _row_kernel(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """The blocked kernel: returns ``log_sum`` ``(n,)``; writes the normalized rows into
+    ``out`` unless it is None (see :func:`log_softmax_rows`)."""
     n_rows, n_tokens = x.shape
     log_sum = np.empty(n_rows)
-    if rows and out is None:
-        out = np.empty((n_rows, n_tokens))
     token_major = n_tokens <= TOKEN_MAJOR_MAX_TOKENS
     block_rows = max(1, min(n_rows, BLOCK_ELEMENTS // max(n_tokens, 1)))
     shape = (n_tokens, block_rows) if token_major else (block_rows, n_tokens)
@@ -100,8 +105,7 @@ def log_softmax_rows(
         with np.errstate(divide="ignore"):  # log 0 = -inf is the exact answer on dead rows
             np.log(row_sum[:size], out=row_sum[:size])
         np.add(row_max[:size], row_sum[:size], out=log_sum[block])
-        if rows:
-            assert out is not None
+        if out is not None:
             if any_dead:  # (x - m) - 0 keeps a dead row all -inf (never -inf - -inf)
                 row_sum[:size][dead] = 0.0
             if token_major:
@@ -109,7 +113,7 @@ def log_softmax_rows(
                     np.subtract(block_x[a], row_sum[:size], out=out[block, a])
             else:
                 np.subtract(block_x, row_sum[:size, np.newaxis], out=out[block])
-    return log_sum, out
+    return log_sum
 
 
 def row_logsumexp(x: np.ndarray) -> np.ndarray:
@@ -118,4 +122,4 @@ def row_logsumexp(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"x must be a 2-D (n, A) array with A >= 1, got shape {x.shape}")
-    return log_softmax_rows(x, rows=False)[0]
+    return _row_kernel(x, None)

@@ -413,13 +413,14 @@ def _check_logits(tree: TokenTree, arrays: list[np.ndarray]) -> None:
 
 def _check_forced_rows(tree: TokenTree, arrays: list[np.ndarray]) -> None:
     """On a tree with ``eos``, rows after the end token put probability one on ``eos``."""
-    for h in range(1, tree.horizon if tree.eos is not None else 0):
+    if tree.eos is None:
+        return
+    eos = tree.tokens.index(tree.eos)
+    for h in range(1, tree.horizon):
         ended = tree.ended_states(h)
         rows = arrays[h][ended]  # (n_ended, A)
-        others = np.delete(rows, tree.eos_index, axis=1)
-        bad = ~(np.abs(rows[:, tree.eos_index]) <= NORMALIZATION_ATOL) | (others > -np.inf).any(
-            axis=1
-        )
+        others = np.delete(rows, eos, axis=1)
+        bad = ~(np.abs(rows[:, eos]) <= NORMALIZATION_ATOL) | (others > -np.inf).any(axis=1)
         if bad.any():
             i = int(np.flatnonzero(ended)[np.flatnonzero(bad)[0]])
             raise ValueError(

@@ -335,11 +335,11 @@ class TokenTree:
         if not 0 <= index < self.n_leaves:
             raise ValueError(f"leaf index must be in 0..{self.n_leaves - 1}, got {index}")
         prompt, rest = divmod(int(index), self.leaves_per_prompt)
-        tokens = []
+        reversed_tokens = []
         for _ in range(self.horizon):
             rest, a = divmod(rest, self.n_tokens)
-            tokens.append(self.tokens[a])
-        tokens = tuple(reversed(tokens))
+            reversed_tokens.append(self.tokens[a])
+        tokens = tuple(reversed(reversed_tokens))
         if self.eos is not None and self.eos in tokens:
             tokens = tokens[: tokens.index(self.eos) + 1]
         return self.prompts[prompt], self.text(tokens)

@@ -129,7 +129,7 @@ def make_rng(seed: object, name: str = "seed") -> np.random.Generator:
     if seed is None or (
         isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool)
     ):
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else int(seed))
     raise TypeError(f"{name} must be an int, a numpy.random.Generator or None, got {seed!r}")
 
 
