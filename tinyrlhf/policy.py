@@ -33,8 +33,6 @@ from .validation import (
     read_only,
 )
 
-_read_only = read_only  # the name the package used before validation.read_only
-
 #: Largest |logsumexp(row)| accepted as "normalized" (log space: about 1e-8 relative error
 #: in the row's probability sum, far above float64 rounding of a softmax, far below any real
 #: normalization mistake).
@@ -75,21 +73,27 @@ class Policy:
                 _explain_bad_table(table, h, int(np.flatnonzero(bad)[0]), row_sums)
         _check_forced_rows(tree, arrays)
         object.__setattr__(self, "tree", tree)
-        object.__setattr__(self, "log_probs", [_read_only(table) for table in arrays])
+        object.__setattr__(self, "log_probs", [read_only(table) for table in arrays])
 
     @classmethod
-    def _trusted(cls, tree: TokenTree, log_probs: list[np.ndarray]) -> Policy:
-        """Build from tables the package computed itself, without copy or validation.
+    def trusted(cls, tree: TokenTree, log_probs: list[np.ndarray]) -> Policy:
+        """Build from tables known to be valid, without copy or validation.
 
-        The tables must already satisfy everything :class:`Policy` checks; they become
-        read-only views, so the caller must not keep writing to them. Solvers use this on
-        their fresh outputs (validation would cost about one more pass over the tree, see
-        ``benchmarks/results.md``); user code should call ``Policy(tree, log_probs)``.
+        For tables a computation just produced and hands over (the solvers' outputs, the
+        builders below): validating them would cost about one more soft-value-iteration
+        pass (``Policy(tree, log_probs)`` runs the row kernel over every table and copies
+        them). The tables must satisfy everything :class:`Policy` checks (shapes,
+        normalized rows, forced rows after ``eos``); they are frozen as read-only views, so
+        the caller must not write to them afterwards. When in doubt, use
+        ``Policy(tree, log_probs)``.
         """
         policy = object.__new__(cls)
         object.__setattr__(policy, "tree", tree)
-        object.__setattr__(policy, "log_probs", [_read_only(table) for table in log_probs])
+        object.__setattr__(policy, "log_probs", [read_only(table) for table in log_probs])
         return policy
+
+    #: The name the package's modules used before :meth:`trusted` was public.
+    _trusted = trusted
 
     # ----------------------------------------------------------------------- builders
     @classmethod
@@ -100,7 +104,7 @@ class Policy:
         tables = [
             np.full((tree.level_size(h), tree.n_tokens), log_uniform) for h in range(tree.horizon)
         ]
-        return cls._trusted(tree, _force_ended_rows(tree, tables))
+        return cls.trusted(tree, _force_ended_rows(tree, tables))
 
     @classmethod
     def random(
@@ -151,7 +155,7 @@ class Policy:
         arrays = _check_tables(tree, logits, "logits")
         _check_logits(tree, arrays)
         tables = [log_softmax_rows(table, out=table)[1] for table in arrays]  # in place
-        return cls._trusted(tree, _force_ended_rows(tree, tables))
+        return cls.trusted(tree, _force_ended_rows(tree, tables))
 
     @classmethod
     def from_leaf_log_probs(
@@ -333,7 +337,7 @@ def normalize_leaf_log_weights(
         if unreached.any():
             fallback = Policy.uniform(tree) if fallback is None else fallback
             log_pi[h][unreached] = fallback.log_probs[h][unreached]
-    return Policy._trusted(tree, log_pi), log_mass
+    return Policy.trusted(tree, log_pi), log_mass
 
 
 def _force_ended_rows(tree: TokenTree, tables: list[np.ndarray]) -> list[np.ndarray]:

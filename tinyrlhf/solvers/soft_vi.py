@@ -57,7 +57,7 @@ def soft_value_iteration(ref: Policy, reward: np.ndarray, beta: float) -> Soluti
         values[h] = read_only(beta * scaled_value)
     log_z = scaled_value  # V_0 / beta = log Z(s_0) : (n_prompts,)
     return Solution(
-        policy=Policy._trusted(tree, log_pi),
+        policy=Policy.trusted(tree, log_pi),
         method="soft_value_iteration",
         reference=ref,
         reward=values[tree.horizon],
