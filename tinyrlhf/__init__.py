@@ -7,6 +7,7 @@ reverse- and forward-KL projections. ``import tinyrlhf as tr``.
 """
 
 from .agreement import AgreementReport, check_agreement
+from .best_of_n import BestOfN, BestOfNCurve, RLHFAtKL, best_of_n, best_of_n_curve, rlhf_at_kl
 from .bradley_terry import (
     BradleyTerryFit,
     bradley_terry_gradient,
@@ -27,6 +28,13 @@ from .kl_estimators import (
     kl_estimator_moments,
     kl_estimator_report,
     kl_gradient,
+)
+from .kl_penalty import (
+    KLPenaltyReport,
+    KLPenaltySolution,
+    KLPenaltyWarning,
+    kl_penalty_fixed_point,
+    kl_penalty_report,
 )
 from .nash import (
     NashConvergenceWarning,
@@ -59,23 +67,31 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgreementReport",
+    "BestOfN",
+    "BestOfNCurve",
     "BetaPath",
     "BoundaryOptimumWarning",
     "BradleyTerryFit",
     "GradientVariance",
     "KLEstimatorReport",
+    "KLPenaltyReport",
+    "KLPenaltySolution",
+    "KLPenaltyWarning",
     "NashConvergenceWarning",
     "OveroptimizationCurve",
     "PipelineResult",
     "Policy",
     "Preferences",
     "Projection",
+    "RLHFAtKL",
     "RegularizedNash",
     "RewardKLFrontier",
     "RlhfVersusMinimax",
     "Solution",
     "TokenTree",
     "__version__",
+    "best_of_n",
+    "best_of_n_curve",
     "beta_path",
     "bradley_terry_gradient",
     "bradley_terry_hessian",
@@ -94,6 +110,8 @@ __all__ = [
     "kl_estimator_moments",
     "kl_estimator_report",
     "kl_gradient",
+    "kl_penalty_fixed_point",
+    "kl_penalty_report",
     "minimax_winner",
     "objective",
     "optimal_leaf_log_probs",
@@ -110,6 +128,7 @@ __all__ = [
     "reinforce_gradient_estimates",
     "reinforce_gradient_variance",
     "reward_kl_frontier",
+    "rlhf_at_kl",
     "rlhf_versus_minimax",
     "sample_preferences",
     "soft_value_iteration",

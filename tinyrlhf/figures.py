@@ -16,6 +16,9 @@ Figures (file names in ``out_dir``):
   preference_game.png  RLHF under a fitted reward vs the minimax winner (Borda vs Condorcet)
   kl_estimators.png  exact bias, spread and loss-gradient error of the k1, k2, k3 estimators
   overoptimization.png  true reward vs sqrt(KL) of RLHF under rewards fitted from n pairs
+  best_of_n.png      exact best-of-n beside the reward-KL frontier; its KL against log n - (n-1)/n
+  best_of_n_proxy.png  best-of-n and RLHF under fitted rewards, judged by the true reward
+  kl_penalty.png     where each KL estimator x placement x level trains to, against pi*
 """
 
 from __future__ import annotations
@@ -354,6 +357,97 @@ def figure_overoptimization(config: FigureConfig) -> Figure:
     return fig
 
 
+def figure_best_of_n(config: FigureConfig) -> Figure:
+    """(k) Exact best-of-n beside the KL-regularized frontier; its KL against the bound."""
+    from .best_of_n import best_of_n, best_of_n_curve
+
+    _, ref, reward = _sweep_problem()
+    ns = 2 ** np.arange(0, 15 if config is FULL else 9)
+    curve = best_of_n_curve(ref, reward, ns)
+    frontier = reward_kl_frontier(ref, reward, np.logspace(-2.5, 2.0, config.n_betas * 2))
+    # a pass/fail verifier (passes iff r is the best reward) and 4096 equiprobable leaves
+    verifier = (reward == reward.max()).astype(np.float64)
+    wide = TokenTree(("a", "b"), 12)
+    distinct = np.random.default_rng(0).permutation(wide.n_leaves).astype(np.float64)
+    extra = {
+        "0/1 verifier (ties)": np.array([best_of_n(ref, verifier, int(n)).kl[0] for n in ns]),
+        "4096 equiprobable distinct": np.array(
+            [best_of_n(Policy.uniform(wide), distinct, int(n)).kl[0] for n in ns]
+        ),
+    }
+    fig = plots.plot_best_of_n(
+        ns,
+        curve.kl[:, 0],
+        curve.expected_reward[:, 0],
+        (frontier.kl[:, 0], frontier.expected_reward[:, 0]),
+        kl_bound=curve.kl_bound,
+        extra_kl=extra,
+    )
+    fig.suptitle(
+        "Best-of-n from π_ref, exactly (demo problem, one prompt): just below the RLHF frontier;\n"
+        "its KL stays below log n − (n−1)/n, tight only while n ≪ the number of distinct outcomes"
+    )
+    return fig
+
+
+def figure_best_of_n_proxy(config: FigureConfig) -> Figure:
+    """(l) Best-of-n and RLHF under fitted rewards r_hat, judged by the true reward."""
+    from .best_of_n import best_of_n_curve
+    from .bradley_terry import DEFAULT_L2, fit_bradley_terry
+    from .preferences import sample_preferences
+
+    tree, ref, _ = _sweep_problem()
+    r_true = np.random.default_rng(1).normal(size=tree.n_leaves)  # a reward hard to learn
+    ns = 2 ** np.arange(0, 13 if config is FULL else 7)
+    sizes = (100, 300, 1000, 3000) if config is FULL else (100, 1000)  # pairs per fit
+    prefs = sample_preferences(tree, r_true, sizes[-1], policy=ref, seed=0)
+    curves = {}
+    for size in sizes:
+        r_hat = fit_bradley_terry(tree, prefs[:size], l2=DEFAULT_L2).reward
+        curve = best_of_n_curve(ref, r_hat, ns, reward=r_true)
+        curves[f"best-of-n under r̂ ({size:,} pairs)"] = (
+            curve.kl[:, 0],
+            curve.expected_reward[:, 0],
+        )
+        curves[f"RLHF under r̂ ({size:,} pairs), same KL"] = (
+            curve.kl[:, 0],
+            curve.rlhf_expected_reward[:, 0],
+        )
+    frontier = reward_kl_frontier(ref, r_true, np.logspace(-2.5, 2.0, config.n_betas * 2))
+    fig = plots.plot_best_of_n_proxy(
+        curves,
+        (frontier.kl[:, 0], frontier.expected_reward[:, 0]),
+        reference_reward=float(expected_reward(ref, r_true)[0]),
+    )
+    fig.axes[0].set_title(
+        f"Best-of-n (n = 1 … {ns[-1]:,}, solid) and RLHF at the same KL (dashed) select by a\n"
+        "Bradley-Terry fit r̂, the true r judges: over-optimization without sampling noise",
+        fontsize=10,
+    )
+    return fig
+
+
+def figure_kl_penalty(config: FigureConfig) -> Figure:
+    """(m) The fixed point of every KL estimator x placement x level against pi*."""
+    from .kl_penalty import kl_penalty_report
+
+    _, ref, reward = examples.demo_problem()
+    report = kl_penalty_report(ref, reward, examples.DEMO_BETA)
+    rows = report.rows
+    fig = plots.plot_kl_penalty(
+        [row.name for row in rows],
+        [row.optimizes for row in rows],
+        np.array([row.tv for row in rows]),
+        np.array([row.objective_lost for row in rows]),
+        [row.stationary for row in rows],
+    )
+    fig.suptitle(
+        f"Where training with a KL penalty converges (demo problem, β = {examples.DEMO_BETA:g}): "
+        "only k1 in the reward and sequence-level k2 in the loss reach π*"
+    )
+    return fig
+
+
 #: (file name, builder) in the order of the lecture.
 FIGURES: tuple[tuple[str, Callable[[FigureConfig], Figure | None]], ...] = (
     ("token_tree.png", figure_token_tree),
@@ -366,6 +460,9 @@ FIGURES: tuple[tuple[str, Callable[[FigureConfig], Figure | None]], ...] = (
     ("preference_game.png", figure_preference_game),
     ("kl_estimators.png", figure_kl_estimators),
     ("overoptimization.png", figure_overoptimization),
+    ("best_of_n.png", figure_best_of_n),
+    ("best_of_n_proxy.png", figure_best_of_n_proxy),
+    ("kl_penalty.png", figure_kl_penalty),
 )
 
 

@@ -611,3 +611,141 @@ def plot_overoptimization(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return true_ax.figure
+
+
+def plot_best_of_n(
+    n: np.ndarray,
+    kl: np.ndarray,
+    reward: np.ndarray,
+    frontier: tuple[np.ndarray, np.ndarray],
+    *,
+    kl_bound: np.ndarray | None = None,
+    extra_kl: Mapping[str, np.ndarray] | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Best-of-n beside the reward-KL frontier, and its KL over ``n`` against the bound.
+
+    Args:
+        n: ``(n_ns,)`` numbers of draws.
+        kl: ``(n_ns,)`` exact ``KL(P_BoN || P_ref)``.
+        reward: ``(n_ns,)`` ``E_BoN[r]``.
+        frontier: ``(kl, reward)`` of the KL-regularized optimum ``pi*_beta`` over beta.
+        kl_bound: ``(n_ns,)`` ``log n - (n - 1)/n`` (right panel).
+        extra_kl: label -> ``(n_ns,)`` more exact KL curves for the right panel (e.g. a
+            verifier's, or many equiprobable leaves').
+        axes: two Axes to draw into.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    kl, reward = np.asarray(kl, dtype=np.float64), np.asarray(reward, dtype=np.float64)
+    if kl.shape != n.shape or reward.shape != n.shape:
+        raise ValueError("n, kl and reward must have the same (n_ns,) shape")
+    left, right = _panels(axes, 2, (12.0, 4.6))
+    left.plot(frontier[0], frontier[1], color="black", lw=2, label="RLHF frontier π*_β")
+    left.plot(kl, reward, "o-", color="C3", ms=4, label="best-of-n (exact)")
+    for k in range(n.size):
+        if n[k] in (1, 4, 16, 256):
+            left.annotate(
+                f"n={n[k]:g}",
+                (kl[k], reward[k]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color="C3",
+            )
+    left.set_xlabel("KL(π ‖ π_ref)  [nats]")
+    left.set_ylabel("E_π[r]")
+    left.set_title("reward against KL: best-of-n vs the KL-regularized optimum")
+    right.semilogx(n, kl, "o-", color="C3", ms=4, label="exact KL(best-of-n ‖ π_ref)")
+    for k, (label, values) in enumerate((extra_kl or {}).items()):
+        right.semilogx(n, values, "s-", ms=3, color=f"C{k}", label=label)
+    if kl_bound is not None:
+        right.semilogx(n, kl_bound, color="black", ls="--", label="log n − (n−1)/n")
+    right.set_xlabel("n (draws)")
+    right.set_ylabel("KL  [nats]")
+    right.set_title("the 'exact' formula is an upper bound")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return left.figure
+
+
+def plot_best_of_n_proxy(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    oracle: tuple[np.ndarray, np.ndarray],
+    *,
+    reference_reward: float | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """True reward against ``sqrt(KL)`` for policies that optimize a proxy ``r_hat``.
+
+    Args:
+        curves: label -> ``(kl, true_reward)`` arrays (e.g. best-of-n under ``r_hat`` over
+            ``n``, RLHF under ``r_hat`` at the same KLs); labels containing "RLHF" are dashed.
+        oracle: ``(kl, reward)`` of the optimum under the true reward (the frontier).
+        reference_reward: ``E_{pi_ref}[r]`` (a horizontal line).
+        ax: where to draw.
+    """
+    ax = _axes(ax, (7.5, 4.8))
+    ax.plot(np.sqrt(oracle[0]), oracle[1], color="black", lw=2, label="oracle: RLHF under r")
+    for k, (label, (kl, true_reward)) in enumerate(curves.items()):
+        style = "--" if "RLHF" in label else "o-"
+        color = f"C{k // 2}"
+        ax.plot(np.sqrt(kl), true_reward, style, ms=3, color=color, label=label)
+    if reference_reward is not None:
+        ax.axhline(reference_reward, color="0.4", ls=":", lw=1, label="π_ref")
+    ax.set_xlabel("√KL(π ‖ π_ref)")
+    ax.set_ylabel("true reward E_π[r]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def plot_kl_penalty(
+    names: Sequence[str],
+    optimizes: Sequence[str],
+    tv: np.ndarray,
+    objective_lost: np.ndarray,
+    stationary: Sequence[bool],
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Where each KL estimator x placement x level trains to: distance from ``pi*`` and the
+    true objective lost, one bar per combination coloured by what it optimizes (hatched: no
+    interior fixed point, the bar shows where training heads)."""
+    tv, lost = np.asarray(tv, dtype=np.float64), np.asarray(objective_lost, dtype=np.float64)
+    if not len(names) == len(optimizes) == tv.size == lost.size == len(stationary):
+        raise ValueError("names, optimizes, tv, objective_lost and stationary must align")
+    kinds = list(dict.fromkeys(optimizes))
+    colours = {kind: f"C{k}" for k, kind in enumerate(kinds)}
+    left, right = _panels(axes, 2, (12.0, 4.8))
+    positions = np.arange(len(names))
+    for ax, values, title in (
+        (left, tv, "TV(fixed point, π*)"),
+        (right, lost, "J(π*) − J(fixed point),  J = E[r] − β KL(π‖π_ref)"),
+    ):
+        for k in range(len(names)):
+            ax.bar(
+                positions[k],
+                values[k],
+                color=colours[optimizes[k]],
+                hatch=None if stationary[k] else "//",
+                edgecolor="0.2",
+                linewidth=0.5,
+            )
+            if values[k] < 1e-9:  # nothing to draw: the fixed point is pi*
+                ax.annotate(
+                    "π*",
+                    (positions[k], 0.0),
+                    textcoords="offset points",
+                    xytext=(0, 3),
+                    ha="center",
+                    fontsize=8,
+                    color=colours[optimizes[k]],
+                )
+        ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    handles = [Line2D([], [], color=colours[kind], lw=8, label=kind) for kind in kinds]
+    handles.append(Line2D([], [], color="none", label="hatched: no interior fixed point"))
+    right.legend(handles=handles, fontsize=8)
+    return left.figure
