@@ -20,8 +20,9 @@ RTOL = 1e-12
 @st.composite
 def level_arrays(draw, max_rows=60, max_tokens=20):
     """``(n, A)`` arrays: normals times a scale from 1e-3 to 1e100, some ``-inf`` entries,
-    some all ``-inf`` rows; and a block size (tiny ones exercise the block boundaries). A up
-    to 20 covers both layouts (token-major for A <= TOKEN_MAJOR_MAX_TOKENS, row-major above)."""
+    some all ``-inf`` rows; and kernel settings: a block size (tiny ones exercise the block
+    boundaries) and the layout (token-major up to TOKEN_MAJOR_MAX_TOKENS, with the
+    one-exp-per-row form at A = 2, or row-major for every A)."""
     n_rows = draw(st.integers(1, max_rows))
     n_tokens = draw(st.integers(1, max_tokens))
     rng = np.random.default_rng(draw(trt.seeds))
@@ -29,18 +30,22 @@ def level_arrays(draw, max_rows=60, max_tokens=20):
     x = scale * rng.standard_normal((n_rows, n_tokens)) + draw(st.sampled_from([0.0, -1e5]))
     x[rng.random(x.shape) < draw(st.sampled_from([0.0, 0.3, 0.8]))] = -np.inf
     x[rng.random(n_rows) < draw(st.sampled_from([0.0, 0.2]))] = -np.inf
-    return x, draw(st.sampled_from([1, 2, 7, 64, kernels.BLOCK_ELEMENTS]))
+    size = draw(st.sampled_from([1, 2, 7, 64, kernels.BLOCK_ELEMENTS]))
+    # the largest token-major A: the default, or 0 (row-major for every A, also A = 2)
+    largest = draw(st.sampled_from([kernels.TOKEN_MAJOR_MAX_TOKENS, 0]))
+    return x, (size, largest)
 
 
 @contextmanager
-def block_elements(size):
-    """Run the kernel with blocks of ``size`` elements (module constant, restored after)."""
-    saved = kernels.BLOCK_ELEMENTS
-    kernels.BLOCK_ELEMENTS = size
+def block_elements(settings):
+    """Run the kernel with blocks of ``size`` elements and token-major up to ``largest``
+    tokens (module constants, restored after)."""
+    saved = (kernels.BLOCK_ELEMENTS, kernels.TOKEN_MAJOR_MAX_TOKENS)
+    kernels.BLOCK_ELEMENTS, kernels.TOKEN_MAJOR_MAX_TOKENS = settings
     try:
         yield
     finally:
-        kernels.BLOCK_ELEMENTS = saved
+        kernels.BLOCK_ELEMENTS, kernels.TOKEN_MAJOR_MAX_TOKENS = saved
 
 
 def straightforward_log_softmax(x):
@@ -60,18 +65,18 @@ def tolerance(x):
 
 @given(level_arrays())
 def test_row_logsumexp_equals_scipy(case):
-    x, size = case
-    with block_elements(size):
+    x, settings = case
+    with block_elements(settings):
         result = kernels.row_logsumexp(x)
     np.testing.assert_allclose(result, logsumexp(x, axis=1), rtol=RTOL, atol=tolerance(x))
 
 
 @given(level_arrays(), st.booleans())
 def test_log_softmax_rows_equals_straightforward(case, in_place):
-    x, size = case
+    x, settings = case
     expected_sum, expected_table = straightforward_log_softmax(x)
     work = x.copy()
-    with block_elements(size):
+    with block_elements(settings):
         log_sum, table = kernels.log_softmax_rows(work, out=work if in_place else None)
     assert (table is work) == in_place
     if not in_place:

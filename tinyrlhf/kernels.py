@@ -76,6 +76,7 @@ def _row_kernel(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     n_rows, n_tokens = x.shape
     log_sum = np.empty(n_rows)
     token_major = n_tokens <= TOKEN_MAJOR_MAX_TOKENS
+    pair = token_major and n_tokens == 2  # the one-exp-per-row form (module docstring)
     block_rows = max(1, min(n_rows, BLOCK_ELEMENTS // max(n_tokens, 1)))
     shape = (n_tokens, block_rows) if token_major else (block_rows, n_tokens)
     shifted, exps = np.empty(shape), np.empty(shape)  # x - m(s), and its exp
@@ -85,7 +86,7 @@ def _row_kernel(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         size = min(n_rows, start + block_rows) - start
         block = slice(start, start + size)
         block_max, block_log_sum = row_max[:size], row_sum[:size]
-        if n_tokens == 2:  # (2, size), and one exp per row instead of two (see below)
+        if pair:  # (2, size), and one exp per row instead of two (see below)
             block_x = shifted[:, :size]
             np.maximum(x[block, 0], x[block, 1], out=block_max)
         elif token_major:  # (A, size): one long contiguous row per token
@@ -103,15 +104,15 @@ def _row_kernel(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         if any_dead:
             dead = block_max == -np.inf
             block_max[dead] = 0.0
-        if n_tokens == 2:
+        if pair:
             # x - m(s) per token; one of the two is 0, so their sum is min - max and
             # log sum_a e^{x - m} = log1p(e^{min - max}): half the exps of the general case
             np.subtract(x[block, 0], block_max, out=block_x[0])
             np.subtract(x[block, 1], block_max, out=block_x[1])
-            pair = exps[0, :size]
-            np.add(block_x[0], block_x[1], out=pair)
-            np.exp(pair, out=pair)
-            np.log1p(pair, out=block_log_sum)
+            min_minus_max = exps[0, :size]
+            np.add(block_x[0], block_x[1], out=min_minus_max)
+            np.exp(min_minus_max, out=min_minus_max)
+            np.log1p(min_minus_max, out=block_log_sum)
         else:
             np.subtract(
                 block_x,
