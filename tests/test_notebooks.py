@@ -31,6 +31,8 @@ LESSONS = (
     "05_rkl_vs_fkl.ipynb",
     "06_beyond_rlhf.ipynb",
     "07_best_of_n_and_kl_penalty.ipynb",
+    "08_rl_with_verifiable_rewards.ipynb",
+    "09_classroom_sliders.ipynb",
 )
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 #: Stored notebooks stay small enough to render quickly on a code host.

@@ -17,11 +17,19 @@ from .bradley_terry import (
 )
 from .divergences import entropy, expected_reward, kl_divergence, objective, total_variation
 from .dpo import BoundaryOptimumWarning, fit_policy_to_preferences, preference_loss
+from .expected_training import (
+    EntropyChange,
+    ExpectedTrainingWarning,
+    depth_entropy,
+    entropy_change,
+    train_expected,
+)
 from .gradient_variance import (
     GradientVariance,
     reinforce_gradient_estimates,
     reinforce_gradient_variance,
 )
+from .group_relative import ExpectedUpdate, expected_update
 from .kl_estimators import (
     KLEstimatorReport,
     kl_estimator_gradient,
@@ -72,6 +80,9 @@ __all__ = [
     "BetaPath",
     "BoundaryOptimumWarning",
     "BradleyTerryFit",
+    "EntropyChange",
+    "ExpectedTrainingWarning",
+    "ExpectedUpdate",
     "GradientVariance",
     "KLEstimatorReport",
     "KLPenaltyReport",
@@ -98,8 +109,11 @@ __all__ = [
     "bradley_terry_nll",
     "check_agreement",
     "closed_form",
+    "depth_entropy",
     "entropy",
+    "entropy_change",
     "expected_reward",
+    "expected_update",
     "exploitability",
     "fit_bradley_terry",
     "fit_policy_to_preferences",
@@ -133,4 +147,5 @@ __all__ = [
     "sample_preferences",
     "soft_value_iteration",
     "total_variation",
+    "train_expected",
 ]

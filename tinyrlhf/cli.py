@@ -7,6 +7,7 @@ Subcommands:
     pipeline  true reward -> preferences -> Bradley-Terry fit -> RLHF policy, vs dataset size
     bon       best-of-n against RLHF at equal KL, and where each KL penalty trains to
     bench     time the exact solvers against the unavoidable work (runs benchmarks/run.py)
+    docs      build the documentation site into --out (needs the docs extra)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import examples
 from .agreement import check_agreement
+from .docsite import add_command as add_docs_command
 from .solvers import closed_form, policy_gradient, soft_value_iteration
 
 
@@ -161,6 +163,10 @@ def run_figures(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     paths = make_figures(args.out, small=args.small)
+    if getattr(args, "animations", False):  # GIFs of tinyrlhf.animations
+        from .animations import make_animations
+
+        paths += make_animations(args.out, small=args.small)
     for path in paths:
         print(path)
     print(f"wrote {len(paths)} figure(s) to {args.out} in {time.perf_counter() - start:.1f} s")
@@ -300,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument(
         "--small", action="store_true", help="a quick, coarse version (for tests)"
     )
+    figures.add_argument("--animations", action="store_true", help="also write the GIFs")
     figures.set_defaults(handler=run_figures)
     pipeline = commands.add_parser(
         "pipeline", help="learn a reward from preferences and compare the RLHF policies"
@@ -337,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scaling plot (default: benchmarks/scaling.png, full run)",
     )
     bench.set_defaults(handler=run_bench)
+    add_docs_command(commands)
     return parser
 
 

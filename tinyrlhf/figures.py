@@ -19,11 +19,16 @@ Figures (file names in ``out_dir``):
   best_of_n.png      exact best-of-n beside the reward-KL frontier; its KL against log n - (n-1)/n
   best_of_n_proxy.png  best-of-n and RLHF under fitted rewards, judged by the true reward
   kl_penalty.png     where each KL estimator x placement x level trains to, against pi*
+  rlvr_difficulty.png  per-prompt scale of GRPO, Dr. GRPO, RLOO updates vs success probability
+  rlvr_length.png    per-length weight of correct/incorrect completions; E|y| in training
+  rlvr_dynamics.png  exact mean-field training: RLOO reaches pi*, GRPO and Dr. GRPO do not
+  rlvr_entropy.png   entropy collapse with and without KL; Cui et al.'s covariance formula
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,14 @@ from matplotlib.figure import Figure
 
 from . import examples, plots
 from .divergences import expected_reward, kl_divergence
+from .expected_training import (
+    ExpectedTrainingWarning,
+    entropy_change,
+    length_problem,
+    train_expected,
+    verifiable_problem,
+)
+from .group_relative import expected_update
 from .kl_estimators import ESTIMATORS, kl_estimator_report
 from .nash import rlhf_versus_minimax
 from .overoptimization import overoptimization_curve
@@ -70,6 +83,8 @@ class FigureConfig:
     )
     n_background: int = 300  # random policies scattered under the frontier
     dataset_sizes: tuple[int, ...] = (300, 3000, 30000, 300000)  # preference pairs per fit
+    rlvr_steps: int = 1000  # most steps of the exact mean-field training runs
+    rlvr_points: int = 99  # success probabilities of the difficulty-bias curves
 
 
 FULL = FigureConfig()
@@ -79,6 +94,8 @@ SMALL = FigureConfig(
     pg_steps=(("exact", 50), ("natural", 5), ("reinforce", 30), ("ppo", 10)),
     n_background=20,
     dataset_sizes=(50, 200),
+    rlvr_steps=20,
+    rlvr_points=9,
 )
 
 
@@ -448,6 +465,150 @@ def figure_kl_penalty(config: FigureConfig) -> Figure:
     return fig
 
 
+# ----------------------------------------------------------- RL with verifiable rewards
+#: The KL term of the RLVR figures: k1 in the reward, sequence level (exact grad KL).
+RLVR_KL = {"kl_estimator": "k1", "kl_placement": "reward", "kl_level": "sequence"}
+RLVR_BETA = 0.1
+
+
+def figure_rlvr_difficulty(config: FigureConfig) -> Figure:
+    """(n) Difficulty bias: the per-prompt scale of each estimator's expected update."""
+    success = np.linspace(0.01, 0.99, config.rlvr_points)
+    # one prompt per success probability, one token: 'right' (reward 1) or 'wrong'
+    tree = TokenTree(("right", "wrong"), 1, tuple(f"p{k}" for k in range(success.size)))
+    policy = Policy(tree, [np.log(np.stack([success, 1 - success], axis=1))])
+    reward = np.tile([1.0, 0.0], success.size)
+    scales = {}
+    for estimator in ("grpo", "dr_grpo", "rloo"):
+        for group_size in (4, 16):
+            update = expected_update(policy, reward, estimator=estimator, group_size=group_size)
+            scales[f"{estimator}, G = {group_size}"] = update.prompt_scale
+    fig = plots.plot_difficulty_bias(
+        success,
+        scales,
+        reference={
+            "1/√(p(1−p)): std normalization as G → ∞": 1 / np.sqrt(success * (1 - success))
+        },
+    )
+    fig.axes[0].set_title(
+        "Difficulty bias, exact: GRPO's std normalization up-weights too-easy and too-hard\n"
+        "prompts (and groups with identical rewards give 0); RLOO is unbiased (scale 1)"
+    )
+    return fig
+
+
+def figure_rlvr_length(config: FigureConfig) -> Figure:
+    """(o) Length bias on an eos tree with a length-dependent 0/1 reward."""
+    tree, ref, reward = length_problem()
+    lengths = np.arange(1, tree.horizon + 1)
+    weights, mean_lengths = {}, {}
+    for estimator in ("grpo", "dapo", "dr_grpo", "rloo"):
+        update = expected_update(ref, reward, estimator=estimator, group_size=8)
+        scale = float(np.abs(update.leaf_weights).max())
+        valid = tree.valid_leaves()
+        rows = []
+        for value in (1.0, 0.0):
+            row = []
+            for length in lengths:
+                mask = valid & (reward == value) & (update.lengths == length)
+                row.append(update.leaf_weights[mask].mean() / scale if mask.any() else np.nan)
+            rows.append(np.array(row))
+        weights[estimator] = (rows[0], rows[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            run = train_expected(
+                ref,
+                reward,
+                estimator=estimator,
+                group_size=8,
+                lr=1.0,
+                steps=min(config.rlvr_steps, 400),
+                update="natural",
+            )
+        mean_lengths[estimator] = run.history["mean_length"]
+    fig = plots.plot_length_bias(lengths, weights, mean_lengths)
+    fig.suptitle(
+        "Length bias on an eos tree (tokens a, b, $; reward 1 iff the completion contains "
+        "'ab'; uniform π_ref; G = 8):\nGRPO's 1/|y| favours short correct and long incorrect "
+        "completions (Dr. GRPO's weights coincide with RLOO's after normalization)"
+    )
+    return fig
+
+
+def figure_rlvr_dynamics(config: FigureConfig) -> Figure:
+    """(p) Exact mean-field training: where RLOO, GRPO and Dr. GRPO end."""
+    tree, ref, reward = verifiable_problem()
+    star = closed_form(ref, reward, RLVR_BETA)
+    success, residuals = {}, {}
+    tol = 1e-9
+    for estimator in ("rloo", "grpo", "dr_grpo"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            run = train_expected(
+                ref,
+                reward,
+                estimator=estimator,
+                group_size=8,
+                beta=RLVR_BETA,
+                lr=1.0,
+                steps=config.rlvr_steps,
+                update="natural",
+                tol=tol,
+                **RLVR_KL,
+            )
+        success[estimator] = run.history["prompt_expected_reward"]
+        residuals[estimator] = run.history["residual"]
+    fig = plots.plot_training_dynamics(
+        success, star.expected_reward(), tree.prompts, residuals, tolerance=tol
+    )
+    fig.suptitle(
+        f"Exact mean-field training on the verifiable-reward demo (natural updates, G = 8, k1 in "
+        f"the reward, β = {RLVR_BETA:g}):\nRLOO converges to π*; GRPO and Dr. GRPO stop at "
+        "their own fixed points π ∝ π_ref·exp(w_π/β)"
+    )
+    return fig
+
+
+def figure_rlvr_entropy(config: FigureConfig) -> Figure:
+    """(q) Entropy collapse with and without the KL term; the covariance formula."""
+    _, ref, reward = verifiable_problem()
+    entropies = {}
+    runs = {
+        "GRPO, no KL": {},
+        f"GRPO, k1 in the reward, β = {RLVR_BETA:g}": {"beta": RLVR_BETA, **RLVR_KL},
+        f"GRPO, k3 in the loss (per token), β = {RLVR_BETA:g}": {
+            "beta": RLVR_BETA,
+            "kl_estimator": "k3",
+        },
+    }
+    for label, options in runs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            run = train_expected(
+                ref,
+                reward,
+                estimator="grpo",
+                group_size=8,
+                lr=1.0,
+                steps=config.rlvr_steps,
+                update="natural",
+                tol=1e-9,
+                **options,
+            )
+        entropies[label] = run.history["entropy"]
+    update = expected_update(ref, reward, estimator="grpo", group_size=8)
+    change = entropy_change(ref, update.gradient, 2.0)
+    fig = plots.plot_entropy_dynamics(
+        entropies, np.concatenate(change.exact), np.concatenate(change.covariance)
+    )
+    fig.suptitle(
+        "Entropy under exact GRPO training on the verifiable-reward demo (G = 8, natural "
+        "updates):\nit falls until every prompt is solved (no KL) or to the fixed point's "
+        "floor (KL)"
+    )
+    return fig
+
+
 #: (file name, builder) in the order of the lecture.
 FIGURES: tuple[tuple[str, Callable[[FigureConfig], Figure | None]], ...] = (
     ("token_tree.png", figure_token_tree),
@@ -463,6 +624,10 @@ FIGURES: tuple[tuple[str, Callable[[FigureConfig], Figure | None]], ...] = (
     ("best_of_n.png", figure_best_of_n),
     ("best_of_n_proxy.png", figure_best_of_n_proxy),
     ("kl_penalty.png", figure_kl_penalty),
+    ("rlvr_difficulty.png", figure_rlvr_difficulty),
+    ("rlvr_length.png", figure_rlvr_length),
+    ("rlvr_dynamics.png", figure_rlvr_dynamics),
+    ("rlvr_entropy.png", figure_rlvr_entropy),
 )
 
 

@@ -749,3 +749,164 @@ def plot_kl_penalty(
     handles.append(Line2D([], [], color="none", label="hatched: no interior fixed point"))
     right.legend(handles=handles, fontsize=8)
     return left.figure
+
+
+# ------------------------------------------------------- RL with verifiable rewards
+def plot_difficulty_bias(
+    success: np.ndarray,
+    scales: Mapping[str, np.ndarray],
+    *,
+    reference: Mapping[str, np.ndarray] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Per-prompt scale of an expected update against the prompt's success probability.
+
+    Args:
+        success: ``(n,)`` success probabilities ``P(r = 1)`` (x axis).
+        scales: label -> ``(n,)`` ``prompt_scale`` of an estimator (the update of the prompt
+            is this multiple of ``grad P(r = 1)``).
+        reference: label -> ``(n,)`` curves drawn dashed in grey (e.g. a large-``G`` limit).
+        ax: where to draw.
+    """
+    ax = _axes(ax, (7.5, 4.8))
+    success = np.asarray(success, dtype=np.float64)
+    for k, (label, scale) in enumerate(scales.items()):
+        ax.plot(success, np.asarray(scale), color=f"C{k}", label=label, lw=1.6)
+    for label, curve in (reference or {}).items():
+        ax.plot(success, np.asarray(curve), color="0.4", ls="--", lw=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("success probability of the prompt under π")
+    ax.set_ylabel("update / ∇P(success)  (log scale)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_length_bias(
+    lengths: np.ndarray,
+    weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    mean_lengths: Mapping[str, np.ndarray],
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Effective weight per completion length (correct / incorrect) and length over training.
+
+    Args:
+        lengths: ``(m,)`` completion lengths (x axis of the left panel).
+        weights: label -> ``(correct, incorrect)``, each ``(m,)``: the weight ``w(y)`` of a
+            correct and an incorrect completion of each length (NaN where none).
+        mean_lengths: label -> ``(steps + 1,)`` expected length ``E|y|`` per training step.
+        axes: two Axes.
+    """
+    weight_ax, length_ax = _panels(axes, 2, (13.0, 4.6))
+    lengths = np.asarray(lengths)
+    for k, (label, (correct, incorrect)) in enumerate(weights.items()):
+        weight_ax.plot(lengths, np.asarray(correct), color=f"C{k}", marker="o", label=label)
+        weight_ax.plot(lengths, np.asarray(incorrect), color=f"C{k}", marker="v", ls="--")
+    weight_ax.axhline(0.0, color="black", lw=0.8)
+    weight_ax.set_xticks(lengths)
+    weight_ax.set_xlabel("completion length |y| (tokens, eos included)")
+    weight_ax.set_ylabel("w(y) / max |w|  (o correct, v incorrect)")
+    weight_ax.set_title("effective weight of one completion")
+    for k, (label, history) in enumerate(mean_lengths.items()):
+        length_ax.plot(np.arange(len(history)), np.asarray(history), color=f"C{k}", label=label)
+    length_ax.set_xlabel("training step")
+    length_ax.set_ylabel("E|y| under π_t")
+    length_ax.set_title("expected completion length during training")
+    for ax in (weight_ax, length_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return weight_ax.figure
+
+
+def plot_training_dynamics(
+    success: Mapping[str, np.ndarray],
+    targets: np.ndarray,
+    prompts: Sequence[str],
+    residuals: Mapping[str, np.ndarray],
+    *,
+    tolerance: float | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Per-prompt expected reward over training against a target, and the residual.
+
+    Args:
+        success: label -> ``(steps + 1, n_prompts)`` expected reward per prompt.
+        targets: ``(n_prompts,)`` the target's expected reward per prompt (dotted lines).
+        prompts: prompt names (one line style each).
+        residuals: label -> ``(steps + 1,)`` norm of the expected update.
+        tolerance: the stopping tolerance (a dotted line).
+        axes: two Axes.
+    """
+    reward_ax, residual_ax = _panels(axes, 2, (13.0, 4.8))
+    styles = ("-", "--", "-.", ":")
+    for k, (label, history) in enumerate(success.items()):
+        history = np.asarray(history)
+        for p, name in enumerate(prompts):
+            reward_ax.plot(
+                np.arange(history.shape[0]),
+                history[:, p],
+                color=f"C{k}",
+                ls=styles[p % len(styles)],
+                label=f"{label}: {name}",
+            )
+    for p, target in enumerate(np.asarray(targets)):
+        reward_ax.axhline(target, color="black", lw=0.8, ls=styles[p % len(styles)], alpha=0.5)
+    reward_ax.set_xscale("symlog", linthresh=10)
+    reward_ax.set_xlim(left=0)
+    reward_ax.set_xlabel("step (linear to 10, then log)")
+    reward_ax.set_ylabel("P(success | prompt)  (black: π*)")
+    for k, (label, residual) in enumerate(residuals.items()):
+        residual_ax.plot(
+            np.arange(len(residual)), np.asarray(residual), color=f"C{k}", label=label
+        )
+    if tolerance is not None:
+        residual_ax.axhline(tolerance, color="0.4", ls=":", label="tolerance")
+    residual_ax.set_yscale("log")
+    residual_ax.set_xlabel("step")
+    residual_ax.set_ylabel("‖E[ĝ]‖  (residual)")
+    for ax in (reward_ax, residual_ax):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2 if ax is reward_ax else 1)
+    return reward_ax.figure
+
+
+def plot_entropy_dynamics(
+    entropies: Mapping[str, np.ndarray],
+    exact_change: np.ndarray,
+    covariance_change: np.ndarray,
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Sequence entropy over training, and exact per-state entropy change of one step
+    against the covariance formula.
+
+    Args:
+        entropies: label -> ``(steps + 1,)`` sequence entropy per step.
+        exact_change: ``(n_states,)`` exact ``Delta H(s)`` of one update.
+        covariance_change: ``(n_states,)`` ``-lr Cov(log pi, Delta theta)`` of the same step.
+        axes: two Axes.
+    """
+    entropy_ax, change_ax = _panels(axes, 2, (13.0, 4.8))
+    for k, (label, history) in enumerate(entropies.items()):
+        history = np.asarray(history)
+        entropy_ax.plot(np.arange(history.size), history, color=f"C{k}", label=label)
+        entropy_ax.axhline(history[-1], color=f"C{k}", ls=":", lw=0.8)
+    entropy_ax.set_xscale("symlog", linthresh=10)
+    entropy_ax.set_xlim(left=0)
+    entropy_ax.set_xlabel("step (linear to 10, then log)")
+    entropy_ax.set_ylabel("sequence entropy H(π_t)  [nats]")
+    entropy_ax.set_title("entropy collapse and its floor (dotted: the stationary value)")
+    exact_change = np.asarray(exact_change)
+    covariance_change = np.asarray(covariance_change)
+    change_ax.scatter(covariance_change, exact_change, s=8, alpha=0.6)
+    low = float(min(exact_change.min(), covariance_change.min()))
+    high = float(max(exact_change.max(), covariance_change.max()))
+    change_ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="identity")
+    change_ax.set_xlabel("−Cov_{a~π(·|s)}(log π(a|s), Δθ(s,a))")
+    change_ax.set_ylabel("exact ΔH(s)")
+    change_ax.set_title("one update, every state: covariance formula vs exact")
+    for ax in (entropy_ax, change_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return entropy_ax.figure
