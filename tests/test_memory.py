@@ -36,12 +36,14 @@ def small_problem(n_tokens=2, horizon=10, zero_fraction=0.0):
 
 
 def test_a_16_to_the_12_tree_is_refused_before_allocating():
-    # 16**12 leaves: (16**13 - 1) / 15 states of 128 bytes = 3.84e16 bytes = 34.13 PiB.
+    # 16**12 leaves: (16**13 - 1) / 15 = 300,239,975,158,033 states of 128 bytes
+    # = 38,430,716,820,228,224 bytes = 34.13 PiB.
     tokens = [f"t{k}" for k in range(16)]
     tracemalloc.start()
     try:
         with pytest.raises(
-            ValueError, match=r"needs about 34\.13 PiB, more than the memory budget"
+            ValueError,
+            match=r"needs about 34\.13 PiB \(38,430,716,820,228,224 bytes\), more than the memory budget",
         ) as error:
             tr.TokenTree(tokens, 12)
         peak = tracemalloc.get_traced_memory()[1]

@@ -202,7 +202,7 @@ def check_memory(n_bytes: int, what: str, limit: int | None = None) -> None:
     if n_bytes > budget:
         size = format_bytes(n_bytes)
         size = size if size.startswith("about") else f"about {size}"
-        if _log2(n_bytes) < 49:
+        if _log2(n_bytes) < 63:  # at most 19 digits: exact
             size += f" ({int(n_bytes):,} bytes)"
         raise ValueError(_refusal(what, size, budget, source))
 
