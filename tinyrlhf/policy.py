@@ -50,10 +50,16 @@ class Policy:
             (within :data:`NORMALIZATION_ATOL` in log space) with at least one finite entry;
             ``-inf`` entries are tokens never picked. NaN and ``+inf`` are refused.
 
-    The arrays are stored as read-only float64 views (no copy when already float64).
+    The tables are copied into read-only float64 arrays (lists, int, float32, read-only and
+    non-contiguous inputs are accepted as their float64 values; complex ones are refused),
+    so later changes to the caller's arrays cannot reach the policy. Validation is one pass
+    of the row kernel per table (:func:`tinyrlhf.kernels.row_logsumexp`); details are
+    worked out only for a table that fails. :meth:`trusted` skips copy and validation for
+    tables a computation hands over.
 
     Raises:
-        TypeError: ``tree`` is not a TokenTree or ``log_probs`` is not a sequence of arrays.
+        TypeError: ``tree`` is not a TokenTree, ``log_probs`` is not a sequence of arrays, or
+            an array is complex or not numeric.
         ValueError: wrong number of levels, wrong shapes, NaN/``+inf``, an all-``-inf`` row,
             or a row that does not normalize.
     """
