@@ -123,7 +123,13 @@ def frozen_copy(array: object) -> np.ndarray:
 
 
 def make_rng(seed: object, name: str = "seed") -> np.random.Generator:
-    """A ``numpy.random.Generator`` from an int seed, a Generator, or None (fresh entropy)."""
+    """A ``numpy.random.Generator`` from an int seed, a Generator, or None (fresh entropy).
+
+    The package's one seed rule: every function that draws random numbers takes
+    ``seed: int | numpy.random.Generator | None`` and turns it into a Generator here, so an
+    int reproduces a run, a Generator is drawn from as is (one stream shared across calls),
+    and None takes fresh entropy from the operating system. Never a global RNG.
+    """
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or (
