@@ -242,15 +242,19 @@ def kernel_section(config: dict) -> tuple[str, list[dict]]:
                 np.logaddexp(log_sum, x[:, a], out=log_sum)
             np.subtract(x, log_sum[:, None], out=table)
 
-        def kernel_level(workspace, x=x, log_sum=log_sum, table=table):
-            kernels.log_normalize_level(x.reshape(-1), log_sum, table, workspace=workspace)
+        def kernel_level(settings, x=x, table=table):
+            # the kernel with its module constants set to one layout / block size
+            saved = (kernels.TOKEN_MAJOR_MAX_TOKENS, kernels.BLOCK_ELEMENTS)
+            kernels.TOKEN_MAJOR_MAX_TOKENS, kernels.BLOCK_ELEMENTS = settings
+            try:
+                kernels.log_softmax_rows(x, out=table)
+            finally:
+                kernels.TOKEN_MAJOR_MAX_TOKENS, kernels.BLOCK_ELEMENTS = saved
 
-        layouts = {
-            "row-major": kernels.LevelWorkspace(n_tokens, n_rows, token_major=False),
-            "token-major": kernels.LevelWorkspace(n_tokens, n_rows, token_major=True),
-            "token-major, unblocked": kernels.LevelWorkspace(
-                n_tokens, n_rows, block_elements=n_elements, token_major=True
-            ),
+        layouts = {  # (largest token-major A, block elements)
+            "row-major": (0, kernels.BLOCK_ELEMENTS),
+            "token-major": (n_tokens, kernels.BLOCK_ELEMENTS),
+            "token-major, unblocked": (n_tokens, n_elements),
         }
         candidates = {"floor": floor, "scipy": scipy_level, "logaddexp": logaddexp_level}
         candidates |= {name: partial(kernel_level, ws) for name, ws in layouts.items()}

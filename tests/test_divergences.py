@@ -22,7 +22,27 @@ def test_chain_rule_equals_leaf_sum(data):
     np.testing.assert_array_equal(np.isinf(chain), np.isinf(leaves))
     finite = np.isfinite(chain)
     np.testing.assert_allclose(chain[finite], leaves[finite], rtol=1e-9, atol=1e-11)
-    assert np.all(chain >= -1e-12)
+    assert np.all(chain >= 0) and np.all(leaves >= 0)  # sums of terms >= 0: no rounding below 0
+
+
+@given(st.data())
+def test_exact_quantities_never_come_out_negative(data):
+    # q differs from p by logits of order 1e-9 .. 1e-15, where a plain sum of p log(p/q)
+    # rounds to about +-1e-17: KL, entropy and TV must still be >= 0 (terms >= 0 by
+    # construction, no clipping), and KL(p || p) exactly 0.
+    tree = data.draw(trt.trees())
+    rng = np.random.default_rng(data.draw(trt.seeds))
+    logits = [
+        rng.standard_normal((tree.level_size(h), tree.n_tokens)) for h in range(tree.horizon)
+    ]
+    scale = data.draw(st.sampled_from([1e-9, 1e-12, 1e-15]))
+    p = tr.Policy.from_logits(tree, logits)
+    q = tr.Policy.from_logits(tree, [x + scale * rng.standard_normal(x.shape) for x in logits])
+    for kl in (tr.kl_divergence(p, q), tr.kl_divergence(p, q, method="leaves")):
+        assert np.all(kl >= 0)
+        assert np.all(kl <= 10 * tree.horizon * scale**2 + 1e-30)  # second order in the gap
+    assert np.all(tr.kl_divergence(p, p) == 0) and np.all(tr.entropy(p) >= 0)
+    assert np.all(tr.total_variation(p, q) >= 0)
 
 
 @given(st.data())

@@ -1,10 +1,10 @@
 """The two tree primitives and the tabular softmax-gradient helpers."""
 
 import numpy as np
-from scipy.optimize import approx_fprime
-from scipy.special import log_softmax
+import pytest
 
 import tinyrlhf as tr
+from tinyrlhf import testing as trt
 from tinyrlhf.gradients import gradient_norm, sequence_score_gradient, token_score_gradient
 
 
@@ -60,21 +60,39 @@ def test_sequence_score_gradient_is_the_gradient_of_the_expectation():
     tree, _, rng = _problem(2)
     pi = tr.Policy.random(tree, seed=rng)
     coefficients = rng.normal(size=tree.n_leaves)
-    shapes = [table.shape for table in pi.log_probs]
-    theta0 = np.concatenate([table.ravel() for table in pi.log_probs])
 
     def expectation(theta):
-        tables, start = [], 0
-        for shape in shapes:
-            size = shape[0] * shape[1]
-            tables.append(log_softmax(theta[start : start + size].reshape(shape), axis=1))
-            start += size
-        policy = tr.Policy(tree, tables)
+        policy = tr.Policy.from_logits(tree, trt.unflatten_tables(tree, theta))
         return float((policy.leaf_probs() * coefficients).sum() / tree.n_prompts)
 
-    numeric = approx_fprime(theta0, expectation, 1e-7)
-    exact = np.concatenate([g.ravel() for g in sequence_score_gradient(pi, coefficients)])
-    np.testing.assert_allclose(exact, numeric, atol=2e-6)
+    def gradient(theta):
+        policy = tr.Policy.from_logits(tree, trt.unflatten_tables(tree, theta))
+        return trt.flatten_tables(sequence_score_gradient(policy, coefficients))
+
+    trt.assert_gradient(expectation, gradient, trt.flatten_tables(pi.log_probs), atol=2e-6)
+
+
+def test_token_score_gradient_is_the_gradient_at_frozen_occupancy():
+    # grad_theta sum_s d(s) sum_a pi_theta(a|s) c(s, a) with d and c held fixed: the token
+    # form's definition, checked coordinate by coordinate
+    tree, _, rng = _problem(3)
+    pi = tr.Policy.random(tree, seed=rng, zero_fraction=0.3)
+    coefficients = [rng.normal(size=table.shape) for table in pi.log_probs]
+    occupancy = [np.exp(log_reach) for log_reach in pi.log_occupancies()]
+
+    def expectation(theta):
+        moved = tr.Policy.from_logits(tree, trt.unflatten_tables(tree, theta))
+        total = sum(
+            float(occupancy[h] @ (np.exp(moved.log_probs[h]) * coefficients[h]).sum(axis=1))
+            for h in range(tree.horizon)
+        )
+        return total / tree.n_prompts
+
+    def gradient(theta):
+        moved = tr.Policy.from_logits(tree, trt.unflatten_tables(tree, theta))
+        return trt.flatten_tables(token_score_gradient(moved, coefficients))
+
+    trt.assert_gradient(expectation, gradient, trt.flatten_tables(pi.log_probs), atol=2e-6)
 
 
 def test_both_forms_give_the_exact_policy_gradient():
@@ -97,6 +115,26 @@ def test_both_forms_give_the_exact_policy_gradient():
         np.testing.assert_allclose(b, a, atol=1e-14)
         np.testing.assert_allclose(c, a, atol=1e-14)
     assert gradient_norm(exact) > 0
+
+
+def test_assert_gradient_accepts_the_gradient_and_refuses_others():
+    # f(x) = sum_i exp(x_i) on the finite coordinates, grad = exp(x), 0 at a -inf logit
+    x0 = np.array([0.3, -1.2, -np.inf, 2.0])
+
+    def f(x):
+        return float(np.exp(x).sum())
+
+    trt.assert_gradient(f, np.exp, x0)
+    with pytest.raises(AssertionError):
+        trt.assert_gradient(f, lambda x: 1.001 * np.exp(x), x0)  # 0.1% off
+    with pytest.raises(AssertionError):  # nonzero where the coordinate cannot move
+        trt.assert_gradient(f, lambda x: np.where(np.isfinite(x), np.exp(x), 1.0), x0)
+    tree = tr.TokenTree(list("ab"), 2)
+    tables = [np.arange(2.0 * tree.level_size(h)).reshape(-1, 2) for h in range(2)]
+    for table, back in zip(
+        tables, trt.unflatten_tables(tree, trt.flatten_tables(tables)), strict=True
+    ):
+        np.testing.assert_array_equal(table, back)
 
 
 def test_kl_terms_agree_with_the_known_gradients():

@@ -1,8 +1,11 @@
-"""The fast level kernels equal the straightforward numpy/scipy expressions they replace:
-``scipy.special.logsumexp(x, axis=1)``, ``x - logsumexp``, ``log_reach[:, None] + table``,
-and the solvers built on them equal the plain level-by-level recursions."""
+"""The fast row kernel equals the straightforward scipy expressions it replaces
+(``scipy.special.logsumexp(x, axis=1)`` and ``x - logsumexp``), and the solvers built on it
+equal the plain level-by-level recursions."""
+
+from contextlib import contextmanager
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import logsumexp
@@ -17,23 +20,32 @@ RTOL = 1e-12
 @st.composite
 def level_arrays(draw, max_rows=60, max_tokens=20):
     """``(n, A)`` arrays: normals times a scale from 1e-3 to 1e100, some ``-inf`` entries,
-    some all ``-inf`` rows; and a workspace with a block size (tiny ones exercise the block
-    boundaries) and a layout (default, token-major or row-major, whatever A is)."""
+    some all ``-inf`` rows; and kernel settings: a block size (tiny ones exercise the block
+    boundaries) and the layout (token-major up to TOKEN_MAJOR_MAX_TOKENS, with the
+    one-exp-per-row form at A = 2, or row-major for every A)."""
     n_rows = draw(st.integers(1, max_rows))
-    # both kernel layouts: token-major for A <= TOKEN_MAJOR_MAX_TOKENS, row-major above
     n_tokens = draw(st.integers(1, max_tokens))
     rng = np.random.default_rng(draw(trt.seeds))
     scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e6, 1e100]))
     x = scale * rng.standard_normal((n_rows, n_tokens)) + draw(st.sampled_from([0.0, -1e5]))
     x[rng.random(x.shape) < draw(st.sampled_from([0.0, 0.3, 0.8]))] = -np.inf
     x[rng.random(n_rows) < draw(st.sampled_from([0.0, 0.2]))] = -np.inf
-    workspace = kernels.LevelWorkspace(
-        n_tokens,
-        n_rows,
-        block_elements=draw(st.sampled_from([1, 2, 7, 64, kernels.BLOCK_ELEMENTS])),
-        token_major=draw(st.sampled_from([None, True, False])),
-    )
-    return x, workspace
+    size = draw(st.sampled_from([1, 2, 7, 64, kernels.BLOCK_ELEMENTS]))
+    # the largest token-major A: the default, or 0 (row-major for every A, also A = 2)
+    largest = draw(st.sampled_from([kernels.TOKEN_MAJOR_MAX_TOKENS, 0]))
+    return x, (size, largest)
+
+
+@contextmanager
+def block_elements(settings):
+    """Run the kernel with blocks of ``size`` elements and token-major up to ``largest``
+    tokens (module constants, restored after)."""
+    saved = (kernels.BLOCK_ELEMENTS, kernels.TOKEN_MAJOR_MAX_TOKENS)
+    kernels.BLOCK_ELEMENTS, kernels.TOKEN_MAJOR_MAX_TOKENS = settings
+    try:
+        yield
+    finally:
+        kernels.BLOCK_ELEMENTS, kernels.TOKEN_MAJOR_MAX_TOKENS = saved
 
 
 def straightforward_log_softmax(x):
@@ -53,20 +65,22 @@ def tolerance(x):
 
 @given(level_arrays())
 def test_row_logsumexp_equals_scipy(case):
-    x, _ = case
-    np.testing.assert_allclose(
-        kernels.row_logsumexp(x), logsumexp(x, axis=1), rtol=RTOL, atol=tolerance(x)
-    )
+    x, settings = case
+    with block_elements(settings):
+        result = kernels.row_logsumexp(x)
+    np.testing.assert_allclose(result, logsumexp(x, axis=1), rtol=RTOL, atol=tolerance(x))
 
 
-@given(level_arrays())
-def test_log_normalize_level_equals_straightforward(case):
-    x, workspace = case
-    n_rows, n_tokens = x.shape
-    log_sum = np.empty(n_rows)
-    table = np.empty((n_rows, n_tokens))
-    any_dead = kernels.log_normalize_level(x.reshape(-1), log_sum, table, workspace=workspace)
+@given(level_arrays(), st.booleans())
+def test_log_softmax_rows_equals_straightforward(case, in_place):
+    x, settings = case
     expected_sum, expected_table = straightforward_log_softmax(x)
+    work = x.copy()
+    with block_elements(settings):
+        log_sum, table = kernels.log_softmax_rows(work, out=work if in_place else None)
+    assert (table is work) == in_place
+    if not in_place:
+        np.testing.assert_array_equal(work, x)  # the input is not touched
     atol = tolerance(x)
     np.testing.assert_allclose(log_sum, expected_sum, rtol=RTOL, atol=atol)
     np.testing.assert_allclose(table, expected_table, rtol=RTOL, atol=atol)
@@ -74,74 +88,32 @@ def test_log_normalize_level_equals_straightforward(case):
     np.testing.assert_array_equal(np.isneginf(log_sum), np.isneginf(expected_sum))
     np.testing.assert_array_equal(np.isneginf(table), np.isneginf(expected_table))
     assert not np.isnan(table).any()
-    assert any_dead == bool(np.isneginf(expected_sum).any())
 
 
-@given(level_arrays(max_tokens=12), st.data())
-def test_log_normalize_level_with_prior_offset_and_divisor(case, data):
-    # x = [row_offset + log_prior] + children / divisor: the closed form's and soft VI's
-    # first backup.
-    children, workspace = case
-    n_rows, n_tokens = children.shape
-    rng = np.random.default_rng(data.draw(trt.seeds))
-    log_prior = np.log(rng.dirichlet(np.ones(n_tokens), size=n_rows))
-    log_prior[rng.random(log_prior.shape) < 0.2] = -np.inf
-    row_offset = 5 * rng.standard_normal(n_rows)
-    row_offset[rng.random(n_rows) < 0.1] = -np.inf
-    divisor = data.draw(trt.betas())
-    log_sum, table = np.empty(n_rows), np.empty((n_rows, n_tokens))
-    kernels.log_normalize_level(
-        children.reshape(-1),
-        log_sum,
-        table,
-        log_prior=log_prior,
-        row_offset=row_offset,
-        divisor=divisor,
-        workspace=workspace,
-    )
-    x = (row_offset[:, None] + log_prior) + children / divisor
-    expected_sum, expected_table = straightforward_log_softmax(x)
-    atol = tolerance(x)
-    np.testing.assert_allclose(log_sum, expected_sum, rtol=RTOL, atol=atol)
-    np.testing.assert_allclose(table, expected_table, rtol=RTOL, atol=atol)
-    assert not np.isnan(table).any()
-
-
-def test_log_normalize_level_hand_cases():
+def test_log_softmax_rows_hand_cases():
     # [0, 0] -> log 2 (two equal weights); [-inf, 3] -> 3 with probabilities (0, 1);
     # [-inf, -inf] -> -inf, row left -inf; [1e308, 1e308] -> 1e308 + log 2 = 1e308 in floats
     x = np.array([[0.0, 0.0], [-np.inf, 3.0], [-np.inf, -np.inf], [1e308, 1e308]])
-    log_sum, table = np.empty(4), np.empty((4, 2))
-    assert kernels.log_normalize_level(x.reshape(-1), log_sum, table)
+    log_sum, table = kernels.log_softmax_rows(x)
     np.testing.assert_allclose(log_sum[:2], [np.log(2.0), 3.0], rtol=1e-15)
     assert log_sum[2] == -np.inf and log_sum[3] == 1e308
     np.testing.assert_allclose(table[0], [-np.log(2.0)] * 2, rtol=1e-15)
     np.testing.assert_array_equal(table[1:3], [[-np.inf, 0.0], [-np.inf, -np.inf]])
+    np.testing.assert_allclose(table[3], [-np.log(2.0)] * 2, rtol=1e-15)
 
 
-@given(st.integers(1, 50), st.integers(1, 9), trt.seeds)
-def test_extend_log_reach_equals_broadcast(n_rows, n_tokens, seed):
-    # both layouts (strided columns for A <= 2, broadcast above) give the same bits
-    rng = np.random.default_rng(seed)
-    log_reach = rng.standard_normal(n_rows)
-    log_reach[rng.random(n_rows) < 0.2] = -np.inf
-    table = rng.standard_normal((n_rows, n_tokens))
-    table[rng.random(table.shape) < 0.2] = -np.inf
-    np.testing.assert_array_equal(
-        kernels.extend_log_reach(log_reach, table), (log_reach[:, None] + table).reshape(-1)
-    )
+def test_rows_of_huge_numbers_still_normalize():
+    # three equal entries near 1e12 (ulp 1.2e-4): x - log_sum would be off by ~1e-4, the
+    # shifted rows (x - max) - log 3 are exact, so the row is -log 3 to rounding
+    x = np.full((1, 3), 1e12 - np.log(3.0))
+    log_sum, table = kernels.log_softmax_rows(x)
+    np.testing.assert_allclose(table, -np.log(3.0), rtol=1e-15)
+    np.testing.assert_allclose(log_sum, 1e12, rtol=1e-15)
 
 
-def test_extend_log_reach_across_blocks():
-    # more rows than one block of the strided-column path (A <= FORWARD_COLUMNS_MAX_TOKENS)
-    rng = np.random.default_rng(3)
-    for n_tokens in range(1, kernels.FORWARD_COLUMNS_MAX_TOKENS + 1):
-        n_rows = 2 * kernels.BLOCK_ELEMENTS // n_tokens + 7
-        log_reach = rng.standard_normal(n_rows)
-        table = np.log(rng.dirichlet(np.ones(n_tokens), size=n_rows))
-        np.testing.assert_array_equal(
-            kernels.extend_log_reach(log_reach, table), (log_reach[:, None] + table).reshape(-1)
-        )
+def test_kernel_refuses_what_is_not_a_table():
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.row_logsumexp(np.zeros(3))
 
 
 def plain_soft_value_iteration(ref, reward, beta):
@@ -204,7 +176,9 @@ def test_closed_form_equals_plain_leaf_normalization(problem):
     np.testing.assert_allclose(
         solution.policy.leaf_log_probs(), log_p_star, rtol=RTOL, atol=RTOL * scale
     )
-    for fast, plain in zip(solution.policy.log_probs, log_pi, strict=True):
+    for h, (fast, plain) in enumerate(zip(solution.policy.log_probs, log_pi, strict=True)):
         reached = ~np.isnan(plain)
         np.testing.assert_allclose(fast[reached], plain[reached], rtol=RTOL, atol=RTOL * scale)
-        assert not np.isnan(fast).any()  # unreached rows come from soft value iteration
+        # unreached rows (no P* mass below) are pi_ref's: the closed form's documented rule
+        np.testing.assert_array_equal(fast[~reached], ref.log_probs[h][~reached])
+        assert not np.isnan(fast).any()

@@ -124,3 +124,103 @@ def test_from_leaf_log_probs_refuses_bad_distributions():
         tr.Policy.from_leaf_log_probs(tree, np.log([0.5, 0.25, 0.125, 0.125]))
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         tr.Policy.from_leaf_log_probs(tree, np.zeros(3))
+
+
+def test_policy_does_not_keep_the_callers_arrays():
+    # Policy(tree, tables) copies at the boundary: writing NaN into the caller's table
+    # afterwards changes neither the policy nor what a solver computes from it.
+    tree = tr.TokenTree(["a", "b", "c"], 2)
+    tables = [np.log(np.full((tree.level_size(h), 3), 1 / 3)) for h in range(2)]
+    policy = tr.Policy(tree, tables)
+    reward = np.arange(tree.n_leaves, dtype=np.float64)
+    before = tr.closed_form(policy, reward, 1.0)
+    tables[0][0] = np.nan
+    np.testing.assert_allclose(policy.probs[0], 1 / 3, rtol=1e-15)
+    after = tr.closed_form(policy, reward, 1.0)
+    np.testing.assert_array_equal(after.log_partition, before.log_partition)
+    # the solution keeps its own read-only reward, not the caller's array
+    reward[0] = 1e9
+    assert after.reward[0] == 0.0 and not after.reward.flags.writeable
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda t: t.tolist(),  # nested lists
+        lambda t: np.asfortranarray(t),  # non-contiguous layouts
+        lambda t: np.repeat(t, 2, axis=1)[:, ::2],  # a strided view
+        lambda t: _read_only_copy(t),
+    ],
+)
+def test_unusual_but_legal_tables_are_answered_as_float64(convert):
+    tree = tr.TokenTree(["a", "b"], 2)
+    reference = tr.Policy.random(tree, seed=3)
+    policy = tr.Policy(tree, [convert(np.array(table)) for table in reference.log_probs])
+    for mine, theirs in zip(policy.log_probs, reference.log_probs, strict=True):
+        assert mine.dtype == np.float64
+        np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda r: r.tolist(),
+        lambda r: r.astype(np.int64),
+        lambda r: r.astype(np.float32),
+        lambda r: np.repeat(r, 2)[::2],  # a strided view
+        lambda r: _read_only_copy(r),
+    ],
+)
+def test_unusual_but_legal_rewards_and_betas_are_answered_as_float64(convert):
+    # integer-valued rewards (so int and float32 are exact): the solvers give the float64
+    # answer bit for bit, for numpy-scalar betas too
+    tree = tr.TokenTree(["a", "b"], 3)
+    ref = tr.Policy.random(tree, seed=4)
+    reward = np.arange(tree.n_leaves, dtype=np.float64) - 3.0
+    for solver in (tr.closed_form, tr.soft_value_iteration):
+        expected = solver(ref, reward, 0.5)
+        for beta in (0.5, np.float32(0.5), np.float64(0.5)):
+            got = solver(ref, convert(reward), beta)
+            np.testing.assert_array_equal(got.log_partition, expected.log_partition)
+            assert got.reward.dtype == np.float64
+
+
+def _read_only_copy(table):
+    copy = np.array(table)
+    copy.flags.writeable = False
+    return copy
+
+
+def test_complex_tables_are_refused_by_name():
+    tree = tr.TokenTree(["a", "b"], 1)
+    with pytest.raises(TypeError, match=r"log_probs\[0\] must be real.*complex"):
+        tr.Policy(tree, [np.log([[0.5, 0.5]]).astype(complex)])
+    with pytest.raises(TypeError, match=r"logits\[0\] must be real"):
+        tr.Policy.from_logits(tree, [np.array([[1 + 0j, 2 + 1j]])])
+    with pytest.raises(TypeError, match="reward must be real"):
+        tr.closed_form(tr.Policy.uniform(tree), np.array([1.0, 2.0 + 0j]), 1.0)
+
+
+def test_validation_names_the_first_bad_row():
+    tree = tr.TokenTree(["a", "b"], 2)
+    good = [np.log(np.full((tree.level_size(h), 2), 0.5)) for h in range(2)]
+    for value, match in (
+        (np.nan, "contains NaN"),
+        (np.inf, r"contains \+inf"),
+        (0.1, "row 1 does not normalize"),
+    ):
+        tables = [np.array(table) for table in good]
+        tables[1][1, 0] = value
+        with pytest.raises(ValueError, match=match):
+            tr.Policy(tree, tables)
+    tables = [np.array(table) for table in good]
+    tables[1][1] = -np.inf
+    with pytest.raises(ValueError, match="row 1 is all -inf"):
+        tr.Policy(tree, tables)
+
+
+def test_sample_counts_are_checked_and_numpy_scalars_accepted():
+    policy = tr.Policy.uniform(tr.TokenTree(["a", "b"], 2))
+    assert policy.sample(np.int64(5), seed=np.int32(1)).shape == (5,)
+    with pytest.raises(ValueError, match=r"drawing 1,000,000,000,000 generations"):
+        policy.sample(10**12, seed=0)

@@ -21,6 +21,14 @@ def test_closed_form_equals_soft_value_iteration(problem):
     tr.check_agreement(closed, soft).assert_close(
         log_pi_atol=1e-8, tv_atol=1e-10, objective_atol=1e-8 * (1 + np.abs(reward).max())
     )
+    # the two leaf distributions P* agree (-inf exactly where P_ref is 0), and both equal the
+    # leaf-level closed form log P_ref + r/beta - logsumexp(...) (one scipy logsumexp)
+    log_p_star, log_z = tr.optimal_leaf_log_probs(ref, reward, beta)
+    for leaf_log_probs in (closed.leaf_log_probs, soft.policy.leaf_log_probs()):
+        np.testing.assert_array_equal(np.isneginf(leaf_log_probs), np.isneginf(log_p_star))
+        reached = np.isfinite(log_p_star)
+        np.testing.assert_allclose(leaf_log_probs[reached], log_p_star[reached], atol=1e-9)
+    np.testing.assert_allclose(closed.log_partition, log_z, rtol=1e-12, atol=1e-12)
     # V_0 = beta log Z and lambda* = beta (1 - log Z)
     np.testing.assert_allclose(soft.values[0], beta * closed.log_partition, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(
@@ -139,19 +147,28 @@ def test_large_beta_recovers_reference_and_small_beta_concentrates():
     assert np.all(leaf_probs[np.arange(tree.n_prompts), argmax] >= bound)
 
 
-def test_unreached_states_get_the_soft_vi_policy_not_nan():
-    # The reference never says "b" first; the closed form has no P* mass below "b" and takes
-    # those rows from soft value iteration.
+def test_unreached_states_take_the_reference_rows_and_change_no_leaf():
+    # The reference never says "b" first, so P* puts no mass below "b": the closed form takes
+    # pi_ref's row there (its documented rule), soft value iteration its own backup. By hand:
+    # soft VI's row below "b" is pi_ref e^{r} normalized, (0.6 e^2, 0.4 e^3) / (0.6 e^2 + 0.4 e^3).
     tree = tr.TokenTree(["a", "b"], 2)
     ref = tr.Policy(tree, [np.array([[0.0, -np.inf]]), np.log([[0.3, 0.7], [0.6, 0.4]])])
     reward = np.array([0.0, 1.0, 2.0, 3.0])
     closed = tr.closed_form(ref, reward, 1.0)
     soft = tr.soft_value_iteration(ref, reward, 1.0)
-    for h in range(2):
+    np.testing.assert_array_equal(closed.policy.log_probs[1][1], ref.log_probs[1][1])
+    weights = np.array([0.6 * np.exp(2.0), 0.4 * np.exp(3.0)])
+    np.testing.assert_allclose(
+        soft.policy.log_probs[1][1], np.log(weights / weights.sum()), atol=1e-14
+    )
+    # reached states and every leaf probability agree; nothing is NaN
+    for h, rows in ((0, [0]), (1, [0])):
         np.testing.assert_allclose(
-            closed.policy.log_probs[h], soft.policy.log_probs[h], atol=1e-14
+            closed.policy.log_probs[h][rows], soft.policy.log_probs[h][rows], atol=1e-14
         )
+    np.testing.assert_allclose(closed.policy.leaf_probs(), soft.policy.leaf_probs(), atol=1e-15)
     assert np.isneginf(closed.policy.log_probs[0][0, 1])
+    assert not any(np.isnan(table).any() for table in closed.policy.log_probs)
 
 
 @settings(max_examples=20)
@@ -256,6 +273,29 @@ def test_solvers_survive_extreme_rewards():
     log_weight = (ref.leaf_log_probs() + reward / 1e-2).reshape(tree.n_prompts, -1)
     np.testing.assert_allclose(closed.log_partition, logsumexp(log_weight, axis=1), rtol=1e-12)
     np.testing.assert_allclose(soft.log_partition, closed.log_partition, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", [tr.closed_form, tr.soft_value_iteration])
+def test_huge_reward_over_beta_still_gives_a_valid_policy(solver):
+    # r/beta = 1e12 on all three leaves (ulp 1.2e-4 there): the optimum is the uniform
+    # reference itself (equal rewards), and the returned tables must pass Policy's own check
+    # (rows normalize to float64 rounding: formed from the shifted entries).
+    ref = tr.Policy.uniform(tr.TokenTree(["a", "b", "c"], 1))
+    solution = solver(ref, [1e6] * 3, 1e-6)
+    tr.Policy(ref.tree, solution.policy.log_probs)  # Policy() accepts it
+    np.testing.assert_allclose(solution.policy.probs[0], 1 / 3, rtol=1e-12)
+    np.testing.assert_allclose(solution.log_partition, 1e12, rtol=1e-15)
+
+
+@pytest.mark.parametrize("solver", [tr.closed_form, tr.soft_value_iteration])
+def test_beta_too_small_for_the_reward_is_refused_up_front(solver):
+    # max|r| / beta = 1 / 5e-324 overflows float64: refused naming beta, never a NaN policy;
+    # with a zero reward the same beta is a fine (if extreme) problem: the optimum is pi_ref
+    ref = tr.Policy.uniform(tr.TokenTree(["a", "b"], 2))
+    with pytest.raises(ValueError, match=r"beta=5e-324 is too small for this reward"):
+        solver(ref, np.ones(4), 5e-324)
+    solution = solver(ref, np.zeros(4), 5e-324)
+    np.testing.assert_allclose(solution.policy.leaf_probs(), 0.25, rtol=1e-15)
 
 
 def test_gradient_at_a_policy_with_extra_zeros_has_no_nan():

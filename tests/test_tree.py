@@ -88,3 +88,12 @@ def test_bad_lookups():
         tree.leaf_values(lambda prompt, tokens: float("nan"))
     with pytest.raises(ValueError, match="level h"):
         tree.level_size(3)
+
+
+@pytest.mark.parametrize(("n_tokens", "horizon", "n_prompts"), [(1, 5, 3), (2, 7, 1), (5, 3, 2)])
+def test_n_states_closed_form_is_the_sum_of_level_sizes(n_tokens, horizon, n_prompts):
+    # n_prompts (A^{H+1} - 1) / (A - 1) (n_prompts (H + 1) for A = 1) = sum_h n_prompts A^h
+    tree = tr.TokenTree(
+        [f"t{a}" for a in range(n_tokens)], horizon, prompts=[f"p{p}" for p in range(n_prompts)]
+    )
+    assert tree.n_states == sum(tree.level_size(h) for h in range(horizon + 1))

@@ -82,8 +82,7 @@ def max_abs_log_pi_difference(p: Policy, q: Policy, ref: Policy) -> float:
     if p.tree != q.tree or p.tree != ref.tree:
         raise ValueError("p, q and ref must be policies on the same TokenTree")
     worst = 0.0
-    log_reach = np.zeros(ref.tree.n_prompts)
-    for h in range(ref.tree.horizon):
+    for h, log_reach in enumerate(ref.log_occupancies()[:-1]):
         rows = log_reach > -np.inf  # states ref reaches: (level_size(h),)
         left, right = p.log_probs[h][rows], q.log_probs[h][rows]
         both_zero = np.isneginf(left) & np.isneginf(right)
@@ -91,7 +90,6 @@ def max_abs_log_pi_difference(p: Policy, q: Policy, ref: Policy) -> float:
         np.subtract(left, right, out=gap, where=~both_zero)
         if gap.size:
             worst = max(worst, float(np.abs(gap).max()))
-        log_reach = (log_reach[:, None] + ref.log_probs[h]).reshape(-1)
     return worst
 
 

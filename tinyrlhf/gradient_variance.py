@@ -50,9 +50,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .divergences import kl_divergence
+from .gradients import sequence_score_gradient
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
-from .validation import check_beta, check_leaf_array, check_positive_int, make_rng
+from .validation import (
+    check_beta,
+    check_leaf_array,
+    check_policy,
+    check_positive_int,
+    check_same_tree,
+    make_rng,
+)
 
 BASELINES = ("none", "value", "rloo")
 
@@ -89,16 +97,13 @@ class GradientVariance:
 def _check_problem(
     policy: object, ref: object, reward: object, beta: object, baseline: object
 ) -> tuple[np.ndarray, float]:
-    for value, name in ((policy, "policy"), (ref, "ref")):
-        if not isinstance(value, Policy):
-            raise TypeError(f"{name} must be a tinyrlhf.Policy, got {type(value).__name__}")
-    if policy.tree != ref.tree:  # type: ignore[attr-defined]
-        raise ValueError("policy and ref must be policies on the same TokenTree")
-    reward = check_leaf_array(ref.tree, reward, "reward")  # type: ignore[attr-defined]
+    policy, ref = check_policy(policy), check_policy(ref, "ref")
+    check_same_tree(policy, ref, ("policy", "ref"))
+    reward = check_leaf_array(ref.tree, reward, "reward")
     beta = check_beta(beta)
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    if np.isinf(kl_divergence(policy, ref)).any():  # type: ignore[arg-type]
+    if np.isinf(kl_divergence(policy, ref)).any():
         raise ValueError(
             "policy puts probability on generations ref never produces, so the return "
             "G = r - beta log(P_pi / P_ref) is infinite there; restrict policy to ref's support"
@@ -138,24 +143,6 @@ def _score_gram(policy: Policy) -> np.ndarray:
         inner = same_token - pi_taken[:, :, None] - pi_taken[:, None, :] + squared[:, :, None]
         gram += np.where(same_state, inner, 0.0)
     return gram
-
-
-def _exact_gradient(policy: Policy, weighted: np.ndarray) -> np.ndarray:
-    """``g = 1/P sum_p E_p[G s]`` from ``weighted = P(xi) G(xi)`` (any shape of n_leaves).
-
-    With ``M_{h+1}(s o a) = sum over the leaves below s o a of P G`` (subtree sums), the
-    level-``h`` block is ``g(s, a) = (M_{h+1}(s o a) - pi(a | s) sum_b M_{h+1}(s o b)) / P``;
-    returns ``(n_parameters,)``, levels concatenated.
-    """
-    tree = policy.tree
-    blocks = []
-    for h in range(tree.horizon):
-        # M_{h+1}: (level_size(h+1),) -> (level_size(h), A)
-        subtree = weighted.reshape(tree.level_size(h + 1), -1).sum(axis=1)
-        subtree = subtree.reshape(tree.level_size(h), tree.n_tokens)
-        pi = np.exp(policy.log_probs[h])
-        blocks.append((subtree - pi * subtree.sum(axis=1, keepdims=True)) / tree.n_prompts)
-    return np.concatenate([block.ravel() for block in blocks])
 
 
 def _variance_per_prompt(
@@ -252,7 +239,8 @@ def reinforce_gradient_variance(
     variance = variance / tree.n_prompts**2
     # g = E[(G - V) s] (= E[G s]); centring keeps g exact where G is nearly constant
     centred = returns - (probs * returns).sum(axis=1, keepdims=True)
-    gradient = _exact_gradient(policy, probs * centred)
+    levels = sequence_score_gradient(policy, centred.reshape(-1))  # E[(G - V) s], per level
+    gradient = np.concatenate([table.ravel() for table in levels])
     return GradientVariance(
         baseline=baseline, batch_sizes=sizes, variance=variance, gradient=gradient
     )
@@ -312,7 +300,7 @@ def reinforce_gradient_estimates(
         coefficient = returns - others
     # g_n = 1/P sum_p 1/n sum_i c_i s_i, with s_i = sum_h (onehot(a_h) - pi(.|s_h))
     coefficient = (coefficient / (n_prompts * batch_size)).reshape(n_batches, -1)  # (B, P*n)
-    leaf = leaf.reshape(n_batches, -1)
+    leaf = np.reshape(leaf, (n_batches, -1))
     batch = np.broadcast_to(np.arange(n_batches)[:, None], leaf.shape)
     estimates = np.zeros((n_batches, n_parameters))
     offset = 0

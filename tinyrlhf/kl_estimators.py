@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .divergences import kl_divergence
+from .gradients import sequence_score_gradient, token_score_gradient
 from .policy import Policy
 from .solvers import policy_gradient_grad
 
@@ -104,7 +105,10 @@ def kl_estimator_moments(
     else:
         mean = (weight * finite_values).sum(axis=1)
     deviation = np.where(usable, finite_values - mean[:, None], 0.0)
-    variance = (weight * deviation**2).sum(axis=1)
+    # P (k - mean)^2 = exp(log P + 2 log|k - mean|): no 0 * inf where P underflows and the
+    # square overflows; a variance beyond float64 is +inf, its float value
+    with np.errstate(divide="ignore", over="ignore"):
+        variance = np.exp(log_p + 2.0 * np.log(np.abs(deviation))).sum(axis=1)
     mean = np.where(infinite, np.inf, mean)
     variance = np.where(infinite | overflowed, np.inf, variance)
     return mean, variance
@@ -143,36 +147,56 @@ def kl_estimator_gradient(
             "policy reaches generations that ref never produces (KL(policy || ref) = inf); "
             "the estimators and their gradients are undefined there"
         )
-    tree = policy.tree
     if estimator == "k1":
         # E_pi[grad log pi(xi)] = sum_xi grad P_pi(xi) = grad 1 = 0, sequence or per token
         return [np.zeros_like(table) for table in policy.log_probs]
+    if estimator == "k2":  # C = log(P/P_ref) per sequence, c = log(pi/pi_ref) per token
+        if per_token:
+            return token_score_gradient(policy, _log_ratios(policy.log_probs, ref.log_probs))
+        log_ratio = _log_ratios([policy.leaf_log_probs()], [ref.leaf_log_probs()])[0]
+        return sequence_score_gradient(policy, log_ratio)
+    return _k3_gradient(policy, ref, per_token)
+
+
+def _log_ratios(log_p: list[np.ndarray], log_ref: list[np.ndarray]) -> list[np.ndarray]:
+    """``log(p / p_ref)`` where ``p > 0`` (0 elsewhere, where the gradients never read it)."""
+    ratios = []
+    for numerator, denominator in zip(log_p, log_ref, strict=True):
+        ratio = np.zeros_like(numerator)
+        np.subtract(numerator, denominator, out=ratio, where=numerator > -np.inf)
+        ratios.append(ratio)
+    return ratios
+
+
+def _k3_gradient(policy: Policy, ref: Policy, per_token: bool) -> list[np.ndarray]:
+    """``k3``'s expected gradient from the weights ``w = p - p_ref`` (where ``p > 0``).
+
+    The score-gradient helpers of :mod:`tinyrlhf.gradients` take a coefficient ``C`` and
+    form ``p C``; for ``k3``, ``p C = p (1 - p_ref/p)`` must not be formed as a product: where
+    ``p`` underflows while ``p_ref`` does not, it is ``0 * inf``. So the weights enter the two
+    forms directly: ``W(s o a) - pi(a|s) W(s)`` with ``W`` the subtree sums of ``w``
+    (sequence), and ``d(s) [w(s, a) - pi(a|s) sum_b w(s, b)]`` (per token).
+    """
+    tree = policy.tree
     if per_token:
-        coefficients = []
-        for h in range(tree.horizon):
-            log_pi, log_ref = policy.log_probs[h], ref.log_probs[h]
-            picked = log_pi > -np.inf
-            # pi(a|s) c(s, a): k2 -> pi log(pi/pi_ref), k3 -> pi - pi_ref
+        gradient = []
+        for log_reach, log_pi, log_ref in zip(
+            policy.log_occupancies(), policy.log_probs, ref.log_probs, strict=False
+        ):
             pi = np.exp(log_pi)
-            if estimator == "k2":
-                log_ratio = np.zeros_like(log_pi)
-                np.subtract(log_pi, log_ref, out=log_ratio, where=picked)
-                weighted = pi * log_ratio
-            else:
-                weighted = np.where(picked, pi - np.exp(log_ref), 0.0)
-            coefficients.append(weighted)
-        return _per_token_gradient(policy, coefficients)
+            weighted = np.where(log_pi > -np.inf, pi - np.exp(log_ref), 0.0)  # (n, A)
+            baseline = pi * weighted.sum(axis=1, keepdims=True)
+            gradient.append(np.exp(log_reach)[:, None] * (weighted - baseline) / tree.n_prompts)
+        return gradient
     log_p = policy.leaf_log_probs()
-    log_ref = ref.leaf_log_probs()
-    reached = log_p > -np.inf
-    # P_pi(xi) C(xi): k2 -> P log(P/P_ref), k3 -> P - P_ref (on leaves pi reaches)
-    if estimator == "k2":
-        log_ratio = np.zeros_like(log_p)
-        np.subtract(log_p, log_ref, out=log_ratio, where=reached)
-        weighted = np.exp(log_p) * log_ratio
-    else:
-        weighted = np.where(reached, np.exp(log_p) - np.exp(log_ref), 0.0)
-    return _sequence_gradient(policy, weighted)
+    sums = tree.subtree_sums(
+        np.where(log_p > -np.inf, np.exp(log_p) - np.exp(ref.leaf_log_probs()), 0.0)
+    )
+    return [
+        (sums[h + 1].reshape(-1, tree.n_tokens) - np.exp(log_pi) * sums[h][:, None])
+        / tree.n_prompts
+        for h, log_pi in enumerate(policy.log_probs)
+    ]
 
 
 def kl_gradient(policy: Policy, ref: Policy) -> list[np.ndarray]:
@@ -325,13 +349,11 @@ def _ratio_excess(policy: Policy, ref: Policy, per_token: bool) -> np.ndarray:
         covered = np.where(reached, np.exp(ref.leaf_log_probs()), 0.0)
         return covered.reshape(tree.n_prompts, -1).sum(axis=1) - 1.0
     total = np.zeros(tree.n_prompts)
-    log_reach = np.zeros(tree.n_prompts)  # log d_h(s), level 0
-    for h in range(tree.horizon):
+    for h, log_reach in enumerate(policy.log_occupancies()[:-1]):  # log d_h(s)
         picked = policy.log_probs[h] > -np.inf
         covered = np.where(picked, np.exp(ref.log_probs[h]), 0.0).sum(axis=1)  # (level_size(h),)
         excess = np.exp(log_reach) * (covered - 1.0)  # d_pi(s) E[rho_h - 1 | s]
         total += excess.reshape(tree.n_prompts, -1).sum(axis=1)
-        log_reach = (log_reach[:, None] + policy.log_probs[h]).reshape(-1)  # level h + 1
     return total
 
 
@@ -351,31 +373,6 @@ def _leaf_values(policy: Policy, ref: Policy, estimator: str, per_token: bool) -
         np.subtract(log_ref, log_pi, out=log_rho, where=log_pi > -np.inf)
         total = (total[:, None] + _estimate(log_rho, estimator)).reshape(-1)  # level h + 1
     return total
-
-
-def _sequence_gradient(policy: Policy, weighted: np.ndarray) -> list[np.ndarray]:
-    """``M(s o a) - pi(a|s) M(s)`` per level, ``M`` the subtree sums of ``weighted`` / P."""
-    tree = policy.tree
-    mass = weighted / tree.n_prompts  # M at level H: (n_leaves,), mean over prompts
-    gradient: list[np.ndarray] = [np.empty(0)] * tree.horizon
-    for h in range(tree.horizon - 1, -1, -1):
-        children = mass.reshape(-1, tree.n_tokens)  # M(s o a): (level_size(h), A)
-        mass = children.sum(axis=1)  # M(s): (level_size(h),)
-        gradient[h] = children - np.exp(policy.log_probs[h]) * mass[:, None]
-    return gradient
-
-
-def _per_token_gradient(policy: Policy, weighted: list[np.ndarray]) -> list[np.ndarray]:
-    """``d(s) [pi c](s, a) - d(s) pi(a|s) sum_b [pi c](s, b)`` per level (mean over prompts)."""
-    tree = policy.tree
-    gradient = []
-    log_reach = np.zeros(tree.n_prompts)  # log d_h(s), level 0
-    for h, table in enumerate(weighted):
-        occupancy = np.exp(log_reach) / tree.n_prompts  # d_pi(s) / P: (level_size(h),)
-        pi = np.exp(policy.log_probs[h])
-        gradient.append(occupancy[:, None] * (table - pi * table.sum(axis=1, keepdims=True)))
-        log_reach = (log_reach[:, None] + policy.log_probs[h]).reshape(-1)  # level h + 1
-    return gradient
 
 
 def _flatten(arrays: list[np.ndarray]) -> np.ndarray:

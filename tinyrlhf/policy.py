@@ -20,11 +20,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_softmax, logsumexp
 
-from .kernels import extend_log_reach, log_normalize_level
+from .kernels import log_softmax_rows, row_logsumexp
+from .memory import check_memory
 from .tree import TokenTree
-from .validation import check_leaf_array, check_positive_int, check_tree, make_rng
+from .validation import (
+    check_leaf_array,
+    check_positive_int,
+    check_real_array,
+    check_tree,
+    make_rng,
+    read_only,
+)
 
 #: Largest |logsumexp(row)| accepted as "normalized" (log space: about 1e-8 relative error
 #: in the row's probability sum, far above float64 rounding of a softmax, far below any real
@@ -43,10 +50,16 @@ class Policy:
             (within :data:`NORMALIZATION_ATOL` in log space) with at least one finite entry;
             ``-inf`` entries are tokens never picked. NaN and ``+inf`` are refused.
 
-    The arrays are stored as read-only float64 views (no copy when already float64).
+    The tables are copied into read-only float64 arrays (lists, int, float32, read-only and
+    non-contiguous inputs are accepted as their float64 values; complex ones are refused),
+    so later changes to the caller's arrays cannot reach the policy. Validation is one pass
+    of the row kernel per table (:func:`tinyrlhf.kernels.row_logsumexp`); details are
+    worked out only for a table that fails. :meth:`trusted` skips copy and validation for
+    tables a computation hands over.
 
     Raises:
-        TypeError: ``tree`` is not a TokenTree or ``log_probs`` is not a sequence of arrays.
+        TypeError: ``tree`` is not a TokenTree, ``log_probs`` is not a sequence of arrays, or
+            an array is complex or not numeric.
         ValueError: wrong number of levels, wrong shapes, NaN/``+inf``, an all-``-inf`` row,
             or a row that does not normalize.
     """
@@ -56,42 +69,37 @@ class Policy:
 
     def __init__(self, tree: TokenTree, log_probs: Sequence[np.ndarray]) -> None:
         tree = check_tree(tree)
-        arrays = _check_tables(tree, log_probs, "log_probs")
+        arrays = _check_tables(tree, log_probs, "log_probs")  # fresh float64 copies
         for h, table in enumerate(arrays):
-            row_sums = logsumexp(table, axis=1)  # (level_size(h),)
+            # NaN, +inf and all -inf rows give a non-finite row sum; details only on failure
+            with np.errstate(invalid="ignore"):
+                row_sums = row_logsumexp(table)  # (level_size(h),)
             bad = ~(np.abs(row_sums) <= NORMALIZATION_ATOL)
             if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"log_probs[{h}] row {i} does not normalize: its probabilities sum to "
-                    f"{np.exp(row_sums[i])!r}; rows must be log-probabilities summing to 1 in "
-                    "probability (use Policy.from_logits to normalize logits)"
-                )
-        for h in range(1, tree.horizon):
-            ended = tree.ended_states(h)
-            if ended.any():
-                rows = arrays[h][ended]  # (n_ended, A)
-                others = np.delete(rows, tree.eos_index, axis=1)
-                bad = ~(np.abs(rows[:, tree.eos_index]) <= NORMALIZATION_ATOL) | (
-                    others > -np.inf
-                ).any(axis=1)
-                if bad.any():
-                    i = int(np.flatnonzero(ended)[np.flatnonzero(bad)[0]])
-                    raise ValueError(
-                        f"log_probs[{h}] row {i} follows the end token {tree.eos!r}, so it must "
-                        f"put probability one on {tree.eos!r} (a forced row: 0 there, -inf "
-                        "elsewhere); Policy.from_logits, uniform and random force these rows"
-                    )
+                _explain_bad_table(table, h, int(np.flatnonzero(bad)[0]), row_sums)
+        _check_forced_rows(tree, arrays)
         object.__setattr__(self, "tree", tree)
-        object.__setattr__(self, "log_probs", arrays)
+        object.__setattr__(self, "log_probs", [read_only(table) for table in arrays])
 
     @classmethod
-    def _trusted(cls, tree: TokenTree, log_probs: list[np.ndarray]) -> Policy:
-        """Build without validation: for tables the package computed itself."""
+    def trusted(cls, tree: TokenTree, log_probs: list[np.ndarray]) -> Policy:
+        """Build from tables known to be valid, without copy or validation.
+
+        For tables a computation just produced and hands over (the solvers' outputs, the
+        builders below): validating them would cost about one more soft-value-iteration
+        pass (``Policy(tree, log_probs)`` runs the row kernel over every table and copies
+        them). The tables must satisfy everything :class:`Policy` checks (shapes,
+        normalized rows, forced rows after ``eos``); they are frozen as read-only views, so
+        the caller must not write to them afterwards. When in doubt, use
+        ``Policy(tree, log_probs)``.
+        """
         policy = object.__new__(cls)
         object.__setattr__(policy, "tree", tree)
-        object.__setattr__(policy, "log_probs", [_read_only(table) for table in log_probs])
+        object.__setattr__(policy, "log_probs", [read_only(table) for table in log_probs])
         return policy
+
+    #: The name the package's modules used before :meth:`trusted` was public.
+    _trusted = trusted
 
     # ----------------------------------------------------------------------- builders
     @classmethod
@@ -102,7 +110,7 @@ class Policy:
         tables = [
             np.full((tree.level_size(h), tree.n_tokens), log_uniform) for h in range(tree.horizon)
         ]
-        return cls._trusted(tree, _force_ended_rows(tree, tables))
+        return cls.trusted(tree, _force_ended_rows(tree, tables))
 
     @classmethod
     def random(
@@ -151,8 +159,9 @@ class Policy:
         """
         tree = check_tree(tree)
         arrays = _check_tables(tree, logits, "logits")
-        tables = [log_softmax(table, axis=1) for table in arrays]
-        return cls._trusted(tree, _force_ended_rows(tree, tables))
+        _check_logits(tree, arrays)
+        tables = [log_softmax_rows(table, out=table)[1] for table in arrays]  # in place
+        return cls.trusted(tree, _force_ended_rows(tree, tables))
 
     @classmethod
     def from_leaf_log_probs(
@@ -186,35 +195,25 @@ class Policy:
         leaf_log_probs = check_leaf_array(
             tree, leaf_log_probs, "leaf_log_probs", allow_neg_inf=True
         )
-        totals = logsumexp(leaf_log_probs.reshape(tree.n_prompts, -1), axis=1)  # (n_prompts,)
-        bad = ~(np.abs(totals) <= NORMALIZATION_ATOL)
+        if fallback is not None and (not isinstance(fallback, Policy) or fallback.tree != tree):
+            raise ValueError("fallback must be a tinyrlhf.Policy on the same tree")
+        policy, totals = normalize_leaf_log_weights(tree, leaf_log_probs, fallback)
+        bad = ~(np.abs(totals) <= NORMALIZATION_ATOL)  # M_0 = log sum of P over each prompt
         if bad.any():
             p = int(np.flatnonzero(bad)[0])
             raise ValueError(
                 f"leaf_log_probs of prompt {tree.prompts[p]!r} sum to {np.exp(totals[p])!r} in "
                 "probability, not 1; subtract their logsumexp per prompt first"
             )
-        impossible = ~tree.valid_leaves() & (leaf_log_probs > -np.inf)
-        if impossible.any():
+        impossible = (
+            ~tree.valid_leaves() & (leaf_log_probs > -np.inf) if tree.eos is not None else None
+        )
+        if impossible is not None and impossible.any():
             raise ValueError(
                 f"leaf_log_probs gives probability to leaf {int(np.flatnonzero(impossible)[0])}, "
                 f"which has a token after the end token {tree.eos!r}; no policy produces it"
             )
-        if fallback is None:
-            fallback = cls.uniform(tree)
-        elif not isinstance(fallback, Policy) or fallback.tree != tree:
-            raise ValueError("fallback must be a tinyrlhf.Policy on the same tree")
-        log_pi: list[np.ndarray] = [np.empty(0)] * tree.horizon
-        log_mass = leaf_log_probs  # M_H: (n_leaves,)
-        for h in range(tree.horizon - 1, -1, -1):
-            subtree_log_mass = np.empty(tree.level_size(h))  # M_h: (level_size(h),)
-            table = np.empty((tree.level_size(h), tree.n_tokens))  # M_{h+1}(s o a) - M_h(s)
-            if log_normalize_level(log_mass, subtree_log_mass, table):
-                unreached = np.isneginf(subtree_log_mass)
-                table[unreached] = fallback.log_probs[h][unreached]
-            log_pi[h] = table
-            log_mass = subtree_log_mass
-        return cls._trusted(tree, log_pi)
+        return policy
 
     # ---------------------------------------------------------------------- quantities
     @property
@@ -226,13 +225,13 @@ class Policy:
         """``log d_h(s)``: log-probability of reaching each level-``h`` state from its prompt.
 
         ``log d_0 = 0``; ``log d_{h+1}(s o a) = log d_h(s) + log pi(a | s)``. Shape
-        ``(level_size(h),)``; a new array on every call (nothing is cached).
+        ``(level_size(h),)``; a new array on every call (nothing is cached). Keeps only one
+        level at a time (:meth:`log_occupancies` keeps them all).
         """
         self.tree.level_size(h)  # validates h
         log_reach = np.zeros(self.tree.n_prompts)
-        for level in range(h):
-            # (level_size(level),) and (level_size(level), A) -> (level_size(level + 1),)
-            log_reach = extend_log_reach(log_reach, self.log_probs[level])
+        for table in self.log_probs[:h]:
+            log_reach = _extend(log_reach, table)
         return log_reach
 
     def log_occupancies(self) -> list[np.ndarray]:
@@ -244,8 +243,7 @@ class Policy:
         """
         log_reach = [np.zeros(self.tree.n_prompts)]
         for table in self.log_probs:
-            # (level_size(h),) and (level_size(h), A) -> (level_size(h + 1),)
-            log_reach.append(extend_log_reach(log_reach[-1], table))
+            log_reach.append(_extend(log_reach[-1], table))
         return log_reach
 
     def state_probs(self, h: int) -> np.ndarray:
@@ -278,6 +276,9 @@ class Policy:
         n = check_positive_int(n, "n", minimum=0)
         rng = make_rng(seed)
         tree = self.tree
+        # the states, the (n, A) probabilities and cumulative sums of one level, u and the
+        # drawn tokens: about 2 A + 4 floats per draw
+        check_memory(n * 8 * (2 * tree.n_tokens + 4), f"drawing {n:,} generations")
         if prompt is None:
             state = rng.integers(0, tree.n_prompts, size=n, dtype=np.int64)
         elif isinstance(prompt, (str, int, np.integer)):
@@ -304,6 +305,47 @@ class Policy:
         return f"Policy(tree={self.tree!r})"
 
 
+def _extend(log_reach: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``log d_{h+1}(s o a) = log d_h(s) + log pi(a | s)``: ``(n,)`` and ``(n, A)`` -> ``(n * A,)``."""
+    return (log_reach[:, None] + table).reshape(-1)
+
+
+def normalize_leaf_log_weights(
+    tree: TokenTree, leaf_log_weights: np.ndarray, fallback: Policy | None = None
+) -> tuple[Policy, np.ndarray]:
+    """The policy that generates ``P(xi | s_0) ∝ exp w(xi)``, and ``log sum_xi exp w(xi)``.
+
+    One backward pass of the row kernel (subtree log-sums, as
+    :meth:`TokenTree.subtree_logsumexps`, with the normalized rows on the way):
+
+        U_H = w,   U_h(s) = log sum_a exp U_{h+1}(s o a),   log pi(a | s) = U_{h+1}(s o a) - U_h(s)
+
+    and ``U_0`` is the per-prompt log-normalizer (``log Z`` when ``w = log P_ref + r/beta``).
+    The normalizer cancels in ``pi``, so ``w`` need not be normalized. Rows of states no leaf
+    below reaches (``U_h(s) = -inf``) are undefined and change no leaf probability; they are
+    taken from ``fallback`` (default: the uniform policy with forced rows after ``eos``).
+
+    Args:
+        tree: the token tree.
+        leaf_log_weights: ``(n_leaves,)`` float64 ``w``, finite or ``-inf`` (not checked:
+            callers validate; every prompt needs one finite leaf for a finite normalizer).
+        fallback: policy for the unreached rows (same tree, not checked).
+
+    Returns:
+        ``(policy, log_totals)``; ``log_totals`` is ``U_0``, ``(n_prompts,)``.
+    """
+    log_pi: list[np.ndarray] = [np.empty(0)] * tree.horizon
+    log_mass = leaf_log_weights  # U_H: (n_leaves,)
+    for h in range(tree.horizon - 1, -1, -1):
+        # U_h(s) and U_{h+1}(s o a) - U_h(s): (level_size(h),) and (level_size(h), A)
+        log_mass, log_pi[h] = log_softmax_rows(log_mass.reshape(-1, tree.n_tokens))
+        unreached = log_mass == -np.inf
+        if unreached.any():
+            fallback = Policy.uniform(tree) if fallback is None else fallback
+            log_pi[h][unreached] = fallback.log_probs[h][unreached]
+    return Policy.trusted(tree, log_pi), log_mass
+
+
 def _force_ended_rows(tree: TokenTree, tables: list[np.ndarray]) -> list[np.ndarray]:
     """Set the rows of states after ``eos`` to ``log pi = 0`` on ``eos``, ``-inf`` elsewhere
     (in place; tables are the caller's fresh arrays)."""
@@ -316,14 +358,10 @@ def _force_ended_rows(tree: TokenTree, tables: list[np.ndarray]) -> list[np.ndar
     return tables
 
 
-def _read_only(table: np.ndarray) -> np.ndarray:
-    view = table.view()
-    view.flags.writeable = False
-    return view
-
-
 def _check_tables(tree: TokenTree, tables: Sequence[np.ndarray], name: str) -> list[np.ndarray]:
-    """Shapes, dtype and finiteness checks for per-level (level_size(h), A) tables."""
+    """Types and shapes of per-level ``(level_size(h), A)`` tables; fresh float64 copies
+    (so later changes to the caller's arrays cannot reach a policy). Values are checked by
+    the callers (one pass of the row kernel, details by :func:`_explain_bad_table`)."""
     if isinstance(tables, (np.ndarray, str)) or not isinstance(tables, Sequence):
         raise TypeError(
             f"{name} must be a list of {tree.horizon} arrays (one per level h = 0..H-1), "
@@ -336,25 +374,67 @@ def _check_tables(tree: TokenTree, tables: Sequence[np.ndarray], name: str) -> l
         )
     arrays = []
     for h, table in enumerate(tables):
-        try:
-            array = np.asarray(table, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name}[{h}] must be an array of real numbers") from None
+        array = check_real_array(table, f"{name}[{h}]", copy=True)
         expected = (tree.level_size(h), tree.n_tokens)
         if array.shape != expected:
             raise ValueError(
                 f"{name}[{h}] must have shape {expected} = (level_size({h}), n_tokens), "
                 f"got {array.shape}"
             )
-        if np.isnan(array).any():
-            raise ValueError(f"{name}[{h}] contains NaN")
-        if np.isposinf(array).any():
-            raise ValueError(f"{name}[{h}] contains +inf")
-        dead = np.isneginf(array).all(axis=1)
+        arrays.append(array)
+    return arrays
+
+
+def _explain_bad_table(table: np.ndarray, h: int, row: int, row_sums: np.ndarray) -> None:
+    """Raise the ``ValueError`` that says what is wrong with row ``row`` of level ``h``."""
+    values = table[row]
+    if np.isnan(values).any():
+        raise ValueError(f"log_probs[{h}] contains NaN (row {row})")
+    if np.isposinf(values).any():
+        raise ValueError(f"log_probs[{h}] contains +inf (row {row})")
+    if np.isneginf(values).all():
+        raise ValueError(
+            f"log_probs[{h}] row {row} is all -inf: every state needs at least one token "
+            "with positive probability"
+        )
+    raise ValueError(
+        f"log_probs[{h}] row {row} does not normalize: its probabilities sum to "
+        f"{np.exp(row_sums[row])!r}; rows must be log-probabilities summing to 1 in "
+        "probability (use Policy.from_logits to normalize logits)"
+    )
+
+
+def _check_logits(tree: TokenTree, arrays: list[np.ndarray]) -> None:
+    """Logits may be finite or ``-inf``, with at least one finite entry per row."""
+    for h, table in enumerate(arrays):
+        if np.isfinite(table).all():
+            continue
+        if np.isnan(table).any():
+            raise ValueError(f"logits[{h}] contains NaN")
+        if np.isposinf(table).any():
+            raise ValueError(f"logits[{h}] contains +inf")
+        dead = np.isneginf(table).all(axis=1)
         if dead.any():
             raise ValueError(
-                f"{name}[{h}] row {int(np.flatnonzero(dead)[0])} is all -inf: every state "
+                f"logits[{h}] row {int(np.flatnonzero(dead)[0])} is all -inf: every state "
                 "needs at least one token with positive probability"
             )
-        arrays.append(_read_only(array))
-    return arrays
+
+
+def _check_forced_rows(tree: TokenTree, arrays: list[np.ndarray]) -> None:
+    """On a tree with ``eos``, rows after the end token put probability one on ``eos``."""
+    if tree.eos is None:
+        return
+    eos = tree.tokens.index(tree.eos)
+    for h in range(1, tree.horizon):
+        ended = tree.ended_states(h)
+        rows = arrays[h][ended]  # (n_ended, A)
+        others = np.delete(rows, eos, axis=1)
+        bad = ~(np.abs(rows[:, eos]) <= NORMALIZATION_ATOL) | (others > -np.inf).any(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(ended)[np.flatnonzero(bad)[0]])
+            raise ValueError(
+                f"log_probs[{h}] row {i} follows the end token {tree.eos!r}, so it must "
+                f"put probability one on {tree.eos!r} (a forced row: 0 there, -inf "
+                "elsewhere); Policy.from_logits, uniform and random force these rows"
+            )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import row_logsumexp
-from .memory import FLOAT_BYTES, check_memory
+from .memory import check_tree_size
 
 
 @dataclass(frozen=True, init=False)
@@ -108,13 +108,8 @@ class TokenTree:
                 f"eos token {eos!r} is not one of the tokens {tokens}; add it to tokens"
             )
         object.__setattr__(self, "eos", eos)
-        # Refuse up front a tree whose per-state arrays (one float64 per state, which any
-        # policy table or value function needs) would not fit in memory.
-        check_memory(
-            self.n_states * FLOAT_BYTES,
-            f"a tree with {len(tokens)}**{horizon} leaves per prompt and {len(prompts)} "
-            f"prompt(s) ({self.n_states:,} states)",
-        )
+        # the one memory guard: refuse up front a tree whose per-state arrays would not fit
+        check_tree_size(len(prompts), len(tokens), horizon)
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -147,8 +142,11 @@ class TokenTree:
 
     @property
     def n_states(self) -> int:
-        """Number of states on all levels ``0..H`` of all prompts."""
-        return sum(self.level_size(h) for h in range(self.horizon + 1))
+        """Number of states on all levels ``0..H`` of all prompts:
+        ``n_prompts (A^{H+1} - 1) / (A - 1)`` (``n_prompts (H + 1)`` when ``A = 1``)."""
+        if self.n_tokens == 1:
+            return self.n_prompts * (self.horizon + 1)
+        return self.n_prompts * (self.n_tokens ** (self.horizon + 1) - 1) // (self.n_tokens - 1)
 
     # ----------------------------------------------------------------- backward passes
     def subtree_sums(self, leaf_values: np.ndarray) -> list[np.ndarray]:
@@ -337,11 +335,11 @@ class TokenTree:
         if not 0 <= index < self.n_leaves:
             raise ValueError(f"leaf index must be in 0..{self.n_leaves - 1}, got {index}")
         prompt, rest = divmod(int(index), self.leaves_per_prompt)
-        tokens = []
+        reversed_tokens = []
         for _ in range(self.horizon):
             rest, a = divmod(rest, self.n_tokens)
-            tokens.append(self.tokens[a])
-        tokens = tuple(reversed(tokens))
+            reversed_tokens.append(self.tokens[a])
+        tokens = tuple(reversed(reversed_tokens))
         if self.eos is not None and self.eos in tokens:
             tokens = tokens[: tokens.index(self.eos) + 1]
         return self.prompts[prompt], self.text(tokens)

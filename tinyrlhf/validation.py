@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 
+#: Largest ``max |reward| / beta`` accepted by :func:`check_problem`: leaves ``r / beta`` and
+#: the log-probabilities added to it (at most ~ H log A) far inside the float64 range, so no
+#: sum or difference of them can overflow.
+MAX_REWARD_OVER_BETA = 1e300
+
+
 def check_tree(tree: object, name: str = "tree") -> TokenTree:
     """Return ``tree`` if it is a :class:`TokenTree`, else raise ``TypeError``."""
     if not isinstance(tree, TokenTree):
@@ -39,22 +45,48 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_real_array(values: object, name: str, *, copy: bool = False) -> np.ndarray:
+    """``values`` as a float64 array (a fresh copy if ``copy``), refusing what is not real.
+
+    Lists, numpy scalars, int, bool, float32, read-only and non-contiguous arrays are
+    answered as their float64 equivalent; complex numbers (even with a zero imaginary
+    part) are refused rather than silently truncated.
+
+    Raises:
+        TypeError: complex, or not convertible to real numbers.
+    """
+    raw = values if isinstance(values, np.ndarray) else None
+    if raw is None:
+        try:
+            raw = np.asarray(values)
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError(f"{name} must be an array of real numbers") from None
+    if raw.dtype.kind == "c":
+        raise TypeError(
+            f"{name} must be real, got complex values ({raw.dtype}); pass the real part "
+            f"explicitly (e.g. np.real({name})) if that is what you mean"
+        )
+    try:
+        return np.array(raw, dtype=np.float64) if copy else np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(
+            f"{name} must be an array of real numbers, got {type(values).__name__}"
+        ) from None
+
+
 def check_leaf_array(
     tree: TokenTree, values: object, name: str = "reward", *, allow_neg_inf: bool = False
 ) -> np.ndarray:
     """A float64 array over the leaves, ``(n_leaves,)``, finite (or ``-inf`` if allowed).
 
+    A float64 ``values`` may come back as the same object (no copy): results that keep the
+    array (e.g. ``Solution.reward``) copy it themselves.
+
     Raises:
-        TypeError: not numeric.
+        TypeError: not real numbers (complex values included).
         ValueError: wrong shape, NaN, or infinite entries.
     """
-    try:
-        array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name} must be an array of real numbers of shape ({tree.n_leaves},), "
-            f"got {type(values).__name__}"
-        ) from None
+    array = check_real_array(values, name)
     if array.shape != (tree.n_leaves,):
         raise ValueError(
             f"{name} must have shape ({tree.n_leaves},) = (n_leaves,), one value per complete "
@@ -62,7 +94,7 @@ def check_leaf_array(
             "Build it with tree.leaf_values(fn)."
         )
     # Fast path: one pass over the leaves when everything is finite (the common case; the
-    # solvers call this on every solve, see benchmarks/results.md). Details only on failure.
+    # solvers call this on every solve). Details only on failure.
     if np.isfinite(array).all():
         return array
     if np.isnan(array).any():
@@ -74,14 +106,36 @@ def check_leaf_array(
     return array
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array``: the package's one way to freeze an array it returns
+    or keeps (writing to the view raises ``ValueError``; the data are not copied)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def frozen_copy(array: object) -> np.ndarray:
+    """A read-only float64 copy that owns its data, so nothing the caller does later to
+    ``array`` reaches it (for values a result keeps, e.g. ``Solution.reward``)."""
+    copy = np.array(array, dtype=np.float64)
+    copy.flags.writeable = False
+    return copy
+
+
 def make_rng(seed: object, name: str = "seed") -> np.random.Generator:
-    """A ``numpy.random.Generator`` from an int seed, a Generator, or None (fresh entropy)."""
+    """A ``numpy.random.Generator`` from an int seed, a Generator, or None (fresh entropy).
+
+    The package's one seed rule: every function that draws random numbers takes
+    ``seed: int | numpy.random.Generator | None`` and turns it into a Generator here, so an
+    int reproduces a run, a Generator is drawn from as is (one stream shared across calls),
+    and None takes fresh entropy from the operating system. Never a global RNG.
+    """
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or (
         isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool)
     ):
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else int(seed))
     raise TypeError(f"{name} must be an int, a numpy.random.Generator or None, got {seed!r}")
 
 
@@ -109,7 +163,19 @@ def check_problem(ref: object, reward: object, beta: object) -> tuple[Policy, np
     ``ref`` a Policy, ``reward`` a finite ``(n_leaves,)`` float64 array, ``beta`` finite > 0.
     """
     policy = check_policy(ref, "ref")
-    return policy, check_leaf_array(policy.tree, reward, "reward"), check_beta(beta)
+    rewards = check_leaf_array(policy.tree, reward, "reward")
+    coefficient = check_beta(beta)
+    largest = float(np.abs(rewards).max())
+    with np.errstate(over="ignore"):
+        scaled = largest / coefficient
+    if not np.isfinite(scaled) or scaled > MAX_REWARD_OVER_BETA:
+        raise ValueError(
+            f"beta={beta!r} is too small for this reward: max |reward| / beta = "
+            f"{largest:.3g} / {coefficient:.3g} overflows float64 (the solvers work with "
+            f"reward / beta); use beta >= {largest / MAX_REWARD_OVER_BETA:.3g} or rescale "
+            "the reward"
+        )
+    return policy, rewards, coefficient
 
 
 def check_nonnegative(value: object, name: str, *, allow_zero: bool = True) -> float:

@@ -8,15 +8,11 @@ is solved by a backward pass of soft Bellman backups (Ziebart 2010, ch. 6; Haarn
     V_h(s)   = beta * log sum_a pi_ref(a | s) * exp(V_{h+1}(s o a) / beta)
     pi*(a | s) = pi_ref(a | s) * exp((V_{h+1}(s o a) - V_h(s)) / beta)
 
-and ``V_0(s_0) = beta log Z(s_0)``, the same partition function as the closed form. The
-recursion runs in units of ``V / beta`` so that every normaliser is one ``logsumexp``.
-``V_h`` is finite at every state (the reference reaches or not), so ``pi*`` is defined
-everywhere.
-
-Each level is one call of :func:`tinyrlhf.kernels.log_normalize_level` (the backup and the
-normalized row in one pass, in cache-sized blocks); ``V_h / beta`` is computed in the output
-``values[h]`` and scaled by ``beta`` in place once the level above has read it, so nothing of
-leaf size is allocated besides the outputs.
+and ``V_0(s_0) = beta log Z(s_0)``, the same partition function as the closed form. In log
+space each level is one row-wise log-softmax of ``x(s, a) = log pi_ref(a|s) +
+V_{h+1}(s o a) / beta``: its row log-sum-exp is ``V_h(s) / beta`` and its normalized rows
+are ``log pi*(a|s)`` (:func:`tinyrlhf.kernels.log_softmax_rows`). ``V_h`` is finite at every
+state (the reference reaches or not), so ``pi*`` is defined everywhere.
 """
 
 from __future__ import annotations
@@ -25,87 +21,46 @@ import time
 
 import numpy as np
 
-from ..kernels import LevelWorkspace, log_normalize_level
-from ..memory import FLOAT_BYTES, check_memory
+from ..kernels import log_softmax_rows
 from ..policy import Policy
-from ..tree import TokenTree
-from ..validation import check_beta, check_leaf_array
+from ..validation import check_problem, frozen_copy, read_only
 from .solution import Solution
 
 
-def estimate_bytes(tree: TokenTree) -> int:
-    """Bytes :func:`soft_value_iteration` allocates on ``tree``: the values ``V_0..V_H``
-    (``n_states``; each level holds ``V_h / beta`` until the level above has read it), the
-    policy (``n_states - n_prompts``) and the kernel's scratch."""
-    horizon = tree.horizon
-    floats = 2 * tree.n_states - tree.n_prompts
-    return FLOAT_BYTES * floats + LevelWorkspace.estimate_bytes(
-        tree.n_tokens, tree.level_size(horizon - 1)
-    )
-
-
-def soft_value_iteration(
-    ref: Policy, reward: np.ndarray, beta: float, *, memory_limit: int | None = None
-) -> Solution:
+def soft_value_iteration(ref: Policy, reward: np.ndarray, beta: float) -> Solution:
     """Solve the KL-regularized problem by soft value iteration.
 
     Args:
         ref: the reference policy ``pi_ref``.
         reward: ``(n_leaves,)`` finite rewards on complete generations.
-        beta: KL coefficient, finite and > 0.
-        memory_limit: optional budget in bytes (default: ``TINYRLHF_MEMORY_LIMIT`` or half
-            the available memory, see :mod:`tinyrlhf.memory`).
+        beta: KL coefficient, finite and > 0 (with ``max |r| / beta`` finite in float64).
 
     Returns:
         A :class:`Solution` with ``policy`` (``pi*``), ``values`` (``V_0..V_H``),
         ``log_partition`` (``V_0 / beta``) and ``lagrange_multiplier`` (``beta (1 - log Z)``).
 
     Raises:
-        TypeError: ``ref`` is not a Policy.
-        ValueError: bad ``reward`` or ``beta``, or the solve would not fit in the memory
-            budget (checked before anything is allocated).
+        TypeError: ``ref`` is not a Policy, or ``reward``/``beta`` are not real.
+        ValueError: bad ``reward`` or ``beta`` (see :func:`tinyrlhf.validation.check_problem`).
     """
     start = time.perf_counter()
-    if not isinstance(ref, Policy):
-        raise TypeError(f"ref must be a tinyrlhf.Policy, got {type(ref).__name__}")
+    ref, reward, beta = check_problem(ref, reward, beta)
     tree = ref.tree
-    reward = check_leaf_array(tree, reward, "reward")
-    beta = check_beta(beta)
-    check_memory(
-        estimate_bytes(tree), f"soft value iteration on {tree.n_states:,} states", memory_limit
-    )
-    horizon, n_tokens = tree.horizon, tree.n_tokens
-    level_sizes = [tree.level_size(h) for h in range(horizon + 1)]
-
-    values: list[np.ndarray] = [np.empty(0)] * (horizon + 1)
-    log_pi: list[np.ndarray] = [np.empty(0)] * horizon
-    values[horizon] = reward.copy()
-    workspace = LevelWorkspace(n_tokens, level_sizes[horizon - 1])
-    children, divisor = reward, beta  # level H enters as r / beta
-    for h in range(horizon - 1, -1, -1):
-        # values[h] holds V_h / beta until level h - 1 has read it, then V_h
-        values[h] = np.empty(level_sizes[h])
-        log_pi[h] = np.empty((level_sizes[h], n_tokens))
-        # V_h(s)/beta = log sum_a pi_ref(a|s) exp(V_{h+1}(s o a)/beta), and
-        # log pi*(a|s) = log pi_ref(a|s) + V_{h+1}(s o a)/beta - V_h(s)/beta
-        log_normalize_level(
-            children,
-            values[h],
-            log_pi[h],
-            log_prior=ref.log_probs[h],
-            divisor=divisor,
-            workspace=workspace,
-        )
-        if h + 1 < horizon:
-            values[h + 1] *= beta  # V_{h+1} = beta * (V_{h+1} / beta), read for the last time
-        children, divisor = values[h], None
-    log_z = values[0].copy()  # V_0 / beta = log Z(s_0) : (n_prompts,)
-    values[0] *= beta
+    values = [np.empty(0)] * tree.horizon + [frozen_copy(reward)]  # V_H = r
+    log_pi = [np.empty(0)] * tree.horizon
+    scaled_value = reward / beta  # V_{h+1} / beta, from V_H / beta = r / beta : (n_leaves,)
+    for h in range(tree.horizon - 1, -1, -1):
+        # x(s, a) = log pi_ref(a|s) + V_{h+1}(s o a) / beta : (level_size(h), A)
+        x = np.add(ref.log_probs[h], scaled_value.reshape(-1, tree.n_tokens))
+        # V_h(s) / beta = log sum_a pi_ref(a|s) e^{V_{h+1}(s o a)/beta};  log pi* = x - V_h / beta
+        scaled_value, log_pi[h] = log_softmax_rows(x, out=x)
+        values[h] = read_only(beta * scaled_value)
+    log_z = scaled_value  # V_0 / beta = log Z(s_0) : (n_prompts,)
     return Solution(
-        policy=Policy._trusted(tree, log_pi),
+        policy=Policy.trusted(tree, log_pi),
         method="soft_value_iteration",
         reference=ref,
-        reward=reward,
+        reward=values[tree.horizon],
         beta=beta,
         log_partition=log_z,
         lagrange_multiplier=beta * (1.0 - log_z),

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..divergences import expected_reward, kl_divergence, objective
 from ..policy import Policy
+from ..validation import frozen_copy
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,7 +38,13 @@ class Solution:
             same attribute name on every result type in the package. None for direct solvers.
         tolerance: the bound ``residual`` is compared with.
         wall_time: seconds the solver took.
-        info: anything else a solver reports.
+        leaf_log_probs: ``(n_leaves,)`` ``log P(xi | s_0)`` of the policy when the solver
+            formed it on the way (the closed form's ``log P*``), else None.
+        info: anything else a solver reports (free-form; read the typed fields above in
+            code, ``info`` keys are for display).
+
+    ``reward`` is kept as a read-only array that owns its data (a caller's array is
+    copied), so later changes to the caller's array cannot reach the solution.
     """
 
     policy: Policy
@@ -54,6 +61,17 @@ class Solution:
     tolerance: float | None = None
     wall_time: float | None = None
     info: dict = field(default_factory=dict)
+    leaf_log_probs: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        reward = self.reward
+        if reward is not None and not (
+            isinstance(reward, np.ndarray)
+            and reward.dtype == np.float64
+            and reward.base is None
+            and not reward.flags.writeable
+        ):  # anything but an array the solver made and froze: copy it
+            object.__setattr__(self, "reward", frozen_copy(reward))
 
     def objective(self, reward: np.ndarray | None = None) -> np.ndarray:
         """``J(pi) = E_pi[r] - beta KL(pi || pi_ref)`` per prompt (under ``reward`` if given)."""
