@@ -645,7 +645,7 @@ def _check_l2(l2: object) -> float:
 
 
 def _check_tol(tol: object) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < float(tol) < 1:
         raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
     return float(tol)
 

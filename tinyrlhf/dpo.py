@@ -389,7 +389,7 @@ def _policy(
     no leaf below is left."""
     solution = closed_form(ref, reward, beta)
     if dominated is None or dominated.size == 0:
-        return solution.policy, solution.info["leaf_log_probs"]
+        return solution.policy, solution.leaf_log_probs
     tree = ref.tree
     logits = np.where(_mask(reward.size, dominated), -np.inf, ref.leaf_log_probs() + reward / beta)
     per_prompt = logits.reshape(tree.n_prompts, -1)  # (P, A**H)

@@ -424,7 +424,9 @@ class Preferences:
 
 
 # ------------------------------------------------------------------------------ sampling
-def preference_probability(reward_chosen: np.ndarray, reward_rejected: np.ndarray) -> np.ndarray:
+def preference_probability(
+    reward_chosen: np.ndarray | float, reward_rejected: np.ndarray | float
+) -> np.ndarray:
     """The Bradley-Terry probability that one completion is preferred to another.
 
         P(y+ > y-) = sigma(r(y+) - r(y-)) = 1 / (1 + exp(-(r(y+) - r(y-))))
@@ -436,7 +438,7 @@ def preference_probability(reward_chosen: np.ndarray, reward_rejected: np.ndarra
 
 
 def log_preference_probability(
-    reward_chosen: np.ndarray, reward_rejected: np.ndarray
+    reward_chosen: np.ndarray | float, reward_rejected: np.ndarray | float
 ) -> np.ndarray:
     """``log sigma(r(y+) - r(y-))``, the log of :func:`preference_probability`, stable for
     margins of any size (``scipy.special.log_expit``)."""
