@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.optimize import minimize
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
@@ -179,24 +180,73 @@ def test_hinge_optimum_is_not_improved_by_perturbations(l2):
 
 
 # --------------------------------------------------------------- boundary, weights
-def test_dpo_boundary_warns_and_ipo_does_not():
-    # Leaf c only ever loses (to a and b); a and b beat each other: the win graph's strong
-    # components are {a, b} and {c}, so DPO sends pi(c) to 0 whatever beta.
+@pytest.mark.parametrize("beta", [2.0, 20.0, 100.0, 1000.0])
+def test_dpo_boundary_returns_the_limit_policy_and_ipo_stays_finite(beta):
+    # Leaf c only ever loses (to a and b); a and b beat each other once each: the win graph's
+    # strong components are {a, b} and {c}. The DPO loss log 2 + log 2 + 2 softplus(-beta h)
+    # (h the log-ratio gap between {a, b} and c) tends to its infimum 2 log 2 only as
+    # pi(c) -> 0, whatever beta; inside {a, b} the one-win-each fit is u_a = u_b, so the
+    # limit policy is (1/2, 1/2, 0) exactly (issue 10: the solver used to stop with
+    # pi(c) = 3e-5 at beta = 20, 0.11 at 100, 0.45 at 1000).
     tree = tr.TokenTree(["a", "b", "c"], 1)
     ref = tr.Policy.uniform(tree)
     prefs = tr.Preferences([0, 0, 0, 0], [0, 1, 0, 1], [1, 0, 2, 2])
-    with pytest.warns(BoundaryOptimumWarning, match="no minimizer"):
-        solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=2.0)
-    assert not solution.converged and solution.info["boundary"]
+    with pytest.warns(BoundaryOptimumWarning, match="no minimizer.*probability exactly 0"):
+        solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta)
+    assert solution.info["boundary"] and solution.converged
+    assert solution.residual <= solution.tolerance
     np.testing.assert_array_equal(solution.info["dominated_leaves"], [2])
-    assert solution.policy.leaf_probs()[2] < 1e-6
-    np.testing.assert_allclose(solution.policy.leaf_probs()[:2], 0.5, atol=1e-6)
+    assert solution.policy.leaf_probs()[2] == 0.0
+    assert solution.info["leaf_log_probs"][2] == -np.inf
+    assert solution.info["implicit_reward"][2] == -np.inf
+    np.testing.assert_allclose(solution.policy.leaf_probs()[:2], 0.5, rtol=1e-15)
+    np.testing.assert_allclose(solution.info["objective"], 2 * np.log(2), rtol=1e-15)
     for loss in ("ipo", "hinge"):
-        finite = fit_policy_to_preferences(ref, prefs, loss=loss, beta=2.0)
+        finite = fit_policy_to_preferences(ref, prefs, loss=loss, beta=beta)
         assert finite.converged and not finite.info["boundary"]
-        assert finite.policy.leaf_probs()[2] > 1e-3
-    regularized = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=2.0, l2=0.1)
+        assert finite.policy.leaf_probs()[2] > 0
+    regularized = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta, l2=0.1)
     assert regularized.converged and not regularized.info["boundary"]
+    assert regularized.policy.leaf_probs()[2] > 0
+
+
+def test_dpo_boundary_limit_is_the_infimum_of_the_loss():
+    # A richer win graph: {0, 1, 2} a cycle with unequal weights, {3} loses to it, {4} and
+    # {3} beat each other (so {3, 4} is a strong component, dominated as a whole). The
+    # returned limit's objective is the infimum: a finite policy approaching it (the fit
+    # inside the components, the dominated ones pushed down by t) has a loss decreasing to
+    # it as t grows, and never below it.
+    tree = tr.TokenTree(["a", "b", "c", "d", "e"], 1)
+    ref = tr.Policy.random(tree, seed=3)
+    prefs = tr.Preferences(
+        [0] * 7, [0, 1, 2, 0, 1, 3, 4], [1, 2, 0, 3, 4, 4, 3], [2.0, 1.0, 3.0, 1.0, 0.5, 1.0, 2.0]
+    )
+    beta = 0.7
+    with pytest.warns(BoundaryOptimumWarning):
+        limit = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta)
+    np.testing.assert_array_equal(limit.info["dominated_leaves"], [3, 4])
+    np.testing.assert_array_equal(limit.policy.leaf_probs()[3:], 0.0)
+    infimum = limit.info["objective"]
+    u = implicit_u(limit)
+
+    # inside the cycle {0, 1, 2}: the DPO loss of its three pairs, minimized by BFGS (an
+    # independent method) with u_0 = 0 fixed, then centered (the convention)
+    def cycle_loss(free):
+        v = np.r_[0.0, free]
+        margins = beta * np.array([v[0] - v[1], v[1] - v[2], v[2] - v[0]])
+        return float(np.sum(np.array([2.0, 1.0, 3.0]) * np.logaddexp(0.0, -margins)))
+
+    free = minimize(cycle_loss, np.zeros(2), method="BFGS", options={"gtol": 1e-12}).x
+    cycle = np.r_[0.0, free]
+    np.testing.assert_allclose(u[:3], cycle - cycle.mean(), atol=1e-6)
+    # inside {3, 4}: 4 beats 3 twice as often as 3 beats 4, so beta (u_4 - u_3) = log 2
+    finite_u = np.r_[u[:3], -np.log(2) / (2 * beta), np.log(2) / (2 * beta)]
+    values = []
+    for shift in (5.0, 10.0, 20.0, 40.0):
+        pushed = finite_u - shift * np.isin(np.arange(5), [3, 4])
+        values.append(preference_loss(ref, prefs, pushed, loss="dpo", beta=beta)[0])
+    assert all(np.diff(values) < 0) and min(values) >= infimum - 1e-12
+    np.testing.assert_allclose(values[-1], infimum, atol=1e-10)
 
 
 def test_weights_are_honoured():
@@ -270,3 +320,121 @@ def test_bad_input():
         fit_policy_to_preferences(ref, tr.Preferences([0], [0], [5]), beta=1.0)
     with pytest.raises(ValueError, match="leaf_logits must have shape"):
         preference_loss(ref, prefs, np.zeros(3), beta=1.0)
+
+
+# ------------------------------------------------------------------ issue 10 cases
+def test_hinge_qp_issue_case_is_solved_exactly(monkeypatch):
+    # Issue 10: pairs (1,3), (3,2), (2,3), (0,3), (3,2), l2 = 0.3, beta = 1 ended at objective
+    # 5.6125. By hand: u = (0.75, 0.75, -1.25, -0.25) puts the margins of (1,3), (3,2) x2 and
+    # (0,3) exactly at 1 (loss 0) and (2,3) at -1 (loss 2); the penalty is
+    # 0.15 * (0.5625 + 0.5625 + 1.5625 + 0.0625) = 0.4125, so the objective is 2.4125. It is
+    # optimal (KKT of the QP): (2,3) has margin < 1, so its multiplier is its weight 1; then
+    # l2 u = D^T alpha fixes the others leaf by leaf: alpha_(0,3) = 0.225 (leaf a),
+    # alpha_(1,3) = 0.225 (leaf b), alpha_(3,2) = 1 + 0.375 = 1.375 (leaf c; the two (3,2)
+    # pairs together, weight 2), and leaf d checks: -0.225 + 1.375 - 1 - 0.225 = -0.075.
+    # All lie in [0, w].
+    tree = tr.TokenTree(["a", "b", "c", "d"], 1)
+    ref = tr.Policy.uniform(tree)
+    prefs = tr.Preferences([0] * 5, [1, 3, 2, 0, 3], [3, 2, 3, 3, 2])
+    expected = np.array([0.75, 0.75, -1.25, -0.25])
+    design = np.zeros((4, 4))  # D of the distinct pairs (1,3), (3,2), (2,3), (0,3)
+    for row, (c, r) in enumerate([(1, 3), (3, 2), (2, 3), (0, 3)]):
+        design[row, c], design[row, r] = 1.0, -1.0
+    np.testing.assert_allclose(design.T @ [0.225, 1.375, 1.0, 0.225], 0.3 * expected, atol=1e-15)
+    solution = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3)
+    assert solution.converged and solution.residual <= 1e-14
+    np.testing.assert_allclose(implicit_u(solution), expected, atol=1e-12)
+    np.testing.assert_allclose(solution.info["objective"], 2.4125, rtol=1e-13)
+
+    # Stopped early, each solver says so, in converged and in a warning: the hinge with no
+    # warm start and one active-set iteration, DPO after one Newton step.
+    monkeypatch.setattr(tr.dpo, "WARM_START_SWEEPS", 0)
+    for loss in ("hinge", "dpo"):
+        with pytest.warns(tr.PreferenceOptimizationWarning, match="residual"):
+            early = fit_policy_to_preferences(ref, prefs, loss=loss, beta=1.0, l2=0.3, steps=1)
+        assert not early.converged and early.residual > early.tolerance
+    # from that cold start the active-set method reaches the exact answer
+    exact = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3, steps=10)
+    assert exact.converged
+    np.testing.assert_allclose(implicit_u(exact), expected, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_hinge_qp_matches_an_independent_solver(data):
+    # The QP min (l2/2) ||r||^2 + w . xi  s.t.  xi >= 1 - D r, xi >= 0 in (r, xi), by SLSQP
+    # (a different method on a different formulation): the active-set answer's objective is
+    # never above it, and the duality-gap certificate bounds the difference.
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n_leaves, n_pairs = data.draw(st.integers(2, 5)), data.draw(st.integers(1, 8))
+    tree = tr.TokenTree([f"t{k}" for k in range(n_leaves)], 1)
+    ref = tr.Policy.uniform(tree)
+    prefs = random_prefs(rng, tree, n_pairs)
+    l2 = float(10.0 ** rng.uniform(-2, 1))
+    beta = float(10.0 ** rng.uniform(-1, 1))
+    solution = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=beta, l2=l2)
+    assert solution.converged and solution.residual <= 1e-12
+    design = np.zeros((n_pairs, n_leaves))
+    np.add.at(design, (np.arange(n_pairs), prefs.chosen), 1.0)
+    np.add.at(design, (np.arange(n_pairs), prefs.rejected), -1.0)
+    w = prefs.weight
+
+    def objective(x):
+        return 0.5 * l2 * x[:n_leaves] @ x[:n_leaves] + w @ x[n_leaves:]
+
+    constraints = [
+        {"type": "ineq", "fun": lambda x: x[n_leaves:] - 1.0 + design @ x[:n_leaves]},
+        {"type": "ineq", "fun": lambda x: x[n_leaves:]},
+    ]
+    start = np.r_[np.zeros(n_leaves), np.ones(n_pairs)]
+    reference = minimize(
+        objective, start, constraints=constraints, method="SLSQP", options={"ftol": 1e-14}
+    )
+    # in r = beta u the objective is the same function (module docstring)
+    assert solution.info["objective"] <= reference.fun + 1e-7
+    r = beta * implicit_u(solution)
+    margins = design @ r
+    np.testing.assert_allclose(
+        solution.info["objective"], 0.5 * l2 * r @ r + w @ np.maximum(0, 1 - margins), rtol=1e-12
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_dpo_on_peaked_sampler_populations_is_the_closed_form(data):
+    # Issue 10: on populations drawn by a peaked sampler (pair weights down to 1e-40), DPO
+    # reported converged=True 1.3e-3 (TV) away from the closed form. The population's BT fit
+    # is r up to a constant per prompt, so DPO must return closed_form(ref, r, beta); and
+    # converged must mean it.
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    tree = tr.TokenTree([f"t{k}" for k in range(data.draw(st.integers(2, 5)))], 1)
+    scale = data.draw(st.floats(5.0, 25.0))
+    sampler = tr.Policy.from_logits(tree, [scale * rng.standard_normal((1, tree.n_tokens))])
+    reward = rng.uniform(1.0, 5.0) * rng.standard_normal(tree.n_leaves)
+    ref = tr.Policy.random(tree, seed=rng)
+    beta = float(10.0 ** rng.uniform(-1, 1))
+    population = tr.population_preferences(tree, reward, policy=sampler)
+    solution = fit_policy_to_preferences(ref, population, loss="dpo", beta=beta)
+    assert solution.converged and solution.residual <= solution.tolerance
+    compared = solution.info["never_compared"].size == 0  # every leaf has weight > 0 pairs
+    expected = tr.closed_form(ref, reward, beta)
+    if compared:
+        report = tr.check_agreement(expected, solution)
+        assert report.max_tv < 1e-9
+
+
+def test_dpo_is_literally_bradley_terry_plus_closed_form():
+    rng = np.random.default_rng(7)
+    tree = tr.TokenTree(["a", "b", "c"], 2, prompts=["x", "y"])
+    ref = tr.Policy.random(tree, seed=rng)
+    prefs = tr.sample_preferences(tree, rng.normal(size=tree.n_leaves), 400, seed=rng)
+    fit = tr.fit_bradley_terry(tree, prefs, l2=0.5)
+    solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=0.3, l2=0.5)
+    np.testing.assert_array_equal(solution.info["implicit_reward"], fit.reward)
+    assert solution.residual == fit.residual and solution.converged == fit.converged
+    expected = tr.closed_form(ref, fit.reward, 0.3)
+    np.testing.assert_array_equal(
+        solution.policy.leaf_log_probs(), expected.policy.leaf_log_probs()
+    )

@@ -117,11 +117,12 @@ def test_regularized_nash_fixed_point_and_certificate(seed, n, tau):
     matrix = random_preference_matrix(rng, n)
     mu = rng.dirichlet(np.ones(n))
     result = regularized_nash(matrix, mu, tau)
-    assert result.converged and result.l1_bound <= 1e-10
+    # the certificate vocabulary: converged exactly when residual <= tolerance (= tol)
+    assert result.converged and result.residual <= result.tolerance == 1e-10
     expected = independent_nash(matrix, mu, tau)
     assert np.abs(result.pi - expected).sum() <= 1e-10 + 1e-12
-    # 0 <= g = tau KL(pi || T(pi)) <= tau chi^2 = tau l1_bound^2 / 2 (up to rounding)
-    assert -1e-14 * tau <= result.exploitability <= 0.5 * tau * result.l1_bound**2 + 1e-14 * tau
+    # 0 <= g = tau KL(pi || T(pi)) <= tau chi^2 = tau residual^2 / 2 (up to rounding)
+    assert -1e-14 * tau <= result.exploitability <= 0.5 * tau * result.residual**2 + 1e-14 * tau
     # The certificate (tau/2) ||pi - pi*||_1^2 <= g(pi) holds for arbitrary pi.
     other = rng.dirichlet(np.ones(n))
     gap = exploitability(matrix, mu, tau, other)
@@ -160,10 +161,12 @@ def test_regularized_nash_reports_non_convergence():
     mu = np.array([0.98, 0.01, 0.01])
     with pytest.warns(NashConvergenceWarning, match="max_iter"):
         result = regularized_nash(matrix, mu, 1e-2, max_iter=2)
-    assert not result.converged and result.iterations == 2 and result.l1_bound > 1e-10
+    assert not result.converged and result.iterations == 2
+    assert result.residual > result.tolerance == 1e-10
+    assert issubclass(NashConvergenceWarning, UserWarning)
     # the reported bounds hold for the unconverged iterate too
     distance = np.abs(result.pi - regularized_nash(matrix, mu, 1e-2).pi).sum()
-    assert distance <= result.l1_bound
+    assert distance <= result.residual
     assert 0.5 * 1e-2 * distance**2 <= result.exploitability
 
 

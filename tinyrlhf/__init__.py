@@ -16,7 +16,12 @@ from .bradley_terry import (
     fit_bradley_terry,
 )
 from .divergences import entropy, expected_reward, kl_divergence, objective, total_variation
-from .dpo import BoundaryOptimumWarning, fit_policy_to_preferences, preference_loss
+from .dpo import (
+    BoundaryOptimumWarning,
+    PreferenceOptimizationWarning,
+    fit_policy_to_preferences,
+    preference_loss,
+)
 from .expected_training import (
     EntropyChange,
     ExpectedTrainingWarning,
@@ -92,6 +97,7 @@ __all__ = [
     "OveroptimizationCurve",
     "PipelineResult",
     "Policy",
+    "PreferenceOptimizationWarning",
     "Preferences",
     "Projection",
     "RLHFAtKL",

@@ -8,17 +8,35 @@ The lecture fits the reward by projecting the preference distribution of the tru
 On a weighted dataset of pairs ``k = (c_k, r_k, w_k)`` (chosen leaf, rejected leaf, weight)
 with margins ``Delta_k = r(c_k) - r(r_k)`` this module minimizes the convex function
 
-    L(r) = sum_k w_k softplus(-Delta_k) + (l2 / 2) ||r||^2,        softplus(x) = log(1 + e^x),
+    L(r) = sum_k w_k l(Delta_k) + (l2 / 2) ||r||^2,        l(x) = -log sigma(x) = softplus(-x),
 
-    grad L   = -sum_k w_k sigma(-Delta_k) (e_{c_k} - e_{r_k}) + l2 r,
-    hess L   =  sum_k w_k sigma(Delta_k) sigma(-Delta_k) (e_{c_k} - e_{r_k})(e_{c_k} - e_{r_k})^T
-                + l2 I,
+    grad L   = sum_k w_k l'(Delta_k) (e_{c_k} - e_{r_k}) + l2 r,
+    hess L   = sum_k w_k l''(Delta_k) (e_{c_k} - e_{r_k})(e_{c_k} - e_{r_k})^T + l2 I,
 
-a graph Laplacian of the comparison graph with edge weights ``w sigma'(Delta)``, plus
-``l2 I``. It is minimized by Newton's method (exact gradient, sparse Hessian, Armijo
-backtracking) and stops when the gradient is small in the inverse-Hessian metric: when
-the Newton step ``H^-1 grad L``, the predicted distance to the optimum, is below ``tol``
-logits on every leaf.
+with ``l'(x) = -sigma(-x)`` and ``l''(x) = sigma(x) sigma(-x)``: a graph Laplacian of the
+comparison graph with edge weights ``w l''(Delta)``, plus ``l2 I``.
+
+**One Newton for every pairwise loss.** :func:`minimize_pairwise` minimizes this function
+for any convex loss ``l`` of the margin given with ``l'`` and ``l''`` (a
+:class:`PairwiseLoss`, as choix shares one optimizer across its models):
+:func:`fit_bradley_terry` passes :data:`BRADLEY_TERRY`, and direct preference optimization
+(:mod:`tinyrlhf.dpo`) passes the IPO loss, or fits Bradley-Terry itself (DPO *is*
+Bradley-Terry on the implicit reward ``beta log(pi / pi_ref)``). The Newton step solves the
+Laplacian system by Jacobi-preconditioned conjugate gradients with sparse products (no
+dense BLAS call, so the fit does not depend on OpenBLAS threading), followed by Armijo
+backtracking.
+
+**Certificate.** The fit reports the per-leaf stationarity residual
+
+    residual = max_i |grad_i L| / (s * W_i + l2),    W_i = sum of the weights of leaf i's pairs,
+
+with ``s = sup |l'|`` (1 for Bradley-Terry): the fraction of leaf ``i``'s pull that is left
+unbalanced, scale-free, so that a leaf whose pairs all weigh 1e-30 (a completion the
+sampling policy almost never draws) is held to the same relative standard as the others.
+``converged`` is ``residual <= tol``. A test on ``max |grad L|`` would pass at once on such a
+leaf whatever its reward; one on the Newton step alone passes when the leaf's curvature
+``w l''`` underflows (its step is then its tiny gradient). After the residual is met the
+iteration continues while full Newton steps keep shrinking, to ``max |step| <= tol``.
 
 Identifiability. ``L`` only sees differences of rewards that are compared, so with
 ``l2 = 0`` adding a constant to every reward of one connected component of the comparison
@@ -49,15 +67,15 @@ from __future__ import annotations
 
 import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sparse
 from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import cg
 from scipy.special import expit, log_expit
 
-from .preferences import Preferences
+from .preferences import Preferences, preference_probability
 from .tree import TokenTree
 from .validation import check_leaf_array, check_positive_int, check_tree
 
@@ -72,23 +90,87 @@ from .validation import check_leaf_array, check_positive_int, check_tree
 #: pipeline (``tinyrlhf pipeline``) it gave the smallest regret at every dataset size among
 #: ``l2`` in {1e-3, 1e-2, 1e-1, 1}. ``l2 = 0`` is the exact MLE, when it exists.
 DEFAULT_L2 = 1.0
-#: Default tolerance, in logits: stop after a full Newton step ``d = -H^-1 grad L`` with
-#: ``max |d| <= tol``. The test is on the gradient measured by the inverse Hessian, i.e. on
-#: the predicted distance to the optimum of every reward; a test on ``max |grad L|`` alone
-#: would stop early (by orders of magnitude in ``r``) wherever the curvature is small, as
-#: for leaves whose pairs are nearly always won (``w sigma'(Delta) ~ w e^{-|Delta|}``).
-#: After that step the error is of order ``tol**2`` (quadratic convergence), but never
-#: below rounding: groups of leaves joined only by pairs ``Delta`` logits apart are
-#: determined to about ``eps * e^|Delta|`` (``1e-8`` at ``|Delta| = 18``).
+#: Default tolerance of the per-leaf stationarity residual (module docstring): converged when
+#: every leaf's gradient is at most ``1e-8`` of its pairs' total weight. The iteration then
+#: goes on while full Newton steps keep shrinking, down to ``max |step| <= tol`` logits (the
+#: error after such a step is of order ``tol**2``), but never below rounding: groups of
+#: leaves joined only by pairs ``Delta`` logits apart are determined to about
+#: ``eps * e^|Delta|`` (``1e-8`` at ``|Delta| = 18``).
 DEFAULT_TOL = 1e-8
 #: Armijo sufficient-decrease constant of the backtracking line search.
 ARMIJO = 1e-4
 #: Relative change of ``L`` below which it is rounding noise (64 float64 ulps); the line
-#: search then accepts a step that reduces the gradient instead.
+#: search then accepts a step that reduces the residual instead (the objective cannot see
+#: leaves whose pairs weigh less than ``1e-14`` of the total; their residual can).
 ROUNDING = 64 * np.finfo(np.float64).eps
-#: The line search gives up below this step length (the objective no longer decreases in
-#: floating point).
+#: The line search gives up below this step length (no representable progress).
 MIN_STEP = 2.0**-40
+#: Cap on conjugate-gradient iterations per Newton step (CG ends in ``m`` steps in exact
+#: arithmetic; on random comparison graphs it needs a few dozen).
+CG_MAX_ITER = 1000
+#: Tightest relative accuracy asked of a CG solve (the forcing term's floor).
+CG_MIN_FORCING = 1e-12
+
+
+@dataclass(frozen=True)
+class PairwiseLoss:
+    """A convex loss ``l(x)`` of the margin ``x = r(c) - r(r)`` with its derivatives.
+
+    Attributes:
+        name: a label.
+        value: ``l(x)``, elementwise.
+        slope: ``l'(x)``.
+        curvature: ``l''(x) >= 0``.
+        slope_scale: ``s`` in the residual ``max_i |grad_i| / (s W_i + l2)``: the typical
+            size of ``|l'|`` (``sup |l'|`` for bounded slopes).
+    """
+
+    name: str
+    value: Callable[[np.ndarray], np.ndarray]
+    slope: Callable[[np.ndarray], np.ndarray]
+    curvature: Callable[[np.ndarray], np.ndarray]
+    slope_scale: float
+
+
+def _bt_slope(margin: np.ndarray) -> np.ndarray:
+    # l'(Delta) = -sigma(-Delta) = -P(rejected beats chosen)
+    return -preference_probability(-margin, 0.0)
+
+
+def _bt_curvature(margin: np.ndarray) -> np.ndarray:
+    # l''(Delta) = sigma(Delta) sigma(-Delta)
+    return expit(margin) * expit(-margin)
+
+
+#: The Bradley-Terry loss ``l(x) = -log sigma(x)`` (``softplus(-x)``, exact for every x).
+BRADLEY_TERRY = PairwiseLoss(
+    "bradley_terry", lambda x: -log_expit(x), _bt_slope, _bt_curvature, 1.0
+)
+
+
+@dataclass(frozen=True, eq=False)
+class PairwiseFit:
+    """The result of :func:`minimize_pairwise`.
+
+    Attributes:
+        reward: ``(n_leaves,)`` the minimizer ``r``; zero mean on every connected component
+            of the comparison graph, 0 on leaves never compared.
+        residual: ``max_i |grad_i L| / (s W_i + l2)`` over compared leaves (module
+            docstring): the per-leaf stationarity residual.
+        tolerance: the ``tol`` it is compared with.
+        converged: ``residual <= tolerance``.
+        n_iter: Newton steps taken.
+        newton_step: ``max |d|`` of the last Newton step ``d = -H^-1 grad L`` computed.
+        grad_norm: ``max |grad L|`` at ``reward``.
+    """
+
+    reward: np.ndarray
+    residual: float
+    tolerance: float
+    converged: bool
+    n_iter: int
+    newton_step: float
+    grad_norm: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,11 +183,15 @@ class BradleyTerryFit:
         nll: ``sum_k w_k softplus(-(r_hat(c_k) - r_hat(r_k)))`` at the fit (no penalty).
         objective: ``nll + (l2 / 2) ||r_hat||^2``, the minimized value.
         l2: the ridge coefficient used.
-        converged: the gradient test was met.
+        residual: the per-leaf stationarity residual ``max_i |grad_i L| / (W_i + l2)``,
+            ``W_i`` the total weight of leaf ``i``'s pairs (module docstring): the largest
+            fraction of a leaf's pull left unbalanced at the fit.
+        tolerance: the ``tol`` the residual is compared with.
+        converged: ``residual <= tolerance``.
         n_iter: Newton steps taken.
         grad_norm: ``max |grad L|`` at the fit.
         newton_step: ``max |d|`` of the last Newton step ``d = -H^-1 grad L``: the predicted
-            distance of the previous iterate to the optimum (the stopping test).
+            distance of the previous iterate to the optimum.
         component: ``(n_leaves,)`` int64 label ``0..n_components-1`` of each leaf's
             connected component of the comparison graph; ``-1`` for leaves never compared.
         n_components: number of connected components among compared leaves.
@@ -121,6 +207,8 @@ class BradleyTerryFit:
     nll: float
     objective: float
     l2: float
+    residual: float
+    tolerance: float
     converged: bool
     n_iter: int
     grad_norm: float
@@ -131,11 +219,6 @@ class BradleyTerryFit:
     mle_exists: bool
     n_pairs: int
     wall_time: float
-
-    @property
-    def r_hat(self) -> np.ndarray:
-        """Alias of :attr:`reward` in the lecture's notation."""
-        return self.reward
 
     @property
     def components(self) -> tuple[np.ndarray, ...]:
@@ -150,9 +233,9 @@ class BradleyTerryFit:
     def __repr__(self) -> str:
         return (
             f"BradleyTerryFit(n_pairs={self.n_pairs}, l2={self.l2:g}, nll={self.nll:.10g}, "
-            f"converged={self.converged}, n_iter={self.n_iter}, "
-            f"grad_norm={self.grad_norm:.2e}, newton_step={self.newton_step:.2e}, components={self.n_components}, "
-            f"never_compared={self.never_compared.size}, mle_exists={self.mle_exists})"
+            f"converged={self.converged}, residual={self.residual:.2e}, n_iter={self.n_iter}, "
+            f"components={self.n_components}, never_compared={self.never_compared.size}, "
+            f"mle_exists={self.mle_exists})"
         )
 
 
@@ -173,7 +256,9 @@ def bradley_terry_nll(
     """
     chosen, rejected, weight = _pairs(tree, prefs)
     reward = check_leaf_array(tree, reward, "reward")
-    return _objective(reward[chosen] - reward[rejected], weight, reward, _check_l2(l2))
+    return _objective(
+        BRADLEY_TERRY, reward[chosen] - reward[rejected], weight, reward, _check_l2(l2)
+    )
 
 
 def bradley_terry_gradient(
@@ -182,7 +267,7 @@ def bradley_terry_gradient(
     """``grad L(r) = -sum_k w_k sigma(-Delta_k) (e_{c_k} - e_{r_k}) + l2 r``, ``(n_leaves,)``."""
     chosen, rejected, weight = _pairs(tree, prefs)
     reward = check_leaf_array(tree, reward, "reward")
-    return _gradient(chosen, rejected, weight, reward, _check_l2(l2))
+    return _gradient(BRADLEY_TERRY, chosen, rejected, weight, reward, _check_l2(l2))
 
 
 def bradley_terry_hessian(
@@ -196,8 +281,7 @@ def bradley_terry_hessian(
     chosen, rejected, weight = _pairs(tree, prefs)
     reward = check_leaf_array(tree, reward, "reward")
     l2 = _check_l2(l2)
-    margin = reward[chosen] - reward[rejected]
-    curvature = weight * expit(margin) * expit(-margin)  # w sigma'(Delta), (n,)
+    curvature = weight * _bt_curvature(reward[chosen] - reward[rejected])  # w sigma'(Delta), (n,)
     n = tree.n_leaves
     off_diagonal = sparse.coo_array((-curvature, (chosen, rejected)), shape=(n, n))
     degree = np.bincount(chosen, curvature, minlength=n) + np.bincount(
@@ -219,13 +303,10 @@ def fit_bradley_terry(
 ) -> BradleyTerryFit:
     """Fit ``r_hat = argmin_r sum_k w_k softplus(-(r(c_k) - r(r_k))) + (l2 / 2) ||r||^2``.
 
-    Newton's method on the leaves that were compared: the step solves
-    ``hess L(r) d = -grad L(r)`` by Jacobi-preconditioned conjugate gradients, to the relative
-    accuracy ``min(1/2, sqrt(|grad| / |grad_0|))`` (an Eisenstat-Walker forcing term: loose
-    far away, tight near the optimum, so convergence stays superlinear), followed by Armijo
-    backtracking; it stops after a full step ``d`` with ``max |d| <= tol``. See the module
-    docstring for the function, its derivatives and the identifiability conventions of the
-    result.
+    :func:`minimize_pairwise` with the loss :data:`BRADLEY_TERRY`: Newton's method with
+    Jacobi-preconditioned conjugate gradients and Armijo backtracking, certified by the
+    per-leaf stationarity residual (module docstring, which also gives the function, its
+    derivatives and the identifiability conventions of the result).
 
     Args:
         tree: the token tree.
@@ -233,8 +314,7 @@ def fit_bradley_terry(
         l2: ridge coefficient ``>= 0`` (default :data:`DEFAULT_L2`: a standard-normal prior
             on each reward). ``l2 = 0`` computes the maximum-likelihood estimate
             and requires it to exist.
-        tol: stop after a full Newton step ``d`` with ``max |d| <= tol`` (in logits; see
-            :data:`DEFAULT_TOL`).
+        tol: tolerance of the residual (see :data:`DEFAULT_TOL`), in (0, 1).
         max_iter: the largest number of Newton steps.
 
     Returns:
@@ -248,47 +328,26 @@ def fit_bradley_terry(
     start = time.perf_counter()
     chosen, rejected, weight = _pairs(tree, prefs)
     l2 = _check_l2(l2)
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
-        raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
+    tol = _check_tol(tol)
     max_iter = check_positive_int(max_iter, "max_iter")
     graph = _comparison_graph(tree.n_leaves, chosen, rejected, weight)
     if l2 == 0 and not graph.mle_exists:
         raise ValueError(_no_mle_message(tree, graph))
-
-    # The informative pairs, on the compared leaves renumbered 0..m-1. Ties (c = r) have a
-    # constant term w log 2 and no gradient; zero weights contribute nothing. Repeats of an
-    # ordered pair (c, r) are merged by adding their weights: L depends on the data only
-    # through the total weight of each ordered pair (on small trees most pairs repeat).
-    informative = (weight > 0) & (chosen != rejected)
-    m = graph.compared.size
-    compact = np.full(tree.n_leaves, -1, dtype=np.int64)
-    compact[graph.compared] = np.arange(m)
-    keys, pair_of = np.unique(
-        compact[chosen[informative]] * m + compact[rejected[informative]], return_inverse=True
+    fit = minimize_pairwise(
+        tree.n_leaves, chosen, rejected, weight, BRADLEY_TERRY, l2=l2, tol=tol, max_iter=max_iter
     )
-    newton = _newton(
-        keys // m,
-        keys % m,
-        np.bincount(pair_of, weight[informative], minlength=keys.size),
-        graph.component[graph.compared],
-        graph.n_components,
-        l2,
-        tol,
-        max_iter,
-    )
-    reward = np.zeros(tree.n_leaves)
-    reward[graph.compared] = newton.reward
-    grad_norm = float(np.abs(_gradient(chosen, rejected, weight, reward, l2)).max(initial=0.0))
-    margin = reward[chosen] - reward[rejected]
+    margin = fit.reward[chosen] - fit.reward[rejected]
     return BradleyTerryFit(
-        reward=_read_only(reward),
-        nll=_objective(margin, weight, reward, 0.0),
-        objective=_objective(margin, weight, reward, l2),
+        reward=fit.reward,
+        nll=_objective(BRADLEY_TERRY, margin, weight, fit.reward, 0.0),
+        objective=_objective(BRADLEY_TERRY, margin, weight, fit.reward, l2),
         l2=l2,
-        converged=newton.converged,
-        n_iter=newton.n_iter,
-        grad_norm=grad_norm,
-        newton_step=newton.step_norm,
+        residual=fit.residual,
+        tolerance=tol,
+        converged=fit.converged,
+        n_iter=fit.n_iter,
+        grad_norm=fit.grad_norm,
+        newton_step=fit.newton_step,
         component=_read_only(graph.component),
         n_components=graph.n_components,
         never_compared=_read_only(np.flatnonzero(graph.component < 0)),
@@ -298,142 +357,276 @@ def fit_bradley_terry(
     )
 
 
-@dataclass(frozen=True)
-class _NewtonResult:
-    reward: np.ndarray
-    converged: bool
-    n_iter: int
-    step_norm: float
-
-
-def _newton(
+# -------------------------------------------------------------------- the shared Newton
+def minimize_pairwise(
+    n_leaves: int,
     chosen: np.ndarray,
     rejected: np.ndarray,
     weight: np.ndarray,
-    component: np.ndarray,
-    n_components: int,
+    loss: PairwiseLoss,
+    *,
     l2: float,
-    tol: float,
-    max_iter: int,
-) -> _NewtonResult:
-    """Minimize ``L`` over the ``m`` compared leaves (compact indices, no ties, ``w > 0``).
+    tol: float = DEFAULT_TOL,
+    max_iter: int = 100,
+) -> PairwiseFit:
+    """Minimize ``L(r) = sum_k w_k l(r(c_k) - r(r_k)) + (l2 / 2) ||r||^2`` by Newton's method.
 
-    Linear algebra. The Newton system ``(L_s + l2 I) d = -g`` has the sparsity of the
-    comparison graph. It is solved by conjugate gradients preconditioned with the diagonal
-    (the weighted degrees): a random comparison graph is an expander, whose degree-normalized
-    Laplacian has a spectral gap bounded away from 0, so Jacobi-PCG needs a few dozen
-    products with a matrix of ``m + 2 * (number of distinct pairs)`` entries, whatever ``m``.
-    Factorizations do badly on exactly these graphs: an expander has no small separators,
-    so a sparse Cholesky/LU fills in to nearly dense. Measured on 4096 leaves and 1e5 random
-    comparisons (2 shared cores): one Newton system takes 0.016 s by Jacobi-PCG to a
-    relative residual of 1e-10, 3.4 s by dense Cholesky, 11.6 s by SuperLU
-    (``scipy.sparse.linalg.spsolve``); the whole fit takes about 0.3 s (10 Newton steps,
-    ``benchmarks/bradley_terry.py``). The issue's prototype found the same order: 0.4 s
-    for the PCG fit, about 11 s with dense Cholesky, about 90 s with a sparse direct
-    solver.
+    The solver shared by :func:`fit_bradley_terry` and :mod:`tinyrlhf.dpo` (module
+    docstring). Ties (``c = r``) and zero weights carry no information and are dropped;
+    repeats of an ordered pair are merged by adding their weights (``L`` depends on the data
+    only through them). The minimizer must exist (``l2 > 0``, or ``l`` bounded below with a
+    minimizer on every component: callers check).
 
-    The zero-mean subspace. ``L_s`` annihilates the indicator ``1_C`` of every component
-    (adding a constant to a component changes no margin), so with ``l2 = 0`` the Hessian is
-    singular. The iteration therefore runs in the subspace of rewards with zero mean on
-    every component, which holds the optimum for every ``l2 >= 0``: for ``l2 = 0`` by
-    convention, for ``l2 > 0`` because the penalty is the only term that sees the means.
-    ``L_s + l2 I`` maps the subspace into itself and is positive definite on it when the
-    MLE exists (each component is connected by positive edge weights) or ``l2 > 0``. The
-    gradient is centered (it is centered in exact arithmetic; centering removes the
-    rounding of its sums), so the system is consistent; CG from 0 on the Jacobi-scaled
-    system ``D^-1/2 H D^-1/2`` stays in its range, and the step is centered again. Without
-    this the step along ``1_C`` would be rounding noise divided by ``l2``: with a small
-    ``l2`` it would never pass the stopping test.
+    Args:
+        n_leaves: number of leaves; indices are in ``0..n_leaves-1``.
+        chosen, rejected: ``(n,)`` int leaf indices of each pair.
+        weight: ``(n,)`` weights ``>= 0``.
+        loss: the loss ``l`` with ``l'`` and ``l''``.
+        l2: ridge coefficient ``>= 0``.
+        tol: tolerance of the residual, in (0, 1).
+        max_iter: the largest number of Newton steps.
+
+    Returns:
+        :class:`PairwiseFit`; ``.reward`` is ``(n_leaves,)``, read-only.
     """
-    m = component.shape[0]
-    if m == 0:
-        return _NewtonResult(np.zeros(0), True, 0, 0.0)
-    component_size = np.bincount(component, minlength=n_components)
+    informative = (weight > 0) & (chosen != rejected)
+    compared = np.unique(np.concatenate([chosen[informative], rejected[informative]]))
+    m = compared.size
+    compact = np.full(n_leaves, -1, dtype=np.int64)
+    compact[compared] = np.arange(m)
+    keys, pair_of = np.unique(
+        compact[chosen[informative]] * m + compact[rejected[informative]], return_inverse=True
+    )
+    merged_weight = np.bincount(pair_of, weight[informative], minlength=keys.size)
+    problem = _Problem(keys // m, keys % m, merged_weight, m, loss, l2)
+    fit = _newton(problem, tol, max_iter)
+    reward = np.zeros(n_leaves)
+    reward[compared] = fit.reward
+    return PairwiseFit(
+        reward=_read_only(reward),
+        residual=fit.residual,
+        tolerance=tol,
+        converged=fit.converged,
+        n_iter=fit.n_iter,
+        newton_step=fit.newton_step,
+        grad_norm=fit.grad_norm,
+    )
 
-    def center(values: np.ndarray) -> np.ndarray:  # subtract each component's mean
+
+class _Problem:
+    """``L`` on the ``m`` compared leaves (compact indices, no ties, distinct pairs, ``w > 0``).
+
+    Holds the comparison graph's components, the residual's denominators ``s W_i + l2`` and
+    the sparsity pattern of the Hessian, laid out once in CSR order: one off-diagonal entry
+    per distinct edge ``{u, v}`` and its transpose, plus the diagonal.
+    """
+
+    def __init__(
+        self,
+        chosen: np.ndarray,
+        rejected: np.ndarray,
+        weight: np.ndarray,
+        m: int,
+        loss: PairwiseLoss,
+        l2: float,
+    ) -> None:
+        self.chosen, self.rejected, self.weight, self.m = chosen, rejected, weight, m
+        self.loss, self.l2 = loss, l2
+        graph = sparse.csr_array((np.ones(chosen.size), (chosen, rejected)), shape=(m, m))
+        self.n_components, self.component = connected_components(graph, directed=False)
+        self.size = np.bincount(self.component, minlength=self.n_components)
+        pair_weight = np.bincount(chosen, weight, minlength=m) + np.bincount(
+            rejected, weight, minlength=m
+        )  # W_i: (m,)
+        self.scale = loss.slope_scale * pair_weight + l2  # residual denominators: (m,)
+        low, high = np.minimum(chosen, rejected), np.maximum(chosen, rejected)
+        edges, self.edge_of_pair = np.unique(low * m + high, return_inverse=True)  # (E,), (n,)
+        self.edge_u, self.edge_v = edges // m, edges % m
+        rows = np.concatenate([self.edge_u, self.edge_v, np.arange(m)])  # (2E + m,)
+        cols = np.concatenate([self.edge_v, self.edge_u, np.arange(m)])
+        self.csr_order = np.lexsort((cols, rows))
+        self.indices = cols[self.csr_order]
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))])
+
+    def margin(self, reward: np.ndarray) -> np.ndarray:  # Delta_k = r(c_k) - r(r_k): (n,)
+        return reward[self.chosen] - reward[self.rejected]
+
+    def objective(self, reward: np.ndarray, margin: np.ndarray) -> float:
+        return _objective(self.loss, margin, self.weight, reward, self.l2)
+
+    def gradient(self, reward: np.ndarray, margin: np.ndarray) -> np.ndarray:
+        pull = self.weight * self.loss.slope(margin)  # w_k l'(Delta_k): (n,)
         return (
-            values
-            - (np.bincount(component, values, minlength=n_components) / component_size)[component]
+            np.bincount(self.chosen, pull, minlength=self.m)
+            - np.bincount(self.rejected, pull, minlength=self.m)
+            + self.l2 * reward
         )
 
-    # Fixed sparsity pattern of the Laplacian: one off-diagonal pair per distinct edge
-    # {u, v} (u < v) and its transpose, plus the diagonal, laid out once in CSR order.
-    low = np.minimum(chosen, rejected)
-    high = np.maximum(chosen, rejected)
-    edges, edge_of_pair = np.unique(low * m + high, return_inverse=True)  # (E,), (n,)
-    edge_u, edge_v = edges // m, edges % m
-    rows = np.concatenate([edge_u, edge_v, np.arange(m)])  # (2E + m,)
-    cols = np.concatenate([edge_v, edge_u, np.arange(m)])
-    csr_order = np.lexsort((cols, rows))
-    indices = cols[csr_order]
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))])
+    def residual(self, gradient: np.ndarray) -> float:  # max_i |grad_i| / (s W_i + l2)
+        return float(np.max(np.abs(gradient) / self.scale))
 
-    def hessian(curvature: np.ndarray) -> tuple[sparse.csr_array, np.ndarray]:
-        edge_weight = np.bincount(edge_of_pair, curvature, minlength=edges.size)  # (E,)
+    def hessian(self, margin: np.ndarray) -> tuple[sparse.csr_array, np.ndarray]:
+        """The Laplacian with edge weights ``w l''(Delta)``, plus ``l2 I``, and its diagonal."""
+        curvature = self.weight * self.loss.curvature(margin)  # (n,)
+        edge_weight = np.bincount(self.edge_of_pair, curvature, minlength=self.edge_u.size)
         diagonal = (
-            np.bincount(edge_u, edge_weight, minlength=m)
-            + np.bincount(edge_v, edge_weight, minlength=m)
-            + l2
+            np.bincount(self.edge_u, edge_weight, minlength=self.m)
+            + np.bincount(self.edge_v, edge_weight, minlength=self.m)
+            + self.l2
         )
-        data = np.concatenate([-edge_weight, -edge_weight, diagonal])[csr_order]
-        return sparse.csr_array((data, indices, indptr), shape=(m, m)), diagonal
+        data = np.concatenate([-edge_weight, -edge_weight, diagonal])[self.csr_order]
+        matrix = sparse.csr_array((data, self.indices, self.indptr), shape=(self.m, self.m))
+        return matrix, diagonal
 
-    reward = np.zeros(m)
-    margin = np.zeros(chosen.shape[0])
-    value = _objective(margin, weight, reward, l2)
-    gradient = center(_gradient(chosen, rejected, weight, reward, l2))  # (m,)
-    grad_norm = first_norm = float(np.abs(gradient).max())
-    converged = False
-    n_iter = 0
-    step_norm = np.inf
-    while n_iter < max_iter:
-        if grad_norm == 0:  # stationary already (e.g. a balanced cycle at r = 0)
-            converged, step_norm = True, 0.0
+    def center(self, values: np.ndarray) -> np.ndarray:
+        """Subtract each component's mean (a constant per component changes no margin)."""
+        means = np.bincount(self.component, values, minlength=self.n_components) / self.size
+        return values - means[self.component]
+
+    def consistent(self, gradient: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+        """Remove the rounding of ``sum_C grad`` (0 in exact arithmetic on every component C
+        for a centered ``r``), in proportion to each leaf's curvature ``diagonal``: the
+        Newton system is then consistent, and a leaf whose gradient is 1e-26 keeps it
+        (subtracting the plain mean, rounding of order 1e-18, would swamp it)."""
+        total = np.bincount(self.component, gradient, minlength=self.n_components)
+        mass = np.bincount(self.component, diagonal, minlength=self.n_components)
+        share = np.divide(total, mass, out=np.zeros_like(total), where=mass > 0)
+        return gradient - diagonal * share[self.component]
+
+
+@dataclass(frozen=True)
+class _NewtonResult:
+    reward: np.ndarray
+    residual: float
+    converged: bool
+    n_iter: int
+    newton_step: float
+    grad_norm: float
+
+
+def _newton(problem: _Problem, tol: float, max_iter: int) -> _NewtonResult:
+    """Damped Newton on :class:`_Problem`, in the subspace of rewards with zero mean on every
+    component (it holds the optimum for every ``l2 >= 0``: module docstring).
+
+    Stops when the residual is ``<= tol`` after a full Newton step of at most ``tol``, or when
+    no step decreases ``L`` (or, once ``L`` is flat to rounding, the residual), or after
+    ``max_iter`` steps.
+    """
+    reward = np.zeros(problem.m)
+    margin = problem.margin(reward)
+    value = problem.objective(reward, margin)
+    gradient = problem.gradient(reward, margin)
+    residual = first_residual = problem.residual(gradient) if problem.m else 0.0
+    n_iter, step_norm = 0, 0.0
+    while n_iter < max_iter and residual > 0:
+        forcing = min(0.5, max(np.sqrt(residual / first_residual), CG_MIN_FORCING))
+        step = _newton_direction(problem, margin, gradient, forcing)
+        step_norm = float(np.max(np.abs(step)))
+        # <grad, d> < 0 in exact arithmetic; near the optimum its computed value is rounding
+        # (a leaf's gradient of 1e-26 is lost in the sum): Armijo then asks for no increase
+        slope = min(_dot(gradient, step), 0.0)
+        accepted = _line_search(problem, reward, value, residual, step, slope)
+        if accepted is None:
             break
-        curvature = weight * expit(margin) * expit(-margin)  # w sigma'(Delta)
-        matrix, diagonal = hessian(curvature)
-        # Jacobi preconditioner D^-1; a zero diagonal needs every sigma' of a leaf to
-        # underflow (|Delta| > 745) and then the identity stands in for it.
-        inverse_diagonal = np.divide(1.0, diagonal, out=np.ones(m), where=diagonal > 0)
-        forcing = min(0.5, np.sqrt(grad_norm / first_norm))
-        step, _ = cg(matrix, -gradient, rtol=forcing, M=sparse.diags_array(inverse_diagonal))
-        step = center(step)  # stay in the zero-mean subspace (see the docstring)
-        slope = float(gradient @ step)
-        if not slope < 0:  # CG lost descent to rounding: preconditioned steepest descent
-            step = center(-gradient * inverse_diagonal)
-            slope = float(gradient @ step)
-        step_norm = float(np.abs(step).max())  # max |H^-1 grad|: predicted distance to r_hat
-        length = 1.0
-        while True:  # backtracking line search
-            trial = reward + length * step
-            trial_margin = trial[chosen] - trial[rejected]
-            trial_value = _objective(trial_margin, weight, trial, l2)
-            # Armijo: L(r + t d) <= L(r) + c t <grad, d>
-            if trial_value <= value + ARMIJO * length * slope:
-                trial_gradient = center(_gradient(chosen, rejected, weight, trial, l2))
-                break
-            # Near the optimum the decrease can fall below the rounding of L: then accept a
-            # step that leaves L unchanged to rounding and shrinks the gradient.
-            if trial_value <= value + ROUNDING * abs(value):
-                trial_gradient = center(_gradient(chosen, rejected, weight, trial, l2))
-                if np.abs(trial_gradient).max() < grad_norm:
-                    break
-            length /= 2
-            if length < MIN_STEP:
-                break
-        if length < MIN_STEP:  # no representable progress: stop where we are
-            break
+        reward, margin, value, gradient, length = accepted
+        residual = problem.residual(gradient)
         n_iter += 1
-        reward, margin, value, gradient = trial, trial_margin, trial_value, trial_gradient
-        grad_norm = float(np.abs(gradient).max())
-        if step_norm <= tol and length == 1.0:
-            converged = True
+        if residual <= tol and step_norm <= tol and length == 1.0:
             break
-    # the iterates are centered already; this removes the rounding of the sums
-    return _NewtonResult(center(reward), converged, n_iter, step_norm)
+    return _NewtonResult(
+        reward=problem.center(reward) if problem.l2 == 0 else reward,
+        residual=residual,
+        converged=residual <= tol,
+        n_iter=n_iter,
+        newton_step=step_norm,
+        grad_norm=float(np.max(np.abs(gradient), initial=0.0)),
+    )
+
+
+def _newton_direction(
+    problem: _Problem, margin: np.ndarray, gradient: np.ndarray, forcing: float
+) -> np.ndarray:
+    """The Newton step ``d = -H^-1 grad L``, centered on every component.
+
+    ``H`` is singular along the constant of each component when ``l2 = 0`` (and nearly so for
+    a small ``l2``); the right-hand side is made consistent (:meth:`_Problem.consistent`),
+    Jacobi-preconditioned CG from 0 stays in the range, and the step is centered.
+    """
+    matrix, diagonal = problem.hessian(margin)
+    # Jacobi preconditioner D^-1; a zero diagonal needs every l'' of a leaf to underflow,
+    # and then the identity stands in for it.
+    inverse_diagonal = np.divide(1.0, diagonal, out=np.ones(problem.m), where=diagonal > 0)
+    rhs = -problem.consistent(gradient, diagonal)
+    return problem.center(_pcg(matrix, rhs, inverse_diagonal, forcing))
+
+
+def _pcg(
+    matrix: sparse.csr_array, rhs: np.ndarray, inverse_diagonal: np.ndarray, forcing: float
+) -> np.ndarray:
+    """Jacobi-preconditioned conjugate gradients for ``matrix x = rhs`` from ``x = 0``.
+
+    Stops when the preconditioned residual ``D^-1 (rhs - matrix x)`` is at most ``forcing``
+    times its initial value in the max norm: ``(D^-1 r)_i`` is leaf ``i``'s own error scale
+    (its residual over its curvature), so a leaf with 1e-30 of the weight is solved as
+    accurately as the others (a test on ``||r||_2`` would ignore it). Products are sparse and
+    inner products are ``np.sum`` of elementwise products (pairwise summation; no BLAS).
+    """
+    solution = np.zeros_like(rhs)
+    residual = rhs.copy()
+    preconditioned = inverse_diagonal * residual
+    target = forcing * float(np.max(np.abs(preconditioned)))
+    direction = preconditioned.copy()
+    rho = _dot(residual, preconditioned)
+    for _ in range(min(2 * rhs.size + 10, CG_MAX_ITER)):
+        if float(np.max(np.abs(preconditioned))) <= target:
+            break
+        product = matrix @ direction
+        curvature = _dot(direction, product)
+        if not curvature > 0:
+            break
+        length = rho / curvature
+        solution += length * direction
+        residual -= length * product
+        preconditioned = inverse_diagonal * residual
+        rho_next = _dot(residual, preconditioned)
+        direction = preconditioned + (rho_next / rho) * direction
+        rho = rho_next
+    return solution
+
+
+def _line_search(
+    problem: _Problem,
+    reward: np.ndarray,
+    value: float,
+    residual: float,
+    step: np.ndarray,
+    slope: float,
+) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float] | None:
+    """Backtracking from the full step: Armijo ``L(r + t d) <= L(r) + c t <grad, d>``, or, when
+    ``L`` is unchanged to rounding, a smaller residual. None if no step length passes."""
+    length = 1.0
+    while length >= MIN_STEP:
+        trial = reward + length * step
+        if problem.l2 > 0:
+            trial = problem.center(trial)  # the optimum has zero mean per component
+        trial_margin = problem.margin(trial)
+        trial_value = problem.objective(trial, trial_margin)
+        if trial_value <= value + ARMIJO * length * slope:
+            return trial, trial_margin, trial_value, problem.gradient(trial, trial_margin), length
+        if trial_value <= value + ROUNDING * abs(value):
+            trial_gradient = problem.gradient(trial, trial_margin)
+            if problem.residual(trial_gradient) < residual:
+                return trial, trial_margin, trial_value, trial_gradient, length
+        length /= 2
+    return None
 
 
 # ---------------------------------------------------------------------------- helpers
+def _dot(first: np.ndarray, second: np.ndarray) -> float:
+    # pairwise summation of the products; np.dot would call a (possibly threaded) BLAS ddot
+    return float(np.sum(first * second))
+
+
 def _pairs(tree: TokenTree, prefs: Preferences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tree = check_tree(tree)
     if not isinstance(prefs, Preferences):
@@ -451,19 +644,32 @@ def _check_l2(l2: object) -> float:
     return value
 
 
-def _objective(margin: np.ndarray, weight: np.ndarray, reward: np.ndarray, l2: float) -> float:
-    # softplus(-Delta) = -log sigma(Delta), exact for every Delta
-    return float(-(weight @ log_expit(margin)) + 0.5 * l2 * (reward @ reward))
+def _check_tol(tol: object) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
+        raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
+    return float(tol)
+
+
+def _objective(
+    loss: PairwiseLoss, margin: np.ndarray, weight: np.ndarray, reward: np.ndarray, l2: float
+) -> float:
+    # sum_k w_k l(Delta_k) + (l2 / 2) ||r||^2
+    return float(np.sum(weight * loss.value(margin)) + 0.5 * l2 * np.sum(reward * reward))
 
 
 def _gradient(
-    chosen: np.ndarray, rejected: np.ndarray, weight: np.ndarray, reward: np.ndarray, l2: float
+    loss: PairwiseLoss,
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    weight: np.ndarray,
+    reward: np.ndarray,
+    l2: float,
 ) -> np.ndarray:
     m = reward.shape[0]
-    pull = weight * expit(-(reward[chosen] - reward[rejected]))  # w sigma(-Delta), (n,)
+    pull = weight * loss.slope(reward[chosen] - reward[rejected])  # w l'(Delta), (n,)
     return (
-        np.bincount(rejected, pull, minlength=m)
-        - np.bincount(chosen, pull, minlength=m)
+        np.bincount(chosen, pull, minlength=m)
+        - np.bincount(rejected, pull, minlength=m)
         + l2 * reward
     )
 
@@ -477,6 +683,7 @@ class _Graph:
     n_components: int
     strong: np.ndarray  # (n_leaves,) strongly connected component of the win graph
     mle_exists: bool
+    dominated: np.ndarray  # sorted leaves whose strong component loses to another one
 
 
 def _comparison_graph(
@@ -500,7 +707,12 @@ def _comparison_graph(
     component[compared] = inverse
     # Strong components refine weak ones; equal counts <=> each weak one is strongly connected.
     mle_exists = np.unique(strong[compared]).size == labels.size
-    return _Graph(winner, loser, compared, component, int(labels.size), strong, bool(mle_exists))
+    # a strong component with an arc into it from another one loses to a group it never beats
+    cross = strong[winner] != strong[loser]
+    dominated = compared[np.isin(strong[compared], strong[loser[cross]])]
+    return _Graph(
+        winner, loser, compared, component, int(labels.size), strong, bool(mle_exists), dominated
+    )
 
 
 def _no_mle_message(tree: TokenTree, graph: _Graph) -> str:

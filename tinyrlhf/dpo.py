@@ -18,20 +18,19 @@ can produce: ``log pi(y) = log pi_ref(y) + u(y) - log sum_y' pi_ref(y') e^{u(y')
 logits ``u`` (``-inf`` where ``pi_ref(y) = 0``). The normalizer cancels in ``h``, so
 ``h = u(y_c) - u(y_r)``: every loss is a convex function of differences of ``u``, and the
 optimum's policy is ``pi ∝ pi_ref e^u``, i.e. :func:`~tinyrlhf.closed_form` under the
-*implicit reward* ``beta u`` (whose subtree sums give the autoregressive policy). The penalty
-``l2 > 0`` adds ``(l2 / 2) ||beta u||^2``, a ridge on the implicit reward.
+*implicit reward* ``r = beta u`` (whose subtree sums give the autoregressive policy). The
+penalty ``l2 > 0`` adds ``(l2 / 2) ||beta u||^2 = (l2 / 2) ||r||^2``, a ridge on ``r``. In
+``r`` the three losses are ``l(Delta)`` of the margin ``Delta = r(y_c) - r(y_r)``:
+``-log sigma(Delta)``, ``(Delta - 1/2)^2 / beta^2`` and ``max(0, 1 - Delta)``.
 
-**DPO = Bradley-Terry + RLHF.** With ``r = beta u`` the DPO objective is exactly the
-Bradley-Terry objective ``sum_k w_k softplus(-(r(y_c) - r(y_r))) + (l2 / 2) ||r||^2`` of
-:func:`~tinyrlhf.fit_bradley_terry`, so ``pi_DPO = closed_form(pi_ref, r_hat_BT, beta)``:
-DPO computes the RLHF optimum under the fitted reward. In particular, for the population of
-comparisons of a Bradley-Terry reward ``r`` over all pairs (weights ``q(y, y')
-sigma(r(y) - r(y'))``, :func:`~tinyrlhf.population_preferences`), the loss of a pair
-``{y, y'}`` is the cross-entropy between Bernoulli(``sigma(r(y) - r(y'))``) and
-Bernoulli(``sigma(beta (u(y) - u(y')))``), minimized exactly when
-``beta (u(y) - u(y')) = r(y) - r(y')``; all pairs being compared, ``beta u = r + const`` and
-
-    pi_DPO ∝ pi_ref exp(r / beta) = the closed form (the seed's KKT solution).
+**DPO = Bradley-Terry + RLHF, in code.** In ``r`` the DPO objective *is* the Bradley-Terry
+objective ``sum_k w_k softplus(-Delta_k) + (l2 / 2) ||r||^2``, so :func:`fit_policy_to_preferences`
+computes ``r_hat = fit_bradley_terry(prefs, l2)`` and returns ``closed_form(pi_ref, r_hat,
+beta)``, i.e. ``pi_DPO ∝ pi_ref exp(r_hat / beta)``: DPO computes the RLHF optimum under the
+fitted reward. In particular, for the population of comparisons of a Bradley-Terry reward
+``r`` over all pairs (:func:`~tinyrlhf.population_preferences`) the fit is ``r`` up to a
+constant per prompt, and ``pi_DPO`` is the closed form ``pi_ref exp(r / beta) / Z``. IPO runs
+the same Newton solver (:func:`~tinyrlhf.bradley_terry.minimize_pairwise`) with its own loss.
 
 **Identifiability.** The losses see only differences ``u(y_c) - u(y_r)``, so ``u`` is
 determined up to a constant on each connected component of the comparison graph, and not
@@ -43,19 +42,47 @@ component and is 0 on never-compared completions (the convention of
 
 **The boundary.** If, in some component, a group of completions never beats another group
 it is compared with (the directed "win graph" is not strongly connected; Ford 1957), DPO's
-loss keeps decreasing as the losers' ``u`` goes to ``-inf``: the infimum is not attained and
-DPO drives their probability to 0 whatever ``beta`` — the failure that motivated IPO
-(Azar et al. 2023, section 4.2). IPO's squared loss and the hinge have finite optima. Then
-(``loss="dpo"``, ``l2 = 0``) :func:`fit_policy_to_preferences` warns
-(:class:`BoundaryOptimumWarning`), reports ``converged=False`` and the dominated
-completions in ``info``, and returns the last iterate.
+loss (``l2 = 0``) keeps decreasing as the losers' ``u`` goes to ``-inf``: the infimum is not
+attained (the failure that motivated IPO, Azar et al. 2023, section 4.2). Its value is the
+sum over the strongly connected components ``S`` of the win graph of the Bradley-Terry
+optimum of the pairs inside ``S`` (each such fit exists: ``S`` is strongly connected), and
+every pair between two components, won by the same side every time, contributes its
+infimum 0 as the margin goes to ``+inf``. Every minimizing sequence therefore drives the
+*dominated* completions (those in a component that loses to another component) to
+probability 0, whatever ``beta``, and :func:`fit_policy_to_preferences` returns exactly that
+limit: ``u = -inf`` (probability 0) on dominated completions, and on the others the
+Bradley-Terry fit of the pairs inside their component (zero mean per component). It warns
+(:class:`BoundaryOptimumWarning`) and reports ``info["boundary"] = True`` and
+``info["dominated_leaves"]``; ``converged`` certifies the within-component fits. IPO's
+squared loss and the hinge have finite optima.
 
-Solvers: DPO and IPO by Newton's method (``scipy.optimize.minimize``, ``trust-ncg``, exact
-gradient and Hessian-vector products; IPO is quadratic, one step); the hinge with
-``l2 = 0`` as a linear program (HiGHS), with ``l2 > 0`` through its box-constrained dual
-``max_{0 <= alpha <= w} sum alpha - ||D^T alpha||^2 / (2 l2)``, ``u = D^T alpha / (l2 beta)``
-(L-BFGS-B), ``D`` the pairs-by-leaves difference matrix, polished by solving the KKT
-conditions of the active sets it reveals; converged means a duality gap below ``tol``.
+**Solvers and certificates** (``Solution.residual`` against ``Solution.tolerance``;
+``converged`` is ``residual <= tolerance``, and otherwise a
+:class:`PreferenceOptimizationWarning` is issued):
+
+- DPO and IPO: Newton's method (:func:`~tinyrlhf.bradley_terry.minimize_pairwise`); the
+  residual is the per-leaf stationarity residual ``max_i |dL/dr_i| / (s W_i + l2)``
+  (``W_i`` the weight of leaf ``i``'s pairs, ``s = 1`` for DPO, ``1 / beta^2`` for IPO), the
+  same in ``u`` (both sides scale by ``beta``).
+- hinge, ``l2 = 0``: a linear program (HiGHS). The residual is the larger of the relative
+  duality gap ``(P - 1^T alpha) / max(1, P)`` and the dual infeasibility
+  ``max |D^T alpha| / max(1, max w)`` at HiGHS's multipliers ``alpha``.
+- hinge, ``l2 > 0``: a convex quadratic program, solved exactly by a finite active-set
+  method on its box-constrained dual ``min_{0 <= alpha <= w} ||D^T alpha||^2 / (2 l2) -
+  1^T alpha``, ``r = D^T alpha / l2`` (``D`` the pairs-by-leaves difference matrix;
+  Nocedal & Wright 2006, Algorithm 16.3, with zero-curvature directions followed to a
+  bound since the dual is only semidefinite). The residual is the relative duality gap
+  ``(P(r) - (1^T alpha - ||D^T alpha||^2 / (2 l2))) / max(1, |P(r)|) >= 0``, an upper bound
+  on the relative suboptimality of ``r``.
+
+References:
+    R. Rafailov et al., "Direct preference optimization", NeurIPS 2023.
+    M. G. Azar et al., "A general theoretical paradigm to understand learning from human
+    preferences", 2023.
+    Y. Zhao et al., "SLiC-HF: sequence likelihood calibration with human feedback", 2023.
+    L. R. Ford Jr., "Solution of a ranking problem from binary comparisons", Amer. Math.
+    Monthly 64 (1957).
+    J. Nocedal and S. J. Wright, "Numerical Optimization", 2nd ed. (2006), ch. 16.
 """
 
 from __future__ import annotations
@@ -63,46 +90,62 @@ from __future__ import annotations
 import numbers
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sparse
-from scipy.optimize import linprog, minimize
-from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import LinearOperator, minres
-from scipy.special import expit, log_expit
+from scipy.optimize import linprog
+from scipy.special import expit, log_expit, logsumexp
 
+from .bradley_terry import (
+    BRADLEY_TERRY,
+    PairwiseLoss,
+    _comparison_graph,
+    fit_bradley_terry,
+    minimize_pairwise,
+)
 from .policy import Policy
 from .preferences import Preferences
 from .solvers import Solution, closed_form
-from .validation import check_beta, check_positive_int, make_rng
+from .validation import check_beta, check_positive_int
 
 #: The loss names accepted by :func:`fit_policy_to_preferences`.
 LOSSES = ("dpo", "ipo", "hinge")
-#: Default cap on Newton (DPO, IPO) or L-BFGS-B (hinge dual) iterations.
+#: Default cap on Newton steps (DPO, IPO) or active-set iterations (hinge, ``l2 > 0``).
 DEFAULT_STEPS = 500
-#: Largest number of full Newton steps that finish the trust-region solve (DPO, IPO).
-POLISH_STEPS = 8
-#: DPO/IPO converged: the last full Newton step changed no ``u`` (log-ratio) by more than this,
-#: or every leaf's gradient is below ``tol`` times the total weight of its pairs.
-NEWTON_STEP_TOL = 1e-9
-#: Leaves whose pairs weigh less than this fraction of the heaviest leaf's pairs are left out of
-#: the convergence tests: float64 rounding of the summed objective (relative 1e-16) leaves
-#: their log-ratio undetermined by about 1e-16 / RESOLVABLE_WEIGHT, whatever the solver does
-#: (population data from a peaked reference gives pair weights down to 1e-40).
-RESOLVABLE_WEIGHT = 1e-12
-#: Relative rise of the objective attributed to rounding when accepting a Newton step.
-VALUE_ROUNDING = 1e-13
-#: Bands ``|margin - 1| <= band`` tried, in order, to guess the pairs at the hinge's kink when
-#: polishing the dual solution (``l2 > 0``; see ``_kkt_polish``).
-ACTIVE_SET_BANDS = (1e-6, 1e-4, 1e-8, 1e-3)
-#: Default tolerance: DPO/IPO have converged when every leaf's ``|dL/du|`` is below ``tol *
-#: (total weight of the leaf's pairs) * (the loss's slope scale)`` or the last Newton step is
-#: below :data:`NEWTON_STEP_TOL`; the hinge dual's relative duality gap must be below it.
-DEFAULT_TOL = 1e-10
+#: Default tolerance of ``Solution.residual`` (module docstring: the per-leaf stationarity
+#: residual for DPO/IPO, the relative duality gap or KKT residual for the hinge).
+DEFAULT_TOL = 1e-8
+#: Eigenvalues of the free block of the hinge dual's Hessian below this fraction of the
+#: largest count as zero (the dual is semidefinite: rank ``<= m - 1`` for ``k`` pairs).
+NULL_EIGENVALUE = 1e-10
+#: Sweeps of dual coordinate descent that warm-start the hinge's active-set method.
+WARM_START_SWEEPS = 100
+#: A warm-start dual variable within this fraction of its box ``[0, w]`` starts on the bound.
+BOUND_SNAP = 1e-9
+#: Hinge dual optimality: a bound's multiplier (``margin - 1``, in logits of the implicit
+#: reward) must have the right sign up to this.
+MULTIPLIER_TOL = 1e-10
 
 
 class BoundaryOptimumWarning(UserWarning):
     """The DPO loss has no minimizer: some completions are driven to probability 0."""
+
+
+class PreferenceOptimizationWarning(UserWarning):
+    """:func:`fit_policy_to_preferences` stopped with ``residual > tolerance``."""
+
+
+def _ipo_loss(beta: float) -> PairwiseLoss:
+    """IPO in the implicit reward ``r = beta u``: ``l(Delta) = (Delta - 1/2)^2 / beta^2``."""
+    scale = 1.0 / beta**2
+    return PairwiseLoss(
+        "ipo",
+        lambda x: scale * (x - 0.5) ** 2,
+        lambda x: 2.0 * scale * (x - 0.5),
+        lambda x: np.full(np.shape(x), 2.0 * scale),
+        scale,  # |l'(0)|
+    )
 
 
 def preference_loss(
@@ -168,16 +211,15 @@ def fit_policy_to_preferences(
     beta: float,
     l2: float = 0.0,
     steps: int | None = None,
-    seed: int | np.random.Generator | None = 0,
     tol: float = DEFAULT_TOL,
 ) -> Solution:
     """Minimize the DPO, IPO or hinge loss exactly over the full policy class.
 
         u* = argmin_u sum_k w_k l(u(c_k) - u(r_k)) + (l2 / 2) ||beta u||^2,
-        pi*  ∝ pi_ref e^{u*}  (per prompt)
+        pi*  ∝ pi_ref e^{u*} = closed_form(pi_ref, beta u*, beta)   (per prompt)
 
-    (module docstring: the losses, why DPO's optimum is the closed form under the fitted
-    Bradley-Terry reward, the convention for unidentified constants, the boundary case).
+    (module docstring: the losses, DPO = Bradley-Terry + closed form, the convention for
+    unidentified constants, the boundary case and each solver's certificate).
 
     Args:
         ref: the reference policy ``pi_ref``.
@@ -187,24 +229,25 @@ def fit_policy_to_preferences(
         loss: ``"dpo"``, ``"ipo"`` or ``"hinge"``.
         beta: finite and > 0 (IPO's ``tau``).
         l2: ridge coefficient on the implicit reward ``beta u``, ``>= 0``.
-        steps: iteration cap of the Newton (DPO, IPO) or L-BFGS-B (hinge dual) solver
-            (default :data:`DEFAULT_STEPS`); the hinge LP (``l2 = 0``) is solved exactly.
-        seed: accepted for a uniform signature with the sampled solvers; the solvers here are
-            deterministic, so it does not change the result.
-        tol: tolerance of the solvers (see :data:`DEFAULT_TOL`), in (0, 1).
+        steps: cap on Newton steps (DPO, IPO) or active-set iterations (hinge with
+            ``l2 > 0``; default :data:`DEFAULT_STEPS`); the hinge LP (``l2 = 0``) has none.
+        tol: tolerance of ``residual`` (see :data:`DEFAULT_TOL`), in (0, 1).
 
     Returns:
         A :class:`~tinyrlhf.Solution` with ``policy`` (``pi*``), ``method``
-        (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``, ``converged`` and
-        ``info``: ``"implicit_reward"`` ``beta u*`` ``(n_leaves,)`` (0 where ``pi_ref = 0``),
-        ``"leaf_log_probs"``, ``"loss"`` (weighted mean of the per-pair loss),
-        ``"objective"`` (the minimized sum plus penalty), ``"grad_norm"`` (``max |dL/du|``;
-        None for the non-smooth hinge),
-        ``"boundary"``, ``"dominated_leaves"`` (leaves DPO drives to probability 0),
-        ``"never_compared"``, ``"n_iter"``, ``"solver"``.
+        (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``, ``residual`` (the
+        solver's certificate, module docstring), ``tolerance``, ``converged`` and ``info``:
+        ``"implicit_reward"`` ``beta u*`` ``(n_leaves,)`` (0 where ``pi_ref = 0``, ``-inf``
+        on dominated leaves at the DPO boundary), ``"leaf_log_probs"``, ``"loss"`` (weighted
+        mean of the per-pair loss), ``"objective"`` (the minimized sum plus penalty; at the
+        boundary its infimum), ``"grad_norm"`` (``max |dL/du|``; None for the non-smooth
+        hinge), ``"boundary"``, ``"dominated_leaves"`` (leaves DPO drives to probability
+        0), ``"never_compared"``, ``"n_iter"``, ``"solver"``.
 
     Warns:
-        BoundaryOptimumWarning: ``loss="dpo"``, ``l2 = 0`` and the infimum is not attained.
+        BoundaryOptimumWarning: ``loss="dpo"``, ``l2 = 0`` and the infimum is not attained
+            (the limit policy is returned).
+        PreferenceOptimizationWarning: ``converged`` is False.
 
     Raises:
         TypeError, ValueError: bad arguments (an unknown loss lists the valid ones).
@@ -217,101 +260,177 @@ def fit_policy_to_preferences(
     beta = check_beta(beta)
     l2 = _check_l2(l2)
     steps = DEFAULT_STEPS if steps is None else check_positive_int(steps, "steps")
-    make_rng(seed)  # validated only: the exact solvers are deterministic
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
         raise ValueError(f"tol must be a real number in (0, 1), got {tol!r}")
-
-    informative = (weight > 0) & (chosen != rejected)
-    graph = _WinGraph(tree.n_leaves, chosen[informative], rejected[informative])
-    compact = np.full(tree.n_leaves, -1, dtype=np.int64)
-    compact[graph.compared] = np.arange(graph.compared.size)
-    pair_chosen = compact[chosen[informative]]  # (k,) indices into the compared leaves
-    pair_rejected = compact[rejected[informative]]
-    pair_weight = weight[informative]
-    component = graph.component[graph.compared]
+    graph = _comparison_graph(tree.n_leaves, chosen, rejected, weight)
     boundary = loss == "dpo" and l2 == 0 and graph.dominated.size > 0
-
-    if graph.compared.size == 0:
-        u_compared, converged, n_iter, solver = np.zeros(0), True, 0, "none"
-    elif loss == "hinge":
-        u_compared, converged, n_iter, solver = _solve_hinge(
-            pair_chosen, pair_rejected, pair_weight, graph.compared.size, beta, l2, steps, tol
-        )
-    else:
-        # At the boundary there is no minimizer: run all the steps (the last iterate then
-        # shows how far DPO pushes the dominated leaves) instead of stopping on a gradient
-        # that vanishes only because sigma(-beta h) underflows.
-        u_compared, converged, n_iter, solver = _solve_smooth(
-            loss,
-            pair_chosen,
-            pair_rejected,
-            pair_weight,
-            component,
-            beta,
-            l2,
-            steps,
-            0.0 if boundary else tol,
-        )
-    if l2 == 0 and u_compared.size:
-        # the losses are invariant to a constant per component: take the zero-mean representative
-        sizes = np.bincount(component, minlength=graph.n_components)
-        means = np.bincount(component, u_compared, minlength=graph.n_components) / sizes
-        u_compared = u_compared - means[component]
-    u = np.zeros(tree.n_leaves)
-    u[graph.compared] = u_compared
-    on_support = ref.leaf_log_probs() > -np.inf
-    u = np.where(on_support, u, 0.0)
-    implicit_reward = beta * u
-    objective, gradient = preference_loss(ref, prefs, u, loss=loss, beta=beta, l2=l2)
-    total_weight = float(weight.sum())
-    margin = u[chosen] - u[rejected]
-    mean_loss = (
-        float(weight @ _loss_terms(loss, margin, beta)[0]) / total_weight if total_weight else 0.0
-    )
+    dominated = graph.dominated if boundary else None  # leaves at probability 0 (the limit)
     if boundary:
-        converged = False
-        shown = ", ".join(
-            "{} ({!r}, {!r})".format(leaf, *tree.leaf_text(int(leaf)))
-            for leaf in graph.dominated[:3]
-        )
-        more = f" and {graph.dominated.size - 3} more" if graph.dominated.size > 3 else ""
-        warnings.warn(
-            "the DPO loss has no minimizer: leaves "
-            f"[{shown}{more}] lose to a group of leaves they never beat, so DPO drives their "
-            "probability to 0 whatever beta; returning the last iterate (converged=False). "
-            "Use loss='ipo' or 'hinge', or l2 > 0, for a finite optimum.",
-            BoundaryOptimumWarning,
-            stacklevel=2,
-        )
-    solution = closed_form(ref, implicit_reward, beta)  # pi ∝ pi_ref e^{u}
+        _warn_boundary(tree, graph.dominated)
+    fit = _solve(tree, prefs, graph, boundary, loss, beta, l2, tol, steps)
+    converged = bool(fit.residual <= tol)
+    if not converged:
+        _warn_unconverged(loss, fit, tol)
+    on_support = ref.leaf_log_probs() > -np.inf
+    reward = np.where(on_support, fit.reward, 0.0)  # the implicit reward r = beta u
+    policy, leaf_log_probs = _policy(ref, reward, dominated, beta)
+    # at the boundary the pairs between strong components are won at margin +inf: loss 0
+    cross = graph.strong[chosen] != graph.strong[rejected] if boundary else None
     return Solution(
-        policy=solution.policy,
+        policy=policy,
         method=f"fit_policy_to_preferences[{loss}]",
         reference=ref,
         reward=None,
         beta=beta,
-        converged=bool(converged),
+        converged=converged,
+        residual=float(fit.residual),
+        tolerance=float(tol),
         wall_time=time.perf_counter() - start,
         info={
-            "implicit_reward": implicit_reward,
-            "leaf_log_probs": solution.info["leaf_log_probs"],
-            "loss": mean_loss,
-            "objective": objective,
-            "grad_norm": None if loss == "hinge" else float(np.abs(gradient).max(initial=0.0)),
+            "implicit_reward": np.where(_mask(reward.size, dominated), -np.inf, reward),
+            "leaf_log_probs": leaf_log_probs,
+            **_summary(prefs, reward, cross, loss, beta, l2),
             "boundary": boundary,
             "dominated_leaves": graph.dominated
             if loss == "dpo" and l2 == 0
             else np.zeros(0, np.int64),
             "never_compared": np.flatnonzero(on_support & (graph.component < 0)),
-            "n_iter": n_iter,
-            "solver": solver,
+            "n_iter": fit.n_iter,
+            "solver": fit.solver,
         },
     )
 
 
+def _solve(tree, prefs, graph, boundary, loss, beta, l2, tol, steps) -> _Fit:
+    """Dispatch to the solver of ``loss`` (module docstring, "Solvers and certificates")."""
+    chosen, rejected, weight = prefs.chosen, prefs.rejected, prefs.weight
+    if boundary:
+        return _boundary_fit(graph, chosen, rejected, weight, tol, steps)
+    if loss == "dpo":  # DPO is the Bradley-Terry fit of r = beta u (and its certificate)
+        bt = fit_bradley_terry(tree, prefs, l2=l2, tol=tol, max_iter=steps)
+        return _Fit(np.array(bt.reward), bt.residual, bt.n_iter, "fit_bradley_terry")
+    if loss == "ipo":  # the same Newton with IPO's loss
+        ipo = minimize_pairwise(
+            tree.n_leaves,
+            chosen,
+            rejected,
+            weight,
+            _ipo_loss(beta),
+            l2=l2,
+            tol=tol,
+            max_iter=steps,
+        )
+        return _Fit(np.array(ipo.reward), ipo.residual, ipo.n_iter, "newton (ipo)")
+    return _solve_hinge(tree.n_leaves, chosen, rejected, weight, l2, steps)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    reward: np.ndarray  # (n_leaves,) the implicit reward r = beta u (finite)
+    residual: float
+    n_iter: int
+    solver: str
+
+
+def _mask(n: int, leaves: np.ndarray | None) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    if leaves is not None:
+        mask[leaves] = True
+    return mask
+
+
+def _boundary_fit(graph, chosen, rejected, weight, tol, steps) -> _Fit:
+    """Bradley-Terry on the pairs inside each strong component of the win graph (module
+    docstring, "The boundary"): its value is DPO's infimum."""
+    inside = graph.strong[chosen] == graph.strong[rejected]
+    fit = minimize_pairwise(
+        graph.component.size,
+        chosen[inside],
+        rejected[inside],
+        weight[inside],
+        BRADLEY_TERRY,
+        l2=0.0,
+        tol=tol,
+        max_iter=steps,
+    )
+    return _Fit(np.array(fit.reward), fit.residual, fit.n_iter, "bradley-terry newton (limit)")
+
+
+def _warn_unconverged(loss: str, fit: _Fit, tol: float) -> None:
+    warnings.warn(
+        f"fit_policy_to_preferences(loss={loss!r}) stopped with residual {fit.residual:.3g} "
+        f"> tol={tol:g} after {fit.n_iter} iterations ({fit.solver}); the returned policy is "
+        "not certified optimal: raise steps",
+        PreferenceOptimizationWarning,
+        stacklevel=3,
+    )
+
+
+def _warn_boundary(tree, dominated: np.ndarray) -> None:
+    shown = ", ".join(
+        "{} ({!r}, {!r})".format(leaf, *tree.leaf_text(int(leaf))) for leaf in dominated[:3]
+    )
+    more = f" and {dominated.size - 3} more" if dominated.size > 3 else ""
+    warnings.warn(
+        f"the DPO loss has no minimizer: leaves [{shown}{more}] lose to a group of leaves "
+        "they never beat, so every minimizing sequence drives their probability to 0 "
+        "whatever beta; returning that limit (probability exactly 0, implicit reward -inf). "
+        "Use loss='ipo' or 'hinge', or l2 > 0, for a finite optimum.",
+        BoundaryOptimumWarning,
+        stacklevel=3,
+    )
+
+
+def _policy(
+    ref: Policy, reward: np.ndarray, dominated: np.ndarray | None, beta: float
+) -> tuple[Policy, np.ndarray]:
+    """``pi ∝ pi_ref e^{r / beta}`` (the closed form); with ``dominated`` leaves set to
+    probability 0 (the boundary limit), whose rows the closed form under ``r`` fills where
+    no leaf below is left."""
+    solution = closed_form(ref, reward, beta)
+    if dominated is None or dominated.size == 0:
+        return solution.policy, solution.info["leaf_log_probs"]
+    tree = ref.tree
+    logits = np.where(_mask(reward.size, dominated), -np.inf, ref.leaf_log_probs() + reward / beta)
+    per_prompt = logits.reshape(tree.n_prompts, -1)  # (P, A**H)
+    leaf_log_probs = (per_prompt - logsumexp(per_prompt, axis=1, keepdims=True)).reshape(-1)
+    policy = Policy.from_leaf_log_probs(tree, leaf_log_probs, fallback=solution.policy)
+    return policy, leaf_log_probs
+
+
+def _summary(
+    prefs: Preferences,
+    reward: np.ndarray,
+    cross: np.ndarray | None,
+    loss: str,
+    beta: float,
+    l2: float,
+) -> dict:
+    """``loss`` (weighted mean per pair), ``objective`` and ``grad_norm`` (in ``u``) at the
+    answer; at the boundary the limit, where the ``cross`` pairs contribute 0."""
+    chosen, rejected, weight = prefs.chosen, prefs.rejected, prefs.weight
+    u = reward / beta
+    terms, slopes = _loss_terms(loss, u[chosen] - u[rejected], beta)
+    if cross is not None:
+        terms, slopes = np.where(cross, 0.0, terms), np.where(cross, 0.0, slopes)
+    penalty = 0.5 * l2 * beta**2 * float(np.sum(u * u))
+    pull = weight * slopes  # w_k l'(h_k)
+    gradient = (
+        np.bincount(chosen, pull, minlength=u.size)
+        - np.bincount(rejected, pull, minlength=u.size)
+        + l2 * beta**2 * u
+    )
+    total = float(np.sum(weight))
+    return {
+        "loss": float(np.sum(weight * terms)) / total if total else 0.0,
+        "objective": float(np.sum(weight * terms)) + penalty,
+        "grad_norm": None if loss == "hinge" else float(np.max(np.abs(gradient), initial=0.0)),
+    }
+
+
 # ---------------------------------------------------------------------------- solvers
 def _loss_terms(loss: str, margin: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair loss ``l(h)`` and slope ``l'(h)`` at the margins ``h``."""
+    """Per-pair loss ``l(h)`` and slope ``l'(h)`` at the margins ``h`` (in ``u``)."""
     if loss == "dpo":
         # -log sigma(beta h), slope -beta sigma(-beta h)
         return -log_expit(beta * margin), -beta * expit(-beta * margin)
@@ -322,270 +441,203 @@ def _loss_terms(loss: str, margin: np.ndarray, beta: float) -> tuple[np.ndarray,
     return np.where(active, 1.0 - beta * margin, 0.0), np.where(active, -beta, 0.0)
 
 
-def _solve_smooth(
-    loss: str,
-    chosen: np.ndarray,
-    rejected: np.ndarray,
-    weight: np.ndarray,
-    component: np.ndarray,
-    beta: float,
-    l2: float,
-    steps: int,
-    tol: float,
-) -> tuple[np.ndarray, bool, int, str]:
-    """Newton (trust-region CG) on ``sum w l(u_c - u_r) + (l2/2) beta^2 ||u||^2``.
-
-    ``component``: ``(m,)`` connected-component label of each compared leaf. With ``l2 = 0``
-    the objective is flat along a constant per component (the Hessian's null space); the
-    iterates and Newton steps are projected onto the zero-mean subspace, where it is
-    strictly convex when the minimizer exists.
-    """
-    m = component.size
-    ridge = l2 * beta**2
-    sizes = np.bincount(component)
-
-    def center(values: np.ndarray) -> np.ndarray:  # remove the null space (l2 = 0)
-        if l2 > 0:
-            return values
-        return values - (np.bincount(component, values, minlength=sizes.size) / sizes)[component]
-
-    degree = np.bincount(chosen, weight, minlength=m) + np.bincount(rejected, weight, minlength=m)
-    slope_scale = beta if loss == "dpo" else 1.0 / beta  # |l'| at the start, up to a factor
-    # each leaf's gradient is measured against the weight of its own pairs: a rare leaf's
-    # gradient is small because its pairs are light, not because it is optimal
-    scale = degree * slope_scale + ridge  # (m,)
-    resolvable = degree >= RESOLVABLE_WEIGHT * degree.max()  # (m,), see RESOLVABLE_WEIGHT
-
-    def scaled_gradient(gradient: np.ndarray) -> float:
-        return float(np.abs(gradient / scale)[resolvable].max())
-
-    def differences(u: np.ndarray) -> np.ndarray:  # D u: (k,)
-        return u[chosen] - u[rejected]
-
-    def transpose(y: np.ndarray) -> np.ndarray:  # D^T y: (m,)
-        return np.bincount(chosen, y, minlength=m) - np.bincount(rejected, y, minlength=m)
-
-    def value_and_gradient(u: np.ndarray) -> tuple[float, np.ndarray]:
-        values, slopes = _loss_terms(loss, differences(u), beta)
-        value = float(weight @ values) + 0.5 * ridge * float(u @ u)
-        return value, transpose(weight * slopes) + ridge * u
-
-    def curvature(u: np.ndarray) -> np.ndarray:  # w l''(h): (k,)
-        if loss == "dpo":  # l'' = beta^2 sigma(beta h) sigma(-beta h)
-            margin = beta * differences(u)
-            return weight * beta**2 * expit(margin) * expit(-margin)
-        return weight * 2.0  # IPO: l'' = 2
-
-    def hessian_product(u: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        # D^T diag(w l''(h)) D v + ridge v
-        return transpose(curvature(u) * differences(vector)) + ridge * vector
-
-    result = minimize(
-        value_and_gradient,
-        np.zeros(m),
-        jac=True,
-        hessp=hessian_product,
-        method="trust-ncg",
-        options={"gtol": tol * float(scale[resolvable].min()), "maxiter": steps},
-    )
-    # The trust region's ratio test is decided by rounding near the optimum, where it may stop
-    # early: finish with full Newton steps (MINRES solves the singular but consistent system
-    # when l2 = 0), kept unless they raise the objective beyond rounding; converged when a
-    # step moves no log-probability by more than NEWTON_STEP_TOL (an error of the order of
-    # its square remains). A gradient test alone would not do: a leaf that almost never wins
-    # has tiny curvature, so a tiny gradient still allows a large error in its log-ratio.
-    u = center(result.x)
-    value, gradient = value_and_gradient(u)
-    converged = False
-    # The Newton system is solved on the resolvable leaves only (the others keep their value:
-    # their curvature is below rounding, and the preconditioner would turn gradient noise
-    # into arbitrarily large steps there).
-    n_resolvable = int(resolvable.sum())
-
-    def embed(v_resolvable: np.ndarray) -> np.ndarray:  # (n_resolvable,) -> (m,), zeros elsewhere
-        full = np.zeros(m)
-        full[resolvable] = v_resolvable
-        return full
-
-    # MINRES on an ill-conditioned system may make a step worse than the one before: keep the
-    # iterate with the smallest scaled gradient seen.
-    best_u, best_gradient = u, scaled_gradient(gradient)
-    for _ in range(POLISH_STEPS):
-        hessian = LinearOperator(
-            (n_resolvable, n_resolvable),
-            matvec=lambda v, u=u: hessian_product(u, embed(v))[resolvable],
-        )
-        # Jacobi preconditioner: leaves whose pairs are light (rare completions) have tiny
-        # Hessian rows; scaling by the diagonal makes their directions visible to MINRES.
-        weights = curvature(u)
-        diagonal = np.bincount(chosen, weights, minlength=m)
-        diagonal += np.bincount(rejected, weights, minlength=m) + ridge
-        inverse = np.divide(1.0, diagonal, out=np.ones(m), where=diagonal > 0)[resolvable]
-        preconditioner = LinearOperator(
-            (n_resolvable, n_resolvable), matvec=lambda v, inverse=inverse: inverse * v
-        )
-        step = center(
-            embed(minres(hessian, -gradient[resolvable], rtol=1e-14, M=preconditioner)[0])
-        )
-        trial = u + step
-        trial_value, trial_gradient = value_and_gradient(trial)
-        if trial_value > value + VALUE_ROUNDING * (1.0 + abs(value)):
-            break  # not a descent step beyond rounding: keep the current point
-        u, value, gradient = trial, trial_value, trial_gradient
-        if float(np.abs(step)[resolvable].max()) <= NEWTON_STEP_TOL:
-            converged = True
-            best_u = u
-            break
-        if scaled_gradient(gradient) < best_gradient:
-            best_u, best_gradient = u, scaled_gradient(gradient)
-    converged = converged or best_gradient <= tol
-    return best_u, converged, int(result.nit), "trust-ncg + newton"
-
-
 def _solve_hinge(
+    n_leaves: int,
     chosen: np.ndarray,
     rejected: np.ndarray,
     weight: np.ndarray,
-    m: int,
-    beta: float,
     l2: float,
     steps: int,
-    tol: float,
-) -> tuple[np.ndarray, bool, int, str]:
-    """The hinge optimum: an LP (``l2 = 0``) or the box-constrained dual QP (``l2 > 0``)."""
-    k = chosen.size
+) -> _Fit:
+    """The hinge optimum in the implicit reward: ``min_r sum_k w_k max(0, 1 - (D r)_k) +
+    (l2 / 2) ||r||^2``, an LP (``l2 = 0``) or a QP (``l2 > 0``), with its certificate."""
+    informative = (weight > 0) & (chosen != rejected)
+    compared = np.unique(np.concatenate([chosen[informative], rejected[informative]]))
+    m = compared.size
+    reward = np.zeros(n_leaves)
+    if m == 0:
+        return _Fit(reward, 0.0, 0, "none")
+    compact = np.full(n_leaves, -1, dtype=np.int64)
+    compact[compared] = np.arange(m)
+    # merge repeated ordered pairs: the loss depends on their total weight only
+    keys, pair_of = np.unique(
+        compact[chosen[informative]] * m + compact[rejected[informative]], return_inverse=True
+    )
+    merged = np.bincount(pair_of, weight[informative], minlength=keys.size)  # (k,)
+    k = keys.size
     rows = np.arange(k)
-    # D: (k, m) sparse, row k = e_{c_k} - e_{r_k}
-    difference = sparse.csr_array(
-        (
-            np.concatenate([np.ones(k), -np.ones(k)]),
-            (np.concatenate([rows, rows]), np.concatenate([chosen, rejected])),
-        ),
+    difference = sparse.csr_array(  # D: (k, m), row k = e_{c_k} - e_{r_k}
+        (np.r_[np.ones(k), -np.ones(k)], (np.r_[rows, rows], np.r_[keys // m, keys % m])),
         shape=(k, m),
     )
     if l2 == 0:
-        # min sum w xi  s.t.  xi_k >= 1 - beta (D u)_k, xi >= 0, u free; variables (u, xi)
-        cost = np.concatenate([np.zeros(m), weight])
-        upper = sparse.hstack([-beta * difference, -sparse.eye_array(k)], format="csr")
-        result = linprog(
-            cost,
-            A_ub=upper,
-            b_ub=-np.ones(k),
-            bounds=[(None, None)] * m + [(0.0, None)] * k,
-            method="highs",
-        )
-        if result.status != 0:  # pragma: no cover - the LP is feasible and bounded below by 0
-            raise RuntimeError(f"the hinge LP failed: {result.message}")
-        return result.x[:m], True, int(result.nit), "linprog"
-
-    # dual: min_alpha ||D^T alpha||^2 / (2 l2) - sum alpha, 0 <= alpha <= w
-    def dual(alpha: np.ndarray) -> tuple[float, np.ndarray]:
-        pushed = difference.T @ alpha  # D^T alpha: (m,)
-        return (
-            float(pushed @ pushed) / (2 * l2) - float(alpha.sum()),
-            difference @ pushed / l2 - 1.0,
-        )
-
-    def primal_of(alpha: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """``u = D^T alpha / (l2 beta)``, the primal value at ``u`` and the duality gap."""
-        u = difference.T @ alpha / (l2 * beta)
-        margin = beta * (difference @ u)
-        primal = float(weight @ np.maximum(0.0, 1.0 - margin)) + 0.5 * l2 * beta**2 * float(u @ u)
-        return u, primal, primal + dual(alpha)[0]  # gap = primal(u) - dual(alpha) >= 0
-
-    result = minimize(
-        dual,
-        np.zeros(k),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=list(zip(np.zeros(k), weight, strict=True)),
-        options={"maxiter": steps, "ftol": 0.0, "gtol": tol * beta, "maxcor": 30},
-    )
-    alpha = np.clip(result.x, 0.0, weight)
-    u, primal, gap = primal_of(alpha)
-    # Polish: guess from the approximate margins which pairs are active (margin < 1, alpha = w),
-    # at the kink (margin = 1) or inactive (alpha = 0), solve the KKT conditions of that
-    # guess exactly, and keep the result only if the duality gap falls.
-    for band in ACTIVE_SET_BANDS:
-        if gap <= tol * max(1.0, primal):
-            break
-        trial = _kkt_polish(difference, weight, beta * (difference @ u), beta, l2, band)
-        trial_u, trial_primal, trial_gap = primal_of(trial)
-        if trial_gap < gap:
-            alpha, u, primal, gap = trial, trial_u, trial_primal, trial_gap
-    return u, gap <= tol * max(1.0, primal), int(result.nit), "l-bfgs-b (dual) + kkt"
+        r_compared, residual, n_iter, solver = _hinge_lp(difference, merged)
+    else:
+        r_compared, residual, n_iter, solver = _hinge_qp(difference, merged, l2, steps)
+    reward[compared] = r_compared
+    return _Fit(reward, residual, n_iter, solver)
 
 
-def _kkt_polish(
-    difference: sparse.csr_array,
-    weight: np.ndarray,
-    margin: np.ndarray,
-    beta: float,
-    l2: float,
-    band: float,
-) -> np.ndarray:
-    """Dual variables solving the hinge's KKT conditions for the active sets seen in ``margin``.
-
-    With ``A = {margin < 1 - band}`` (``alpha = w``), ``Z = {|margin - 1| <= band}`` and the
-    rest inactive (``alpha = 0``), the optimum is ``u = u_A + D_Z^+ (1/beta - D_Z u_A)``,
-    ``u_A = D_A^T w_A / (l2 beta)`` (the closest point to ``u_A`` with margin exactly 1 on
-    ``Z``), and ``alpha_Z`` in ``[0, w_Z]`` must satisfy ``D_Z^T alpha_Z = l2 beta (u - u_A)``:
-    found by a linear program minimizing the l1 residual (HiGHS).
-    """
-    active = margin < 1.0 - band
-    kink = np.abs(margin - 1.0) <= band
-    alpha = np.where(active, weight, 0.0)
-    if not kink.any():
-        return alpha
-    base = difference.T @ alpha / (l2 * beta)  # u_A: (m,)
-    rows = difference[np.flatnonzero(kink)]  # D_Z: (z, m)
-    correction = np.linalg.lstsq(rows.toarray(), 1.0 / beta - rows @ base, rcond=None)[0]
-    target = l2 * beta * correction  # D_Z^T alpha_Z must equal this: (m,)
-    z, m = rows.shape
-    # min sum s  s.t.  -s <= D_Z^T alpha_Z - target <= s,  0 <= alpha_Z <= w_Z,  s >= 0
-    transpose = rows.T.tocsr()
-    identity = sparse.eye_array(m, format="csr")
+def _hinge_lp(
+    difference: sparse.csr_array, weight: np.ndarray
+) -> tuple[np.ndarray, float, int, str]:
+    """``min sum w xi  s.t.  xi >= 1 - D r, xi >= 0`` by HiGHS; its dual is ``max 1^T alpha
+    s.t. D^T alpha = 0, 0 <= alpha <= w`` (module docstring: the residual)."""
+    k, m = difference.shape
     result = linprog(
-        np.concatenate([np.zeros(z), np.ones(m)]),
-        A_ub=sparse.vstack(
-            [sparse.hstack([transpose, -identity]), sparse.hstack([-transpose, -identity])],
-            format="csr",
-        ),
-        b_ub=np.concatenate([target, -target]),
-        bounds=[(0.0, float(w)) for w in weight[kink]] + [(0.0, None)] * m,
+        np.concatenate([np.zeros(m), weight]),
+        A_ub=sparse.hstack([-difference, -sparse.eye_array(k)], format="csr"),
+        b_ub=-np.ones(k),
+        bounds=[(None, None)] * m + [(0.0, None)] * k,
         method="highs",
     )
-    if result.status != 0:  # pragma: no cover - always feasible (alpha_Z = 0, s = |target|)
-        return alpha
-    alpha[kink] = np.clip(result.x[:z], 0.0, weight[kink])
-    return alpha
+    if result.status != 0:  # pragma: no cover - feasible, and bounded below by 0
+        raise RuntimeError(f"the hinge LP failed: {result.message}")
+    reward = result.x[:m]
+    alpha = np.clip(-result.ineqlin.marginals, 0.0, weight)  # (k,) the dual multipliers
+    primal = float(np.sum(weight * np.maximum(0.0, 1.0 - difference @ reward)))
+    gap = abs(primal - float(np.sum(alpha))) / max(1.0, primal)
+    infeasibility = float(np.max(np.abs(difference.T @ alpha))) / max(1.0, float(weight.max()))
+    return reward, max(gap, infeasibility), int(result.nit), "linprog"
+
+
+def _hinge_qp(
+    difference: sparse.csr_array, weight: np.ndarray, l2: float, steps: int
+) -> tuple[np.ndarray, float, int, str]:
+    """The dual QP ``min_{0 <= alpha <= w} q(alpha) = ||D^T alpha||^2 / (2 l2) - 1^T alpha`` by
+    a primal active-set method (Nocedal & Wright 2006, Algorithm 16.3).
+
+    The working set holds variables at a bound. Each iteration minimizes ``q`` over the free
+    variables (``grad q = D r - 1``, the margins minus 1, with ``r = D^T alpha / l2``): a
+    Newton step on the free block ``Q_FF = D_F D_F^T / l2``, or, if the free gradient has a
+    component in the null space of ``Q_FF`` (the dual is only semidefinite), a
+    zero-curvature descent direction followed to the first bound. Steps are cut at the
+    first bound they hit, which joins the working set; at a minimizer over the free
+    variables the bound with the most negative multiplier leaves it, and when none is
+    negative ``alpha`` is optimal. Every step lowers ``q`` or (degenerate) changes the
+    working set, so the method ends after finitely many iterations, from any feasible
+    start (each iteration costs one eigendecomposition of size ``min(f, m_F)``; with
+    thousands of pairs and a small ``l2`` the default ``steps`` may run out, and the
+    result then says so); it starts from a few sweeps of dual coordinate descent (:func:`_warm_start`),
+    which guess most of the working set.
+    """
+    transpose = difference.T.tocsr()  # D^T: (m, k)
+    alpha, state = _warm_start(difference, weight, l2)
+    n_iter = 0
+    at_minimum = False  # alpha minimizes q over the current free variables
+    while n_iter < steps:
+        n_iter += 1
+        gradient = difference @ (transpose @ alpha) / l2 - 1.0  # (k,) margin - 1
+        if not at_minimum:
+            direction, unbounded = _free_direction(difference, l2, gradient, state == 0)
+            if unbounded or np.max(np.abs(direction)) > 0:
+                alpha, state, blocked = _ratio_test(alpha, state, direction, weight, unbounded)
+                at_minimum = not (unbounded or blocked)
+                continue
+        # a minimizer on this face: release the bound whose multiplier is most wrong-signed
+        wrong = np.where(state == -1, -gradient, np.where(state == 1, gradient, 0.0))
+        worst = int(np.argmax(wrong))
+        if wrong[worst] <= MULTIPLIER_TOL:
+            break
+        state[worst] = 0
+        at_minimum = False
+    reward = transpose @ alpha / l2  # (m,)
+    penalty = 0.5 * l2 * float(np.sum(reward * reward))
+    primal = float(np.sum(weight * np.maximum(0.0, 1.0 - difference @ reward))) + penalty
+    dual = float(np.sum(alpha)) - penalty  # 1^T alpha - ||D^T alpha||^2 / (2 l2)
+    return reward, max(primal - dual, 0.0) / max(1.0, abs(primal)), n_iter, "active set (dual QP)"
+
+
+def _warm_start(
+    difference: sparse.csr_array, weight: np.ndarray, l2: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A feasible start for the active-set method: :data:`WARM_START_SWEEPS` sweeps of exact
+    coordinate descent on the dual (the dual coordinate descent of linear SVMs, Hsieh et al.
+    2008: ``alpha_k <- clip(alpha_k - (margin_k - 1) l2 / 2, 0, w_k)``, ``Q_kk = 2 / l2``,
+    keeping ``r = D^T alpha / l2`` up to date), then each variable within
+    :data:`BOUND_SNAP` (relative) of a bound put on it."""
+    coo = difference.tocoo()
+    order = np.lexsort((-coo.data, coo.row))  # per row: the +1 (chosen) entry, then the -1
+    chosen, rejected = coo.col[order][0::2].tolist(), coo.col[order][1::2].tolist()
+    weights = weight.tolist()
+    reward = [0.0] * difference.shape[1]
+    alpha = [0.0] * weight.size
+    for _ in range(WARM_START_SWEEPS):
+        for pair, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+            # minimize q over alpha_pair alone: grad = margin - 1, curvature 2 / l2
+            new = min(
+                max(alpha[pair] - (reward[c] - reward[r] - 1.0) * l2 / 2.0, 0.0), weights[pair]
+            )
+            change = (new - alpha[pair]) / l2
+            alpha[pair] = new
+            reward[c] += change
+            reward[r] -= change
+    values = np.array(alpha)
+    state = np.zeros(weight.size, dtype=np.int8)  # -1: at 0, +1: at w, 0: free
+    state[values <= BOUND_SNAP * weight] = -1
+    state[values >= (1.0 - BOUND_SNAP) * weight] = 1
+    return np.where(state == -1, 0.0, np.where(state == 1, weight, values)), state
+
+
+def _free_direction(
+    difference: sparse.csr_array, l2: float, gradient: np.ndarray, free: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """The step minimizing ``q`` over the free variables, or a zero-curvature descent
+    direction (then ``unbounded`` is True).
+
+    ``Q_FF = D_F D_F^T / l2`` with ``D_F`` ``(f, m_F)`` (the free pairs' rows on the leaves they
+    touch): its range is spanned by the left singular vectors ``U`` of ``D_F``, found from
+    the eigenvectors of the smaller of ``D_F D_F^T`` and ``D_F^T D_F``.
+    """
+    direction = np.zeros(gradient.size)
+    if not free.any():
+        return direction, False
+    rows = difference[np.flatnonzero(free)]
+    block = rows[:, np.unique(rows.indices)].toarray()  # D_F: (f, m_F)
+    if block.shape[0] <= block.shape[1]:
+        values, basis = np.linalg.eigh(block @ block.T)  # (f,), (f, f)
+    else:
+        values, right = np.linalg.eigh(block.T @ block)  # (m_F,), (m_F, m_F)
+        basis = block @ right / np.sqrt(np.maximum(values, np.finfo(float).tiny))  # U
+    keep = values > NULL_EIGENVALUE * max(float(values.max()), 1.0)
+    basis, values = basis[:, keep], values[keep]  # range of Q_FF; eigenvalues s^2 = l2 lambda
+    coefficients = basis.T @ gradient[free]
+    null_part = gradient[free] - basis @ coefficients  # the gradient's part in null(Q_FF)
+    if np.max(np.abs(null_part)) > MULTIPLIER_TOL:
+        direction[free] = -null_part  # descent (slope -|null_part|^2) at zero curvature
+        return direction, True
+    direction[free] = -basis @ (coefficients * l2 / values)  # -Q_FF^+ g_F
+    return direction, False
+
+
+def _ratio_test(
+    alpha: np.ndarray,
+    state: np.ndarray,
+    direction: np.ndarray,
+    weight: np.ndarray,
+    unbounded: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move along ``direction`` (full step unless ``unbounded``) until the first bound."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(
+            direction < 0,
+            alpha / -direction,
+            np.where(direction > 0, (weight - alpha) / direction, np.inf),
+        )
+    room = np.where(state == 0, room, np.inf)
+    blocking = int(np.argmin(room))
+    length = float(room[blocking]) if unbounded else min(1.0, float(room[blocking]))
+    alpha = np.clip(alpha + length * direction, 0.0, weight)
+    state = state.copy()
+    blocked = bool(room[blocking] <= length)
+    if blocked:  # the blocking variable joins the working set, exactly at its bound
+        upper = direction[blocking] > 0
+        alpha[blocking] = weight[blocking] if upper else 0.0
+        state[blocking] = 1 if upper else -1
+    return alpha, state, blocked
 
 
 # ---------------------------------------------------------------------------- helpers
-class _WinGraph:
-    """Components of the comparison graph and the leaves DPO drives to probability 0."""
-
-    def __init__(self, n_leaves: int, winner: np.ndarray, loser: np.ndarray) -> None:
-        wins = sparse.csr_array(
-            (np.ones(winner.size), (winner, loser)), shape=(n_leaves, n_leaves)
-        )
-        _, weak = connected_components(wins, directed=True, connection="weak")
-        _, strong = connected_components(wins, directed=True, connection="strong")
-        compared_mask = np.zeros(n_leaves, dtype=bool)
-        compared_mask[winner] = True
-        compared_mask[loser] = True
-        self.compared = np.flatnonzero(compared_mask)
-        labels, inverse = np.unique(weak[self.compared], return_inverse=True)
-        self.n_components = int(labels.size)
-        self.component = np.full(n_leaves, -1, dtype=np.int64)  # (n_leaves,), -1: never compared
-        self.component[self.compared] = inverse
-        # A strong component with an arc into it from another strong component loses to a
-        # group it never beats: DPO sends the log-ratio between the two groups to infinity.
-        cross = strong[winner] != strong[loser]
-        beaten = np.unique(strong[loser[cross]])
-        self.dominated = self.compared[np.isin(strong[self.compared], beaten)]
-
-
 def _check_ref(ref: object) -> None:
     if not isinstance(ref, Policy):
         raise TypeError(f"ref must be a tinyrlhf.Policy, got {type(ref).__name__}")

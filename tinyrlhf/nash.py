@@ -80,12 +80,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linprog
-from scipy.special import expit, kl_div, logsumexp
+from scipy.special import kl_div, logsumexp
 
 from .bradley_terry import fit_bradley_terry
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
-from .preferences import Preferences, population_preferences
+from .preferences import Preferences, population_preferences, preference_probability
 from .projections import leaf_policy
 from .solvers import Solution, closed_form
 from .validation import check_beta, check_leaf_array, check_positive_int, check_tree
@@ -109,7 +109,7 @@ _LOG_CHI2_MAX = 700.0
 NASH_MAX_ITER = 100_000
 
 
-class NashConvergenceWarning(RuntimeWarning):
+class NashConvergenceWarning(UserWarning):
     """:func:`regularized_nash` stopped at ``max_iter`` before its tolerance was met."""
 
 
@@ -121,16 +121,20 @@ class RegularizedNash:
         pi: ``(n,)`` the equilibrium strategy ``pi*`` (0 outside the support of ``mu``).
         exploitability: ``g(pi) = tau KL(pi || T(pi)) >= 0`` at the returned strategy
             (module docstring).
-        l1_bound: ``sqrt(2 chi^2(pi || T(pi)))``, a certified bound on ``||pi - pi*||_1``.
+        residual: the certificate: ``sqrt(2 chi^2(pi || T(pi)))``, a certified upper bound on
+            the l1 distance ``||pi - pi*||_1`` to the equilibrium (module docstring), computed
+            from the fixed-point residual ``pi - T(pi)``.
+        tolerance: the ``tol`` it is compared with.
         iterations: PU iterations run.
         newton_steps: accepted Newton steps (module docstring).
-        converged: ``l1_bound <= tol`` was reached.
+        converged: ``residual <= tolerance``.
         tau: the regularization strength.
     """
 
     pi: np.ndarray
     exploitability: float
-    l1_bound: float
+    residual: float
+    tolerance: float
     iterations: int
     newton_steps: int
     converged: bool
@@ -182,7 +186,7 @@ def preference_matrix(tree, rewards, weights) -> np.ndarray:
     for weight, reward in zip(weights, rows, strict=True):
         r = reward.reshape(tree.n_prompts, per_prompt)  # (P, A**H)
         # sigma(r_k(y) - r_k(y')) for every pair of completions of a prompt: (P, A**H, A**H)
-        matrix += weight * expit(r[:, :, None] - r[:, None, :])
+        matrix += weight * preference_probability(r[:, :, None], r[:, None, :])
     diagonal = np.arange(per_prompt)
     matrix[:, diagonal, diagonal] = 0.5  # a completion ties with itself (sum w_k / 2, exactly)
     return matrix
@@ -283,8 +287,9 @@ def regularized_nash(
             is issued and the last iterate returned with ``converged=False``.
 
     Returns:
-        A :class:`RegularizedNash` with ``pi`` ``(n,)``, ``exploitability``, ``l1_bound``,
-        ``iterations`` and ``converged``.
+        A :class:`RegularizedNash` with ``pi`` ``(n,)``, ``exploitability``, ``residual``
+        (the certified bound on ``||pi - pi*||_1``), ``tolerance``, ``iterations`` and
+        ``converged`` (``residual <= tolerance``).
 
     Raises:
         TypeError, ValueError: invalid ``P``, ``mu`` not a distribution, ``tau <= 0``,
@@ -353,7 +358,8 @@ def regularized_nash(
     return RegularizedNash(
         pi=pi,
         exploitability=gap,
-        l1_bound=bound,
+        residual=bound,
+        tolerance=float(tol),
         iterations=iterations,
         newton_steps=newton_steps,
         converged=converged,
