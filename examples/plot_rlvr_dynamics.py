@@ -5,9 +5,9 @@ Exact mean-field training: RLOO, GRPO, Dr. GRPO
 Training on the exact expected update (no sampling noise) on three prompts of different
 difficulty with a 0/1 verifiable reward, k1 in the reward and β = 0.1, natural updates,
 G = 8. RLOO's update is an unbiased policy gradient, so it converges to π* ∝ π_ref·exp(r/β)
-(dotted: the success of π* per prompt); GRPO and Dr. GRPO reweight prompts and stop at their
-own fixed points π ∝ π_ref·exp(w_π/β). Right: the norm of the update, the certificate that
-each run reached its fixed point.
+(black: the success of π* per prompt, near 1); GRPO and Dr. GRPO reweight prompts and stop
+at their own fixed points π ∝ π_ref·exp(w_π/β). Right: the norm of the update, the
+certificate that each run reached its fixed point.
 """
 
 import tinyrlhf as tr

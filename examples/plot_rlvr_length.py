@@ -7,7 +7,8 @@ the weight w(y) each estimator's expected update gives a correct and an incorrec
 of each length, and the expected length :math:`E|y|` under exact training (natural updates,
 G = 8). GRPO's per-sequence average :math:`1/|y|` rewards short correct completions most and
 penalizes long incorrect ones least; DAPO's token average over the whole group weakens the
-bias, and Dr. GRPO and RLOO weigh every length alike.
+bias, and Dr. GRPO and RLOO weigh every length alike (Dr. GRPO's normalized weights are
+RLOO's, hidden under them).
 """
 
 import warnings
