@@ -65,7 +65,7 @@ class ExpectedTrainingWarning(UserWarning):
 
 # ------------------------------------------------------------------------------ entropy
 def depth_entropy(policy: Policy) -> np.ndarray:
-    """Per-depth entropy ``E_{s ~ d_h}[H(pi(. | s))]``, ``(n_prompts, H)``; rows sum to the
+    """Per-depth entropy ``E_{s ~ d_h}[H(pi(.|s))]``, ``(n_prompts, H)``; rows sum to the
     sequence entropy :func:`tinyrlhf.entropy` (chain rule)."""
     policy = check_policy(policy)
     tree = policy.tree

@@ -108,10 +108,12 @@ class KLPenaltyWarning(UserWarning):
 class KLPenaltySolution(Solution):
     """A :class:`Solution` for a KL penalty as trainers write it.
 
-    Extra attributes:
+    Besides those of :class:`Solution`, it has these attributes.
+
+    Attributes:
         term: the :class:`~tinyrlhf.kl_terms.KLTerm`.
-        optimizes: ``"reverse KL" | "forward KL" | "χ²" | "nothing in expectation" |
-            "sign-flipped" | "not a divergence of π"``.
+        optimizes: ``"reverse KL"``, ``"forward KL"``, ``"χ²"``, ``"nothing in expectation"``,
+            ``"sign-flipped"`` or ``"not a divergence of π"``.
         stationary_for: the objective whose stationary point (or, token level, the per-state
             problems whose simultaneous solution) ``policy`` is.
         stationary: True when ``policy`` is an interior zero of the expected update (U).

@@ -317,7 +317,7 @@ class Preferences:
         joined by its separator; on a tree with ``eos``, a completion may stop early with
         ``eos``, as ``tree.leaf_text`` writes it), and optionally a finite ``"weight" >= 0`` (default 1).
         Other keys are ignored. The whole file is checked before anything is returned.
-        Lines end at ``"\n"`` only (a ``"\r"`` before it is JSON whitespace), so a prompt
+        Lines end at ``"\\n"`` only (a ``"\\r"`` before it is JSON whitespace), so a prompt
         or completion holding U+2028, U+2029 or U+0085 reads back unchanged; a UTF-8 byte
         order mark at the start is skipped.
 
