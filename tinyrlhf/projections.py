@@ -408,21 +408,42 @@ def mean_field_scores(target: Policy, log_rows: np.ndarray) -> tuple[np.ndarray,
     Returns:
         ``(scores (H, A), F)``.
     """
+    q_tables, value = _backward_pass(target, log_rows)
+    scores, _ = _forward_pass(target.tree, q_tables, log_rows)
+    entropy_term = float(np.sum(np.exp(log_rows) * log_rows))
+    return scores, entropy_term - float(value.mean())
+
+
+def _backward_pass(target: Policy, log_rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """``Q_h`` for every depth, ``(level_size(h), A)`` each, and ``V_0``, ``(P,)``:
+    ``Q_h(s, a) = log target(a | s) + V_{h+1}(s o a)``, ``V_h(s) = sum_a rho_h(a) Q_h(s, a)``."""
     tree = target.tree
     rows = np.exp(log_rows)  # (H, A)
     q_tables: list[np.ndarray] = [np.empty(0)] * tree.horizon
     value = np.zeros(tree.n_leaves)  # V_H: (n_leaves,)
     for h in range(tree.horizon - 1, -1, -1):
-        # (level_size(h + 1),) -> (level_size(h), A)
+        # V_{h+1}: (level_size(h + 1),) -> (level_size(h), A)
         q_tables[h] = target.log_probs[h] + value.reshape(-1, tree.n_tokens)
         value = q_tables[h] @ rows[h]  # V_h: (level_size(h),)
-    scores = np.empty_like(rows)
+    return q_tables, value
+
+
+def _forward_pass(
+    tree: TokenTree, q_tables: list[np.ndarray], log_rows: np.ndarray, *, update: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scores ``c_h = (1/P) sum_s d_rho(s) Q_h(s, .)``, ``(H, A)``, depth by depth
+    (``d_0 = 1``, ``d_{h+1}(s o a) = d_h(s) rho_h(a)``). With ``update``, each row is replaced
+    by ``softmax(c_h)`` before the next depth's occupancy is formed (one coordinate-ascent
+    sweep). Returns the scores and the (updated) log rows."""
+    log_rows = log_rows.copy()
+    scores = np.empty_like(log_rows)
     reach = np.ones(tree.n_prompts)  # d_0: (P,)
     for h in range(tree.horizon):
         scores[h] = reach @ q_tables[h] / tree.n_prompts
-        reach = np.outer(reach, rows[h]).reshape(-1)  # d_{h+1}: (level_size(h + 1),)
-    entropy_term = float(np.sum(rows * log_rows))
-    return scores, entropy_term - float(value.mean())
+        if update:
+            log_rows[h] = log_softmax(scores[h])
+        reach = np.outer(reach, np.exp(log_rows[h])).reshape(-1)  # d_{h+1}: (level_size(h+1),)
+    return scores, log_rows
 
 
 def _coordinate_sweep(target: Policy, log_rows: np.ndarray) -> np.ndarray:
@@ -433,37 +454,31 @@ def _coordinate_sweep(target: Policy, log_rows: np.ndarray) -> np.ndarray:
     is the exact minimizer of ``F`` over ``rho_h`` (``F`` is ``KL(rho_h || softmax c_h)`` plus
     terms free of ``rho_h``), so ``F`` never increases (Bishop 2006, section 10.1.1).
     """
-    tree = target.tree
-    rows = np.exp(log_rows)
-    q_tables: list[np.ndarray] = [np.empty(0)] * tree.horizon
-    value = np.zeros(tree.n_leaves)
-    for h in range(tree.horizon - 1, -1, -1):
-        q_tables[h] = target.log_probs[h] + value.reshape(-1, tree.n_tokens)
-        value = q_tables[h] @ rows[h]
-    updated = np.empty_like(log_rows)
-    reach = np.ones(tree.n_prompts)
-    for h in range(tree.horizon):
-        updated[h] = log_softmax(reach @ q_tables[h] / tree.n_prompts)
-        reach = np.outer(reach, np.exp(updated[h])).reshape(-1)
-    return updated
+    q_tables, _ = _backward_pass(target, log_rows)
+    return _forward_pass(target.tree, q_tables, log_rows, update=True)[1]
 
 
 @dataclass(frozen=True)
 class _MeanFieldState:
+    """A product-family member during the reverse projection, with its certificate."""
+
     log_rows: np.ndarray  # (H, A)
     value: float  # F(rho)
     image: np.ndarray  # T(rho): (H, A)
     residual: float  # max |log rho - log T(rho)|
 
 
-def _mean_field_state(target: Policy, family: ProductFamily, log_rows: np.ndarray):
+def _mean_field_state(
+    target: Policy, family: ProductFamily, log_rows: np.ndarray
+) -> _MeanFieldState:
+    """The point ``log_rows``, ``F`` there, its image ``T(rho)`` and its certificate."""
     scores, value = mean_field_scores(target, log_rows)
     image = family.mean_field_map(scores)
     residual = float(np.abs(log_rows - image).max(initial=0.0))
     return _MeanFieldState(log_rows, value, image, residual)
 
 
-def _mirror_step(target: Policy, family: ProductFamily, state: _MeanFieldState):
+def _mirror_step(target: Policy, family: ProductFamily, state: _MeanFieldState) -> _MeanFieldState:
     """``log rho <- log_softmax((1 - eta) log rho + eta log T(rho))``, ``eta = 1, 1/2, ...``:
     an entropic mirror-descent (natural-gradient) step of size ``eta``, accepted when ``F``
     does not increase, or (once decreases fall below float64 resolution) when the residual
@@ -484,7 +499,7 @@ def _mirror_step(target: Policy, family: ProductFamily, state: _MeanFieldState):
     return state
 
 
-def _root_polish(target: Policy, family: ProductFamily, state: _MeanFieldState):
+def _root_polish(target: Policy, family: ProductFamily, state: _MeanFieldState) -> _MeanFieldState:
     """Solve the fixed-point equation ``theta = theta(T(rho_theta))`` by Powell's hybrid
     method (``scipy.optimize.root``) from a descent end point: superlinear where coordinate
     ascent converges linearly and slowly (near a bifurcation). Kept only if it lowers the
