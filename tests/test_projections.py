@@ -262,7 +262,7 @@ def test_mean_field_certificate_equals_the_natural_gradient_step_of_the_one_hot_
     one_hot = proj.projection_residual(
         target, one_hot_family(tree, "position"), "reverse", log_rows.reshape(-1)
     )
-    np.testing.assert_allclose(one_hot, mean_field, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(one_hot, mean_field, rtol=1e-10, atol=1e-13)
 
 
 def test_uncertified_points_are_reported_and_warned(monkeypatch):
