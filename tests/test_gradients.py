@@ -97,3 +97,67 @@ def test_both_forms_give_the_exact_policy_gradient():
         np.testing.assert_allclose(b, a, atol=1e-14)
         np.testing.assert_allclose(c, a, atol=1e-14)
     assert gradient_norm(exact) > 0
+
+
+def test_kl_terms_agree_with_the_known_gradients():
+    # the module docstring of kl_estimators derives: k1 in the reward (sequence) and k2 in the
+    # loss (sequence) are grad KL(pi||ref); k3 in the loss (sequence) is grad KL(ref||pi);
+    # k1 in the loss has zero expected gradient
+    from tinyrlhf.kl_terms import kl_penalty_gradient, kl_term
+
+    tree, pi, rng = _problem(4)
+    ref = tr.Policy.random(tree, seed=rng)
+    reverse = tr.kl_gradient(pi, ref)
+    for estimator, placement in (("k1", "reward"), ("k2", "loss")):
+        got = kl_penalty_gradient(pi, ref, kl_term(estimator, placement, "sequence"))
+        for a, b in zip(got, reverse, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-14)
+    zero = kl_penalty_gradient(pi, ref, kl_term("k1", "loss", "token"))
+    assert max(np.abs(table).max() for table in zero) < 1e-15
+    for level in ("sequence", "token"):
+        for estimator in ("k2", "k3"):
+            named = kl_penalty_gradient(pi, ref, kl_term(estimator, "loss", level))
+            old = tr.kl_estimator_gradient(pi, ref, estimator, per_token=level == "token")
+            for a, b in zip(named, old, strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-14)
+
+
+def test_a_callable_estimator_matches_its_named_twin():
+    from tinyrlhf.kl_terms import kl_penalty_gradient, kl_penalty_values, kl_term
+
+    tree, pi, rng = _problem(5)
+    ref = tr.Policy.random(tree, seed=rng)
+
+    def k3(log_pi, log_ref):
+        return np.exp(log_ref - log_pi) - 1 - (log_ref - log_pi)
+
+    for placement in ("reward", "loss"):
+        for level in ("sequence", "token"):
+            mine = kl_term(k3, placement, level)
+            named = kl_term("k3", placement, level)
+            values = kl_penalty_values(pi, ref, mine)
+            reached = np.isfinite(values)
+            np.testing.assert_allclose(
+                values[reached], kl_penalty_values(pi, ref, named)[reached], rtol=1e-12
+            )
+            for a, b in zip(
+                kl_penalty_gradient(pi, ref, mine),
+                kl_penalty_gradient(pi, ref, named),
+                strict=True,
+            ):
+                np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+def test_kl_term_names_are_checked():
+    import pytest
+
+    from tinyrlhf.kl_terms import kl_term
+
+    with pytest.raises(ValueError, match="estimator"):
+        kl_term("k4")
+    with pytest.raises(ValueError, match="placement"):
+        kl_term("k1", "advantage")
+    with pytest.raises(ValueError, match="level"):
+        kl_term("k1", "loss", "batch")
+    with pytest.raises(TypeError, match="estimator"):
+        kl_term(3)
