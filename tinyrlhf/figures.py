@@ -353,11 +353,13 @@ def figure_kl_estimators(config: FigureConfig) -> Figure:
     return fig
 
 
-#: The over-optimization setting of notebook 06: a structureless reward (independent
-#: standard normals, seed 1) on the demo tree with horizon 4, nested preference datasets of
-#: these sizes drawn from pi_ref with this seed. A smooth reward (the demo's) is learned
-#: well from few pairs and hides the effect; this one shows it.
-OVEROPTIMIZATION_SIZES = (100, 300, 1000, 3000)
+#: The over-optimization setting: notebook 06's structureless reward (independent standard
+#: normals, seed 1) on the demo tree with horizon 4 (81 completions), nested datasets of
+#: distinct preference pairs of these sizes drawn from pi_ref with this seed. A smooth reward
+#: (the demo's) is learned well from few pairs and hides the effect. Whether a given small
+#: dataset over-optimizes depends on its draw; in this one the 100- and 300-pair fits do and
+#: the larger ones reach the oracle (tests/test_figures.py checks the claim on the data).
+OVEROPTIMIZATION_SIZES = (100, 300, 1000, 3000, 10000)
 OVEROPTIMIZATION_SEEDS = (1, 0)  # (reward, preference pairs)
 
 
@@ -389,8 +391,8 @@ def figure_overoptimization(config: FigureConfig) -> Figure:
     )
     fig.suptitle(
         "Reward over-optimization, noise-free: RLHF solved exactly under Bradley-Terry rewards "
-        "fitted from n pairs (one point per β).\nA structureless reward: as β falls the proxy "
-        "gain keeps rising while the true reward peaks, then falls (the policy climbs r̂'s errors)"
+        "fitted from n pairs (one point per β).\nA structureless reward: with few pairs, as β "
+        "falls the proxy gain keeps rising while the true reward peaks, then falls"
     )
     return fig
 

@@ -80,9 +80,9 @@ from .families import (
     PositionFamily,
     ProductFamily,
     UnigramFamily,
-    _log_token_counts,
-    _pin_last,
 )
+from .families import _log_token_counts as _log_token_counts  # importable here before the split
+from .families import _pin_last as _pin_last
 from .policy import NORMALIZATION_ATOL, Policy
 from .solvers import policy_gradient_grad
 from .tree import TokenTree
@@ -106,8 +106,6 @@ __all__ = [
     "Projection",
     "ProjectionWarning",
     "UnigramFamily",
-    "_log_token_counts",
-    "_pin_last",
     "family_divergence",
     "kl_landscape",
     "leaf_policy",
@@ -149,6 +147,9 @@ QUASI_NEWTON_OPTIONS = {"gtol": 1e-10, "maxiter": 2000}
 POLISH_STEPS = 50
 #: Armijo sufficient-decrease constant of the polish's backtracking line search.
 ARMIJO_C = 1e-4
+#: Relative float64 resolution of F in the polish: changes of F below POLISH_TOL * (1 + |F|)
+#: are rounding, so there a step is judged by the gradient instead.
+POLISH_TOL = 1e-15
 #: Smallest mirror step tried by the unigram solver's backtracking before it gives up.
 SMALLEST_STEP = 1e-12
 
@@ -348,7 +349,7 @@ def _polish(
         decrement = float(gradient @ direction)  # predicted decrease, >= 0
         if residual <= tol or not decrement > 0.0:
             return theta, residual
-        resolution = np.finfo(np.float64).eps * (1.0 + abs(value))
+        resolution = POLISH_TOL * (1.0 + abs(value))
         step = 1.0
         while step > np.finfo(np.float64).eps:
             trial = theta - step * direction
