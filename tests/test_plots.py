@@ -4,6 +4,7 @@ expected axes (no image comparisons); bad input is refused."""
 import matplotlib
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import tinyrlhf as tr
@@ -100,3 +101,29 @@ def test_token_tree_refuses_trees_too_large_to_read():
     tree = tr.TokenTree(["a", "b", "c"], 4)
     with pytest.raises(ValueError, match="at most 32 leaves"):
         plots.plot_token_tree(tree, {"uniform": tr.Policy.uniform(tree)})
+
+
+def test_kl_estimator_curves_that_coincide_stay_visible():
+    # k1 and k3 are unbiased: their mean curves coincide with each other and with the true
+    # KL (issue 10: two legend entries were hidden under others). Every estimator's curve
+    # carries its own marker, and curves with equal data put their markers at different
+    # places along the line (markevery offsets), so each legend entry shows on the plot.
+    kl = np.linspace(0.0, 2.0, 40)
+    names = ["k1", "k2", "k3", "k1 per token", "k2 per token", "k3 per token"]
+    means = {name: kl if name.startswith(("k1", "k3")) else kl + kl**2 / 2 for name in names}
+    stds = {name: np.sqrt(kl) for name in names}  # all equal
+    errors = {name: np.zeros_like(kl) for name in names}  # all equal
+    fig = plots.plot_kl_estimators(kl, means, stds, errors)
+    for ax in fig.axes:
+        lines = [line for line in ax.get_lines() if line.get_label() in names]
+        assert len(lines) == len(names)
+        styles = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+        assert len(styles) == len(names)  # one legend entry, one look
+        for i, first in enumerate(lines):
+            assert first.get_marker() not in ("None", "none", "", None)
+            for second in lines[i + 1 :]:
+                if np.allclose(first.get_ydata(), second.get_ydata()):
+                    assert first.get_markevery() != second.get_markevery()
+        legend_labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert set(names) <= set(legend_labels)
+    FigureCanvasAgg(fig).draw()

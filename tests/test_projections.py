@@ -129,45 +129,174 @@ def test_reverse_projection_beats_random_members_and_is_stationary(data):
         for _ in range(30):
             member = family.policy(tree, random_theta(family, tree, rng, scale=3.0))
             assert tr.kl_divergence(member, target).mean() >= best - 1e-9
-        for optimum in result.optima:  # every reported optimum is a stationary point
+        for optimum in result.optima:  # every reported optimum is a certified stationary point
+            assert optimum.converged and optimum.residual <= optimum.tolerance
+            # Bound derived from the certificate r = max |log rho - log T(rho)|: per depth the
+            # gradient is rho_h(a) (delta_h(a) - E_rho_h delta_h) with |delta| <= r, summed over
+            # at most H depths (unigram), so |g| <= 2 H r; 1e-12 covers rounding.
             _, gradient = proj.family_divergence(target, name, "reverse", optimum.parameters)
-            np.testing.assert_allclose(gradient, 0.0, atol=1e-9)
+            bound = 2 * tree.horizon * optimum.residual + 1e-12
+            assert np.abs(gradient).max(initial=0.0) <= bound
         means = [float(optimum.kl.mean()) for optimum in result.optima]
         assert means == sorted(means)
 
 
-def mean_field_fixed_point(tree, target, pi):
+def mean_field_fixed_point(tree, target, pi, kind="position"):
     """The right side of the stationarity condition of mean_p KL(P_pi || T_p) over a
-    product (position-family) policy, derived by hand: on each simplex pi_h,
-        log pi_h(a) = mean_p E_{pi_{-h}}[log T_p(xi) | a_h = a] + const,
-    so pi_h = softmax of that conditional expectation. Enumerated over the leaves."""
+    product policy, derived by hand: on each simplex pi_h,
+        log pi_h(a) = mean_p E_{pi_{-h}}[log T_p(xi) | a_h = a] + const     (position),
+    and for one row shared by all depths (the derivative of the degree-H multilinear term
+    sums over the depths) log pi(a) = (1/H) sum_h (the same) + const    (unigram).
+    Enumerated over the leaves, independently of the package's backward/forward passes."""
     tokens = tree.leaf_token_indices()  # (n_leaves, H)
     rows = np.stack([np.exp(table[0]) for table in pi.log_probs])  # pi_h(a): (H, A)
     log_target = target.leaf_log_probs()
-    fixed = []
+    scores = []
     for h in range(tree.horizon):
         others = [k for k in range(tree.horizon) if k != h]
         weight = np.prod(rows[others, tokens[:, others]], axis=1) if others else 1.0
-        expectation = (
+        scores.append(
             np.bincount(tokens[:, h], weights=weight * log_target, minlength=tree.n_tokens)
             / tree.n_prompts
         )  # (A,)
-        fixed.append(np.exp(expectation - logsumexp(expectation)))
-    return np.stack(fixed), rows
+    scores = np.stack(scores)  # (H, A)
+    if kind == "unigram":
+        scores = np.broadcast_to(scores.mean(axis=0), scores.shape)
+    return np.exp(scores - logsumexp(scores, axis=1, keepdims=True)), rows
+
+
+# The target of issue 10, section 1 (log-probabilities level by level): BFGS stalled on a
+# softmax plateau with pi_0(b) = 1.4e-27 and reported it as an optimum; the mean-field fixed
+# point there says 0.0057.
+ISSUE_TREE = tr.TokenTree(("a", "b", "c"), 3, prompts=("p",))
+ISSUE_TARGET_LOG_PROBS = [
+    [[-0.18849214, -4.78507629, -1.81131241]],
+    [
+        [-1.26530179, -1.15018148, -0.91312935],
+        [-2.31758306, -0.52952931, -1.16281001],
+        [-0.06813364, -3.16534655, -3.74376396],
+    ],
+    [
+        [-0.76103135, -1.14779027, -1.53489448],
+        [-1.51686713, -0.64412077, -1.36461976],
+        [-0.53498773, -1.69254856, -1.46848686],
+        [-0.40293941, -1.40365474, -2.453989],
+        [-2.43143917, -1.70807506, -0.31351216],
+        [-1.72172139, -1.69565974, -0.44978746],
+        [-2.16073786, -1.56599815, -0.39173895],
+        [-0.99593228, -1.48476559, -0.90617794],
+        [-3.99722421, -0.14775509, -2.12870667],
+    ],
+]
+
+
+def issue_target():
+    # the rows are rounded to 8 digits, so they are normalized only to ~1e-8: from_logits
+    # renormalizes them (a shift of < 1e-8 per row)
+    return tr.Policy.from_logits(ISSUE_TREE, [np.array(level) for level in ISSUE_TARGET_LOG_PROBS])
+
+
+def test_issue_target_has_no_stalled_optimum():
+    target = issue_target()
+    result = tr.project_all(target, "position", "reverse", seed=0, n_starts=8)
+    for optimum in result.optima:
+        assert optimum.converged and optimum.residual <= optimum.tolerance
+        fixed, rows = mean_field_fixed_point(ISSUE_TREE, target, optimum.policy)
+        np.testing.assert_allclose(rows, fixed, rtol=1e-7, atol=0)
+        assert rows.min() > 1e-3  # no plateau point: every token keeps a visible probability
+    # the stalled point of the bug, rebuilt: the optimum with pi_0(b) pushed to 1.4e-27. Its
+    # logit-space gradient is below any tolerance, but the certificate sees the violation:
+    # log(0.0057 / 1.4e-27) ~ 57.
+    log_rows = np.stack([table[0] for table in result.policy.log_probs])  # (H, A)
+    log_rows[0, 1] = np.log(1.4e-27)
+    log_rows[0] -= logsumexp(log_rows[0])
+    stalled = proj.FAMILIES["position"].theta_of(log_rows)
+    _, gradient = proj.family_divergence(target, "position", "reverse", stalled)
+    assert np.abs(gradient[1]) < 1e-20  # the plateau: d F / d theta_0(b) ~ pi_0(b) (...)
+    residual = proj.projection_residual(target, "position", "reverse", stalled)
+    fixed, rows = mean_field_fixed_point(
+        ISSUE_TREE, target, proj.FAMILIES["position"].policy(ISSUE_TREE, stalled)
+    )
+    np.testing.assert_allclose(rows[0, 1], 1.4e-27, rtol=1e-2)  # (renormalized row)
+    np.testing.assert_allclose(residual, np.log(fixed[0, 1] / rows[0, 1]), rtol=1e-9)
+    assert residual > 50
 
 
 @settings(max_examples=20)
 @given(st.data())
 def test_reverse_position_optima_satisfy_the_mean_field_fixed_point(data):
     # An independent characterization of a local optimum (coordinate-ascent variational
-    # inference). It also rules out "optima" where a quasi-Newton method stalled on a softmax plateau: there
-    # the gradient ~ pi log pi is below any tolerance but the fixed point is violated.
+    # inference). It also rules out "optima" where a quasi-Newton method stalled on a softmax
+    # plateau: there the gradient ~ pi log pi is below any tolerance but the fixed point is
+    # violated. The certificate r = max |log pi - log T(pi)| <= 1e-9 bounds the relative
+    # error of every row entry against the fixed point by e^r - 1 ~ 1e-9.
     tree = data.draw(trt.trees(max_tokens=3, max_horizon=3))
-    target = data.draw(trt.policies(tree, allow_zeros=False))
-    result = tr.project_all(target, "position", "reverse", seed=0, n_starts=4)
+    target = data.draw(trt.policies(tree, allow_zeros=False, min_temperature=0.1))
+    for kind in ("position", "unigram"):
+        result = tr.project_all(target, kind, "reverse", seed=data.draw(trt.seeds), n_starts=4)
+        assert result.all_converged
+        for optimum in result.optima:
+            assert optimum.residual <= optimum.tolerance == proj.DEFAULT_TOLERANCE
+            fixed, rows = mean_field_fixed_point(tree, target, optimum.policy, kind)
+            np.testing.assert_allclose(rows, fixed, rtol=1e-8, atol=0)
+            # recomputed from the reported parameters (the round trip theta -> rows costs
+            # a few ulps of the log-probabilities, |log rho| < 1e3 here)
+            recomputed = proj.projection_residual(target, kind, "reverse", optimum.parameters)
+            np.testing.assert_allclose(recomputed, optimum.residual, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=15)
+@given(st.data())
+def test_mean_field_certificate_equals_the_natural_gradient_step_of_the_one_hot_family(data):
+    # Two routes to the certificate at an arbitrary member: the mean-field map of the
+    # position family (backward/forward passes) and one full natural-gradient step of the
+    # same family written with one-hot features (Fisher matrix, least squares). The natural
+    # gradient of a product family is block diagonal and its step lands on T(rho).
+    tree = data.draw(trt.trees(max_tokens=3, max_horizon=3))
+    target = data.draw(trt.policies(tree, allow_zeros=False, min_temperature=0.5))
+    rng = np.random.default_rng(data.draw(trt.seeds))
+    family = proj.FAMILIES["position"]
+    theta = random_theta(family, tree, rng, scale=1.5)
+    log_rows = family.log_rows(tree, theta)  # (H, A)
+    mean_field = proj.projection_residual(target, family, "reverse", theta)
+    one_hot = proj.projection_residual(
+        target, one_hot_family(tree, "position"), "reverse", log_rows.reshape(-1)
+    )
+    np.testing.assert_allclose(one_hot, mean_field, rtol=1e-10, atol=1e-13)
+
+
+def test_uncertified_points_are_reported_and_warned(monkeypatch):
+    # With no sweep allowed, the random starts are returned as they are: not fixed points
+    # (a random start is one only on a measure-zero set), so converged is False and both
+    # entry points warn instead of presenting them as optima.
+    target = issue_target()
+    monkeypatch.setattr(proj, "MAX_SWEEPS", 0)
+    with pytest.warns(proj.ProjectionWarning, match="not certified"):
+        result = tr.project_all(target, "position", "reverse", seed=0, n_starts=2)
+    assert not result.converged and not result.all_converged
     for optimum in result.optima:
-        fixed, rows = mean_field_fixed_point(tree, target, optimum.policy)
-        np.testing.assert_allclose(rows, fixed, rtol=1e-6, atol=1e-12)
+        assert optimum.residual > optimum.tolerance and not optimum.converged
+    with pytest.warns(proj.ProjectionWarning, match="not a certified optimum"):
+        tr.project(target, "position", "reverse", seed=0)
+    monkeypatch.undo()
+    result = tr.project_all(target, "position", "reverse", seed=0, n_starts=2)
+    assert result.converged and result.residual <= result.tolerance
+    with pytest.raises(ValueError, match="tol"):
+        tr.project(target, "position", "reverse", tol=0.0)
+
+
+def test_mean_field_scores_value_is_the_reverse_kl():
+    # F returned with the scores equals the KL computed from the leaves by kl_divergence.
+    rng = np.random.default_rng(5)
+    tree = tr.TokenTree(["a", "b", "c"], 3, prompts=["x", "y"])
+    target = tr.Policy.random(tree, seed=rng)
+    for name in ("position", "unigram"):
+        family = proj.FAMILIES[name]
+        theta = random_theta(family, tree, rng)
+        _, value = proj.mean_field_scores(target, family.log_rows(tree, theta))
+        np.testing.assert_allclose(
+            value, tr.kl_divergence(family.policy(tree, theta), target).mean(), rtol=1e-12
+        )
 
 
 def test_bimodal_target_has_two_reverse_optima_and_a_saddle():
@@ -374,3 +503,36 @@ def test_bad_input_is_refused_with_clear_messages():
         proj.family_divergence(log_target, "position", "reverse", np.zeros(3), tree=tree)
     with pytest.raises(ValueError, match="n_starts must be >= 1"):
         tr.project_all(log_target, "position", "reverse", tree=tree, n_starts=0)
+
+
+def test_forward_closed_form_equals_brute_force_minimization():
+    # An independent route on a tiny tree: the forward KL of a product policy written out
+    # over the leaves with numpy alone, minimized by Nelder-Mead over softmax parameters.
+    tree = tr.TokenTree(["a", "b"], 2, prompts=["x", "y"])
+    target = tr.Policy.random(tree, seed=11)
+    leaf = target.leaf_probs().reshape(2, 4)  # (P, leaves per prompt)
+    tokens = tree.leaf_token_indices()[:4]  # (4, H)
+
+    def forward_kl(rows):  # rows: (H, A) probabilities of a product policy
+        model = rows[0, tokens[:, 0]] * rows[1, tokens[:, 1]]  # (4,)
+        return float(np.mean(np.sum(leaf * (np.log(leaf) - np.log(model)), axis=1)))
+
+    def position(theta):  # theta = (logit of 'a' at depth 0, at depth 1)
+        p = expit(theta)
+        return forward_kl(np.stack([p, 1 - p], axis=1))
+
+    def unigram(theta):
+        p = expit(theta[0])
+        return forward_kl(np.array([[p, 1 - p], [p, 1 - p]]))
+
+    options = {"xatol": 1e-10, "fatol": 1e-14, "maxiter": 4000}
+    for name, objective, n in (("position", position, 2), ("unigram", unigram, 1)):
+        found = minimize(objective, np.zeros(n), method="Nelder-Mead", options=options)
+        closed = tr.project(target, name, "forward")
+        np.testing.assert_allclose(
+            tr.kl_divergence(target, closed).mean(), found.fun, rtol=1e-9, atol=1e-12
+        )
+        probs = np.array([np.exp(closed.log_probs[h][0, 0]) for h in range(2)])  # P('a') per h
+        np.testing.assert_allclose(
+            probs[:n] if name == "position" else probs[:1], expit(found.x), atol=1e-6
+        )

@@ -54,26 +54,78 @@ def test_beta_path_matches_the_closed_form_and_its_identities(problem):
         )
 
 
+#: Rounding bound used below for a quantity q of the path computed from leaf sums: relative
+#: error ~ (number of terms + depth) * eps; 1e3 * eps * (its magnitude scale) covers the
+#: trees drawn here (<= 512 leaves).
+ROUNDING = 1e3 * np.finfo(np.float64).eps
+
+
+def central_difference(fn, t, third_derivative_bound, rounding):
+    """fn'(t) by a central difference with the step chosen from the curvature, and a bound on
+    its error. Error = truncation + rounding <= M3 d^2 / 6 + rounding / d (Taylor), minimized
+    at d = (3 rounding / M3)^(1/3); returns (estimate, bound)."""
+    step = (3 * rounding / third_derivative_bound) ** (1 / 3) if third_derivative_bound else 1e-3
+    step = min(step, t / 2)  # stay in t > 0
+    estimate = (fn(t + step) - fn(t - step)) / (2 * step)
+    return estimate, third_derivative_bound * step**2 / 6 + rounding / step
+
+
 @settings(max_examples=20)
 @given(trt.problems(max_magnitude=3.0, allow_zeros=False))
 def test_beta_derivatives_match_the_exponential_family(problem):
-    # d(beta log Z)/d beta = -KL(pi* || pi_ref)   (envelope theorem on J* = beta log Z)
-    # d E*[r]/d beta = -Var_{P*}(r) / beta^2      (E*[r] = d log Z / d(1/beta))
-    # dE*/dKL along the path = beta               (the frontier's slope)
+    # Derived by hand with t = 1/beta: log Z(t) = log E_ref[e^{t r}] is the cumulant
+    # generating function of r under P_ref, so d log Z/dt = E*[r], d E*[r]/dt = Var*(r),
+    # and KL = t E*[r] - log Z gives dKL/dt = t Var*(r); with dt/dbeta = -1/beta^2:
+    #   d log Z/d beta = -E*[r]/beta^2,  d E*[r]/d beta = -Var*(r)/beta^2,
+    #   d KL/d beta = -Var*(r)/beta^3,   d(beta log Z)/d beta = log Z - E*[r]/beta = -KL.
     tree, ref, reward, beta = problem
     beta = float(np.clip(beta, 0.1, 10.0))
-    step = 1e-5 * beta
-    path = tr.beta_path(ref, reward, np.array([beta - step, beta, beta + step]))
-    d_value = (path.objective[2] - path.objective[0]) / (2 * step)
-    d_reward = (path.expected_reward[2] - path.expected_reward[0]) / (2 * step)
-    d_kl = (path.kl[2] - path.kl[0]) / (2 * step)
-    np.testing.assert_allclose(d_value, -path.kl[1], rtol=1e-5, atol=1e-6)
+    path = tr.beta_path(ref, reward, np.array([beta]))
+    # 1. the variance, enumerated over the leaves of P* (an independent route)
     p_star, _ = leaf_star(ref, reward, beta)
     r = reward.reshape(tree.n_prompts, -1)
-    variance = np.sum(p_star * r**2, axis=1) - np.sum(p_star * r, axis=1) ** 2
-    np.testing.assert_allclose(d_reward, -variance / beta**2, rtol=1e-4, atol=1e-6)
-    moving = np.abs(d_kl) > 1e-6  # prompts whose optimum moves with beta
-    np.testing.assert_allclose(d_reward[moving] / d_kl[moving], beta, rtol=1e-4)
+    mean = np.sum(p_star * r, axis=1, keepdims=True)
+    variance = np.sum(p_star * (r - mean) ** 2, axis=1)
+    floor = 1e-25 * (1 + np.abs(reward).max()) ** 2  # (eps |r|)^2: rounding of r - E*[r]
+    np.testing.assert_allclose(path.reward_variance[0], variance, rtol=1e-9, atol=floor)
+    np.testing.assert_allclose(
+        path.d_expected_reward[0], -variance / beta**2, rtol=1e-9, atol=floor / beta**2
+    )
+    np.testing.assert_allclose(path.d_kl[0], -variance / beta**3, rtol=1e-9, atol=floor / beta**3)
+    # 2. envelope theorem: log Z + beta d log Z/d beta (closed form) = -KL (divergences)
+    magnitude = 1 + np.abs(path.log_partition[0]) + np.abs(path.expected_reward[0]) / beta
+    np.testing.assert_allclose(
+        path.log_partition[0] + beta * path.d_log_partition[0],
+        path.d_objective[0],
+        rtol=0,
+        atol=ROUNDING * magnitude.max(),
+    )
+    # 3. the exact derivatives against central differences in t = 1/beta, each with its step
+    # chosen from a bound on the third derivative: |kappa_n| <= R^n for a reward of range R
+    # (|r - E r| <= R), so the third t-derivative of log Z is kappa_3 (|.| <= R^3), that of
+    # E*[r] is kappa_4 (<= R^4), and that of KL is 2 kappa_3 + t kappa_4 (<= 2 R^3 + t R^4),
+    # at every t.
+    spread = np.ptp(r, axis=1)  # R per prompt
+    t = 1 / beta
+
+    def at(t_value):
+        return tr.beta_path(ref, reward, np.array([1 / t_value]))
+
+    checks = (
+        ("log_partition", spread**3, -(beta**2) * path.d_log_partition[0]),
+        ("expected_reward", spread**4, -(beta**2) * path.d_expected_reward[0]),
+        ("kl", 2 * spread**3 + (t + 1) * spread**4, -(beta**2) * path.d_kl[0]),
+    )
+    for name, third, exact in checks:
+        for p in range(tree.n_prompts):
+            size = 1 + np.abs(path.log_partition[0, p]) + t * np.abs(r[p]).max()
+            estimate, bound = central_difference(
+                lambda t_value, name=name, p=p: getattr(at(t_value), name)[0, p],
+                t,
+                third[p],
+                ROUNDING * size,
+            )
+            assert abs(estimate - exact[p]) <= bound, (name, p, estimate, exact[p], bound)
 
 
 def test_frontier_end_points_derived_by_hand():

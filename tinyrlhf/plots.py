@@ -64,8 +64,9 @@ def plot_token_tree(
 ) -> Figure:
     """The token tree of one prompt, each edge labelled with ``pi(a | s)`` of every policy.
 
-    Edge widths follow the last policy's ``pi(a | s)``. Leaves show their completion and the
-    given per-leaf values (e.g. the reward).
+    Each edge carries every policy's ``pi(a | s)`` in that policy's colour; the edges are drawn
+    in the last policy's colour, with widths following its ``pi(a | s)`` (the legend says so).
+    Leaves show their completion and the given per-leaf values (e.g. the reward).
 
     Args:
         tree: the token tree (at most :data:`MAX_TREE_LEAVES` leaves per prompt).
@@ -108,7 +109,9 @@ def plot_token_tree(
             axis=1,
         )  # (A**(h+1), 2 ends, 2 coordinates)
         ax.add_collection(
-            LineCollection(segments, linewidths=0.6 + 5.0 * width, colors="0.55", zorder=1)
+            LineCollection(
+                segments, linewidths=0.6 + 5.0 * width, colors=colors[-1], alpha=0.45, zorder=1
+            )
         )
         # labels at 55% of the way down each edge: the token, then each policy's pi(a|s)
         label_x = 0.45 * np.repeat(parent_x, n_tokens) + 0.55 * child_x
@@ -167,11 +170,18 @@ def plot_token_tree(
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
+    # the legend says what each colour is: the numbers of each policy (square markers) and
+    # the edges, drawn in the last policy's colour with width following its pi(a|s)
+    last = list(policies)[-1]
     ax.legend(
-        handles=[Line2D([], [], color=color, lw=3) for color in colors],
-        labels=[f"{label}(a | s)" for label in policies],
-        title=f"edge width: {list(policies)[-1]}(a | s)",
-        title_fontsize=8,
+        handles=[
+            *(Line2D([], [], ls="none", marker="s", ms=8, color=color) for color in colors),
+            Line2D([], [], color=colors[-1], alpha=0.45, lw=4),
+        ],
+        labels=[
+            *(f"numbers: {label}(a | s)" for label in policies),
+            f"edges: width ∝ {last}(a | s)",
+        ],
         loc="upper right",
         fontsize=9,
     )
@@ -495,10 +505,15 @@ def plot_preference_game(
         offset = (k - (len(distributions) - 1) / 2) * width
         bars_ax.bar(np.arange(n) + offset, probs, width=width, label=label, color=f"C{k}")
     bars_ax.set_xticks(np.arange(n), labels)
-    bars_ax.set_ylim(0, 1)
+    # probabilities reach 1: leave a band above them for the legend (one row of 8-point text
+    # per distribution, about 0.1 of the unit height each), ticks stop at 1
+    legend_band = 0.1 + 0.1 * len(distributions)
+    bars_ax.set_ylim(0, 1.0 + legend_band)
+    bars_ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    bars_ax.axhline(1.0, color="0.6", lw=0.6, zorder=0)
     bars_ax.set_ylabel("probability")
     bars_ax.set_title("the solutions")
-    bars_ax.legend(fontsize=8)
+    bars_ax.legend(fontsize=8, loc="upper right", borderaxespad=0.3)
     if win_rates is not None:
         rates_ax = panels[2]
         betas, curves = win_rates
@@ -534,9 +549,22 @@ def plot_kl_estimators(
     """
     kl = np.asarray(kl, dtype=np.float64)
     mean_ax, std_ax, grad_ax = _panels(axes, 3, (14.0, 4.2))
-    mean_ax.plot(kl, kl, color="black", lw=1, ls="--", label="the true KL")
+    mean_ax.plot(kl, kl, color="black", lw=1, ls="--", label="the true KL", zorder=3)
+    # Unbiased estimators coincide with each other (and with the true KL): each curve gets
+    # its own marker, markers staggered along the curve (markevery offsets) and widths decreasing
+    # in drawing order, so that every legend entry stays visible where curves overlap.
+    n_curves = len(means)
+    spacing = 0.12  # between two markers of one curve: a fraction of the axes diagonal
     for k, label in enumerate(means):
-        style = {"color": f"C{k % 3}", "ls": "-" if k < 3 else "--"}
+        style = {
+            "color": f"C{k % 3}",
+            "ls": "-" if k < 3 else "--",
+            "lw": 1.0 + 1.5 * (n_curves - 1 - k) / max(n_curves - 1, 1),
+            "marker": "osD^vP"[k % 6],
+            "ms": 5,
+            "mfc": "white" if k >= 3 else None,
+            "markevery": (spacing * k / n_curves, spacing),
+        }
         mean_ax.plot(kl, np.asarray(means[label]), label=label, **style)
         std_ax.plot(kl, np.asarray(stds[label]), label=label, **style)
         grad_ax.plot(kl, np.asarray(gradient_errors[label]), label=label, **style)

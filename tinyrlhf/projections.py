@@ -16,51 +16,105 @@ inside *any* family the reverse projection of ``P*`` is the family's best policy
 objective (lecture: "Max Ent / soft RL is an RKL projection"), while the forward projection
 of a data distribution is maximum likelihood (lecture: "FKL = MLE").
 
-A family is a set of softmax policies whose logits are a linear function of parameters
-``theta`` (one small :class:`Family` subclass each):
+The families live in :mod:`tinyrlhf.families` (``"full"``, ``"position"``, ``"unigram"``,
+:class:`LogLinearFamily`). With several prompts, divergences are averaged over prompts drawn
+uniformly (as in the policy gradient's ``d_0``). The forward projection onto the position and
+unigram families has a closed form: the target's normalized expected token counts.
 
-- ``"full"``: one free logit per (state, token); both projections return the target itself.
-- ``"position"``: ``pi(a | s)`` depends only on the depth ``h`` of ``s`` (shared by prompts).
-- ``"unigram"``: one token distribution for every state.
-- :class:`LogLinearFamily`: ``logit(s, a) = phi(s, a) . theta`` for given features.
+The reverse projection is not convex (a bimodal target has two local optima in the position
+family). For the product families (position, unigram) a member is one row ``rho_h`` per
+depth, and ``F(rho) = mean_p KL(P_rho || target_p)`` is stationary exactly when every row is
+the softmax of its mean-field score (Bishop 2006, eq. 10.9)
 
-With several prompts, divergences are averaged over prompts drawn uniformly (as in the policy
-gradient's ``d_0``). The forward projection onto the position and unigram families has a
-closed form: the normalized expected token counts of the target (per depth, or overall),
-weighted by the target's state occupancies ``d_h^target(s)``. The reverse projection is not
-convex (a bimodal target has two local optima in the position family); it is minimized over
-``theta`` with exact gradients from several random starts -- quasi-Newton BFGS
-(``scipy.optimize.minimize``), then Newton steps in the natural-gradient metric to polish --
-and every distinct local optimum found is reported (:func:`project_all`). The reverse gradient
-is the policy gradient with reward 0, ``beta = 1`` and the target as reference,
+    c_h(a) = (1/P) sum_{s at depth h} d_rho(s) Q_h(s, a),
+    Q_h(s, a) = log target(a | s) + V_{h+1}(s o a),   V_h(s) = sum_a rho_h(a) Q_h(s, a),
 
-    dKL(pi || target) / dlogit(s, a) = -d_pi(s) pi(a|s) (Q(s, a) - V(s)),
+(``V`` the expected remaining target log-likelihood; one backward and one forward pass). The
+solver is coordinate ascent on the rows (position: each row's update is its exact minimizer,
+so ``F`` never increases) or mirror-descent steps ``log rho <- (1 - eta) log rho + eta
+log T(rho)`` with backtracking (unigram), from several random starts; a root-finder on the
+fixed-point equation finishes slow cases. Each reported optimum carries its **certificate**
 
+    residual = max_{h, a} |log rho_h(a) - log T(rho)_h(a)|,
+
+the distance, in log space on the simplex, between the point and its own fixed-point map
+``T``. Unlike the gradient in logit space, which vanishes like ``rho log rho`` on the plateaus
+near the boundary of the simplex (a quasi-Newton method stalls there), the residual is large
+at such a point: a token at probability 1e-27 whose fixed point says 0.0057 has residual 57.
+For other families (:class:`LogLinearFamily`) the optimizer is BFGS with exact gradients
+polished by Newton steps in the natural-gradient metric, and the certificate is the same
+distance between ``pi`` and the image of a full natural-gradient step ``theta - M^+ g``
+(for the position family written with one-hot features this image is ``T(rho)``). An optimum
+is ``converged`` exactly when ``residual <= tolerance``; otherwise the projection warns
+(:class:`ProjectionWarning`).
+
+The reverse gradient is the policy gradient with reward 0, ``beta = 1`` and the target as
+reference, ``dKL(pi || target) / dlogit(s, a) = -d_pi(s) pi(a|s) (Q(s, a) - V(s))``
 (:func:`tinyrlhf.policy_gradient_grad`), and the forward one is
 ``d_target(s) (pi(a|s) - target(a|s))``; both are pulled back to ``theta`` through the
 transpose of the family's linear map.
 
 References: Minka (2005), "Divergence measures and message passing" (mode-seeking vs
-inclusive KL); Korbak, Perez & Buckley (2022), "RL with KL penalties is better viewed as
-Bayesian inference"; Ziebart (2010), ch. 6; Amari (1998), "Natural gradient works efficiently
-in learning" (the metric of the polish).
+inclusive KL); Bishop (2006), "Pattern Recognition and Machine Learning", section 10.1
+(mean-field fixed point, coordinate ascent); Korbak, Perez & Buckley (2022), "RL with KL
+penalties is better viewed as Bayesian inference"; Ziebart (2010), ch. 6; Amari (1998),
+"Natural gradient works efficiently in learning"; Beck & Teboulle (2003), "Mirror descent
+and nonlinear projected subgradient methods for convex optimization".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar, root
 from scipy.special import log_softmax, logsumexp
 
 from .divergences import kl_divergence, total_variation
+from .families import (
+    FAMILIES,
+    Family,
+    FullFamily,
+    LogLinearFamily,
+    PositionFamily,
+    ProductFamily,
+    UnigramFamily,
+)
+from .families import _log_token_counts as _log_token_counts  # importable here before the split
+from .families import _pin_last as _pin_last
 from .policy import NORMALIZATION_ATOL, Policy
 from .solvers import policy_gradient_grad
 from .tree import TokenTree
-from .validation import check_leaf_array, check_positive_int, check_tree, make_rng
+from .validation import (
+    check_leaf_array,
+    check_positive_int,
+    check_tolerance,
+    check_tree,
+    make_rng,
+)
+
+__all__ = [
+    "DIVERGENCES",
+    "FAMILIES",
+    "Family",
+    "FullFamily",
+    "LocalOptimum",
+    "LogLinearFamily",
+    "PositionFamily",
+    "ProductFamily",
+    "Projection",
+    "ProjectionWarning",
+    "UnigramFamily",
+    "family_divergence",
+    "kl_landscape",
+    "leaf_policy",
+    "mean_field_scores",
+    "project",
+    "project_all",
+    "projection_residual",
+    "saddle_point",
+]
 
 DIVERGENCES = ("reverse", "forward")
 #: Standard deviation of the random starting parameters of the numerical projections (logit
@@ -68,227 +122,40 @@ DIVERGENCES = ("reverse", "forward")
 START_SCALE = 2.0
 #: Default number of random starts of the numerical projections.
 DEFAULT_STARTS = 8
+#: Default certificate tolerance: the largest accepted ``max |log pi - log pi+|`` between a
+#: reported optimum and its fixed-point (or natural-gradient) image. It bounds the relative
+#: error of every probability of the optimum's rows by about this much; float64 rounding of
+#: the scores (sums of log-probabilities of size ~10) is ~1e-14.
+DEFAULT_TOLERANCE = 1e-9
 #: Two optimizer end points whose leaf distributions are closer than this in total variation
-#: are the same local optimum (polished end points agree to ~1e-10; distinct
-#: optima of the examples are > 0.1 apart).
+#: are the same local optimum (certified end points agree to ~1e-9; distinct optima of the
+#: examples are > 0.1 apart).
 DISTINCT_OPTIMA_TV = 1e-4
-#: Options of the quasi-Newton stage (``scipy.optimize.minimize(method="BFGS")``): stop when
-#: the gradient norm falls below gtol. Dense BFGS suits the few parameters of these families;
-#: it also avoids L-BFGS-B's compiled routine, which calls multithreaded BLAS and was ~15x
-#: slower on a loaded 2-core machine for 6 parameters.
+#: Coordinate-ascent / mirror sweeps before the root-finder takes over a slow start (random
+#: targets need 15-100 sweeps; slow linear convergence near a bifurcation needs more).
+DESCENT_SWEEPS = 300
+#: Most sweeps per start in all; a start that is not certified by then is reported with
+#: ``converged=False`` and a warning.
+MAX_SWEEPS = 3000
+#: Options of the quasi-Newton stage of the generic (log-linear) projections
+#: (``scipy.optimize.minimize(method="BFGS")``): stop when the gradient norm falls below
+#: gtol. Dense BFGS suits the few parameters of these families; it also avoids L-BFGS-B's
+#: compiled routine, which calls multithreaded BLAS and was ~15x slower on a loaded 2-core
+#: machine for 6 parameters.
 QUASI_NEWTON_OPTIONS = {"gtol": 1e-10, "maxiter": 2000}
 #: Most Newton steps of the polish that follows BFGS (it needs a handful).
 POLISH_STEPS = 50
 #: Armijo sufficient-decrease constant of the polish's backtracking line search.
 ARMIJO_C = 1e-4
-#: The polish stops when the Newton decrement g^T M^+ g (the predicted decrease) falls
-#: below this, relative to 1 + |F|: float64 cannot resolve smaller decreases of F.
+#: Relative float64 resolution of F in the polish: changes of F below POLISH_TOL * (1 + |F|)
+#: are rounding, so there a step is judged by the gradient instead.
 POLISH_TOL = 1e-15
+#: Smallest mirror step tried by the unigram solver's backtracking before it gives up.
+SMALLEST_STEP = 1e-12
 
 
-# --------------------------------------------------------------------------------- families
-class Family:
-    """A family of softmax policies with logits linear in parameters ``theta``.
-
-    A subclass sets ``name`` and implements :meth:`n_parameters`, :meth:`logits` (the linear
-    map ``theta -> logits``) and :meth:`logits_adjoint` (its transpose, which pulls a
-    gradient over logits back to ``theta``). It may override :meth:`closed_form` when a
-    projection has one; otherwise the projection is computed numerically.
-    """
-
-    name: ClassVar[str] = "family"
-
-    def n_parameters(self, tree: TokenTree) -> int:
-        """Length of ``theta`` on ``tree``."""
-        raise NotImplementedError
-
-    def logits(self, tree: TokenTree, theta: np.ndarray) -> list[np.ndarray]:
-        """``theta (n_parameters,) -> logits``, one ``(level_size(h), A)`` array per level."""
-        raise NotImplementedError
-
-    def logits_adjoint(self, tree: TokenTree, grad_logits: list[np.ndarray]) -> np.ndarray:
-        """Transpose of :meth:`logits`: ``dF/dtheta`` from ``dF/dlogits``, ``(n_parameters,)``."""
-        raise NotImplementedError
-
-    def closed_form(self, target: Policy, divergence: str) -> Policy | None:
-        """The projection of ``target`` in closed form, or None (then it is numerical)."""
-        return None
-
-    def policy(self, tree: TokenTree, theta: np.ndarray) -> Policy:
-        """The family member with parameters ``theta``: ``pi(. | s) = softmax(logits(s))``."""
-        return Policy._trusted(
-            tree, [log_softmax(table, axis=1) for table in self.logits(tree, theta)]
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-def _pin_last(rows: np.ndarray) -> np.ndarray:
-    """Append the pinned logit 0 of the last token: ``(..., A - 1) -> (..., A)``."""
-    return np.concatenate([rows, np.zeros((*rows.shape[:-1], 1))], axis=-1)
-
-
-class FullFamily(Family):
-    """Every autoregressive policy: ``theta`` holds ``logit(s, a) - logit(s, last token)`` for
-    every non-leaf state. Both projections return the target itself (KL = 0)."""
-
-    name = "full"
-
-    def n_parameters(self, tree: TokenTree) -> int:
-        return sum(tree.level_size(h) for h in range(tree.horizon)) * (tree.n_tokens - 1)
-
-    def logits(self, tree: TokenTree, theta: np.ndarray) -> list[np.ndarray]:
-        sizes = [tree.level_size(h) * (tree.n_tokens - 1) for h in range(tree.horizon)]
-        pieces = np.split(theta, np.cumsum(sizes)[:-1])
-        # each piece: (level_size(h) * (A-1),) -> (level_size(h), A-1) -> (level_size(h), A)
-        return [
-            _pin_last(piece.reshape(tree.level_size(h), tree.n_tokens - 1))
-            for h, piece in enumerate(pieces)
-        ]
-
-    def logits_adjoint(self, tree: TokenTree, grad_logits: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([grad[:, :-1].reshape(-1) for grad in grad_logits])
-
-    def closed_form(self, target: Policy, divergence: str) -> Policy | None:
-        return target
-
-
-class PositionFamily(Family):
-    """``pi(a | s) = softmax(theta_h)(a)`` for every state ``s`` at depth ``h``, every prompt:
-    ``theta`` is ``(H, A - 1)`` flattened, the last token's logit pinned to 0.
-
-    Forward closed form: ``pi_h(a) = (1/P) sum_{s at depth h} d_target(s) target(a | s)``,
-    the target's expected count of token ``a`` at depth ``h``.
-    """
-
-    name = "position"
-
-    def n_parameters(self, tree: TokenTree) -> int:
-        return tree.horizon * (tree.n_tokens - 1)
-
-    def logits(self, tree: TokenTree, theta: np.ndarray) -> list[np.ndarray]:
-        rows = _pin_last(theta.reshape(tree.horizon, tree.n_tokens - 1))  # (H, A)
-        return [
-            np.broadcast_to(rows[h], (tree.level_size(h), tree.n_tokens))
-            for h in range(tree.horizon)
-        ]
-
-    def logits_adjoint(self, tree: TokenTree, grad_logits: list[np.ndarray]) -> np.ndarray:
-        # d/dtheta_h(a) = sum over the states of depth h of dF/dlogit(s, a), a < A - 1
-        return np.stack([grad.sum(axis=0)[:-1] for grad in grad_logits]).reshape(-1)
-
-    def closed_form(self, target: Policy, divergence: str) -> Policy | None:
-        if divergence != "forward":
-            return None
-        tree = target.tree
-        rows = np.stack([_log_token_counts(target, h) for h in range(tree.horizon)])  # (H, A)
-        rows = rows - logsumexp(rows, axis=1, keepdims=True)
-        return Policy._trusted(
-            tree,
-            [
-                np.broadcast_to(rows[h], (tree.level_size(h), tree.n_tokens))
-                for h in range(tree.horizon)
-            ],
-        )
-
-
-class UnigramFamily(Family):
-    """``pi(a | s) = softmax(theta)(a)`` for every state: ``theta`` is ``(A - 1,)``.
-
-    Forward closed form: ``pi(a) = (1/(P H)) sum_h sum_{s at depth h} d_target(s)
-    target(a | s)``, the target's expected count of token ``a`` over all positions.
-    """
-
-    name = "unigram"
-
-    def n_parameters(self, tree: TokenTree) -> int:
-        return tree.n_tokens - 1
-
-    def logits(self, tree: TokenTree, theta: np.ndarray) -> list[np.ndarray]:
-        row = _pin_last(theta)  # (A,)
-        return [
-            np.broadcast_to(row, (tree.level_size(h), tree.n_tokens)) for h in range(tree.horizon)
-        ]
-
-    def logits_adjoint(self, tree: TokenTree, grad_logits: list[np.ndarray]) -> np.ndarray:
-        return sum(grad.sum(axis=0) for grad in grad_logits)[:-1]
-
-    def closed_form(self, target: Policy, divergence: str) -> Policy | None:
-        if divergence != "forward":
-            return None
-        tree = target.tree
-        per_depth = np.stack([_log_token_counts(target, h) for h in range(tree.horizon)])
-        row = logsumexp(per_depth, axis=0)  # log sum_h count_h(a): (A,)
-        row = row - logsumexp(row)
-        return Policy._trusted(
-            tree,
-            [
-                np.broadcast_to(row, (tree.level_size(h), tree.n_tokens))
-                for h in range(tree.horizon)
-            ],
-        )
-
-
-class LogLinearFamily(Family):
-    """``logit(s, a) = phi(s, a) . theta`` for fixed features ``phi``.
-
-    Args:
-        features: one array per level ``h = 0..H-1`` of shape ``(level_size(h), A, K)``.
-
-    No closed form: both projections are numerical (the forward one is convex in ``theta``).
-    Position and unigram are the special cases of one-hot features of ``(h, a)`` and ``a``.
-    """
-
-    name = "log-linear"
-
-    def __init__(self, features: Sequence[np.ndarray]) -> None:
-        arrays = [np.asarray(table, dtype=np.float64) for table in features]
-        if not arrays or any(table.ndim != 3 for table in arrays):
-            raise ValueError(
-                "features must be a list of (level_size(h), A, K) arrays, one per level"
-            )
-        if len({table.shape[2] for table in arrays}) != 1:
-            raise ValueError("features must have the same number K of features on every level")
-        if not all(np.isfinite(table).all() for table in arrays):
-            raise ValueError("features must be finite")
-        self.features = arrays
-
-    def _check(self, tree: TokenTree) -> None:
-        shapes = [(tree.level_size(h), tree.n_tokens) for h in range(tree.horizon)]
-        if [table.shape[:2] for table in self.features] != shapes:
-            raise ValueError(
-                f"features must have shapes (level_size(h), A, K) = {shapes} x K for this tree"
-            )
-
-    def n_parameters(self, tree: TokenTree) -> int:
-        self._check(tree)
-        return self.features[0].shape[2]
-
-    def logits(self, tree: TokenTree, theta: np.ndarray) -> list[np.ndarray]:
-        return [table @ theta for table in self.features]  # (level_size(h), A)
-
-    def logits_adjoint(self, tree: TokenTree, grad_logits: list[np.ndarray]) -> np.ndarray:
-        return sum(
-            np.einsum("iak,ia->k", table, grad)
-            for table, grad in zip(self.features, grad_logits, strict=True)
-        )
-
-    def __repr__(self) -> str:
-        return f"LogLinearFamily(K={self.features[0].shape[2]})"
-
-
-#: The families known by name.
-FAMILIES: dict[str, Family] = {
-    family.name: family for family in (FullFamily(), PositionFamily(), UnigramFamily())
-}
-
-
-def _log_token_counts(target: Policy, h: int) -> np.ndarray:
-    """``log (1/P) sum_{s at depth h} d_target(s) target(a | s)``, ``(A,)``."""
-    # log d_h(s) + log target(a|s): (level_size(h), A)
-    log_joint = target.state_log_probs(h)[:, None] + target.log_probs[h]
-    return logsumexp(log_joint, axis=0) - np.log(target.tree.n_prompts)
+class ProjectionWarning(UserWarning):
+    """A reverse projection could not certify an optimum (its residual exceeds the tolerance)."""
 
 
 # ------------------------------------------------------------------------ argument checks
@@ -408,12 +275,18 @@ def _value_and_gradient(
         return value, None
     # d/dlogit(s, a) of (1/P) sum_s d_target(s) sum_b target(b|s) (-log pi(b|s))
     #   = (1/P) d_target(s) (pi(a|s) - target(a|s))
+    occupancy = _occupancy(target)
     grad_logits = [
-        (target.state_probs(h) / tree.n_prompts)[:, None]
-        * (np.exp(pi.log_probs[h]) - np.exp(target.log_probs[h]))
+        occupancy[h][:, None] * (np.exp(pi.log_probs[h]) - np.exp(target.log_probs[h]))
         for h in range(tree.horizon)
     ]
     return value, family.logits_adjoint(tree, grad_logits)
+
+
+def _occupancy(policy: Policy) -> list[np.ndarray]:
+    """``d_h(s) / P`` for ``h = 0..H-1`` from one forward pass, ``(level_size(h),)`` each."""
+    log_d = policy.log_occupancies()[:-1]
+    return [np.exp(level) / policy.tree.n_prompts for level in log_d]
 
 
 def _curvature(
@@ -442,9 +315,19 @@ def _curvature(
     return np.array(columns).T
 
 
+def _newton_direction(
+    target: Policy, family: Family, divergence: str, theta: np.ndarray, gradient: np.ndarray
+) -> np.ndarray:
+    """``M^+ g``: the natural-gradient (reverse) or Newton (forward) direction at ``theta``."""
+    tree = target.tree
+    pi = family.policy(tree, theta)
+    curvature = _curvature(family, tree, pi, _occupancy(pi if divergence == "reverse" else target))
+    return np.linalg.lstsq(curvature, gradient, rcond=None)[0]
+
+
 def _polish(
-    target: Policy, family: Family, divergence: str, theta: np.ndarray
-) -> tuple[np.ndarray, bool]:
+    target: Policy, family: Family, divergence: str, theta: np.ndarray, tol: float
+) -> tuple[np.ndarray, float]:
     """Newton steps ``theta -= t M^+ grad`` with backtracking from a BFGS end point.
 
     For the reverse KL ``M`` is the Fisher information (natural-gradient steps, Amari 1998),
@@ -452,21 +335,21 @@ def _polish(
     of the reverse KL vanishes like ``pi log pi`` (softmax saturation), so BFGS can stop on
     such a plateau far from the optimum; the metric divides that factor out. A step is
     accepted on Armijo decrease of ``F`` or, once decreases of ``F`` are below float64
-    resolution, on a smaller gradient. Returns the polished ``theta`` and whether the
-    Newton decrement ``g^T M^+ g`` fell below :data:`POLISH_TOL` ``* (1 + |F|)``.
+    resolution, on a smaller gradient. Stops when the certificate (:func:`_newton_residual`,
+    the log-space size of the full step) is at most ``tol``, or when no step helps.
+
+    Returns:
+        The polished ``theta`` and its certificate.
     """
     tree = target.tree
     value, gradient = _value_and_gradient(target, family, divergence, theta)
     for _ in range(POLISH_STEPS):
-        pi = family.policy(tree, theta)
-        source = pi if divergence == "reverse" else target
-        occupancy = [source.state_probs(h) / tree.n_prompts for h in range(tree.horizon)]
-        curvature = _curvature(family, tree, pi, occupancy)
-        direction = np.linalg.lstsq(curvature, gradient, rcond=None)[0]
+        direction = _newton_direction(target, family, divergence, theta, gradient)
+        residual = _log_change(family.policy(tree, theta), family.policy(tree, theta - direction))
         decrement = float(gradient @ direction)  # predicted decrease, >= 0
-        if not decrement > 0.0:
-            break
-        resolution = np.finfo(np.float64).eps * (1.0 + abs(value))
+        if residual <= tol or not decrement > 0.0:
+            return theta, residual
+        resolution = POLISH_TOL * (1.0 + abs(value))
         step = 1.0
         while step > np.finfo(np.float64).eps:
             trial = theta - step * direction
@@ -478,9 +361,223 @@ def _polish(
                 break
             step *= 0.5
         else:  # no step improves F or the gradient at float64 precision
-            break
+            return theta, residual
         theta, value, gradient = trial, trial_value, trial_gradient
-    return theta, bool(decrement <= POLISH_TOL * (1.0 + abs(value)))
+    return theta, _newton_residual(target, family, divergence, theta)
+
+
+def _log_change(pi: Policy, image: Policy) -> float:
+    """``max_{h, s, a} |log pi(a|s) - log image(a|s)|`` (0 where both are -inf)."""
+    largest = 0.0
+    for table, other in zip(pi.log_probs, image.log_probs, strict=True):
+        both = np.isneginf(table) & np.isneginf(other)
+        gap = np.where(both, 0.0, np.abs(table - other))
+        largest = max(largest, float(gap.max(initial=0.0)))
+    return largest
+
+
+def _newton_residual(target: Policy, family: Family, divergence: str, theta: np.ndarray) -> float:
+    """Certificate of a generic family: the log-space distance between ``pi_theta`` and the
+    image of one full Newton step, ``pi_{theta - M^+ g}`` (natural gradient for the reverse
+    KL, where ``M`` is the Fisher metric: the Fisher projection of the simplex gradient onto
+    the family's tangent space). Zero exactly at a stationary point; O(1) on a plateau where
+    the logit-space gradient is tiny but the metric-scaled step is not."""
+    tree = target.tree
+    _, gradient = _value_and_gradient(target, family, divergence, theta)
+    direction = _newton_direction(target, family, divergence, theta, gradient)
+    return _log_change(family.policy(tree, theta), family.policy(tree, theta - direction))
+
+
+# ------------------------------------------------------------ mean field (product families)
+def mean_field_scores(target: Policy, log_rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """The mean-field scores of a product policy and its reverse divergence.
+
+        Q_h(s, a) = log target(a | s) + V_{h+1}(s o a),   V_H = 0,
+        V_h(s)    = sum_a rho_h(a) Q_h(s, a),
+        c_h(a)    = (1/P) sum_{s at depth h} d_rho(s) Q_h(s, a)
+                  = (1/P) sum_p E_rho[log target_p(xi) | a_h = a] + const_h,
+        F(rho)    = sum_h sum_a rho_h(a) log rho_h(a) - (1/P) sum_p V_0(p)
+                  = mean_p KL(P_rho || target_p).
+
+    One backward pass for ``Q, V`` and one forward pass for ``d_rho`` (``d_0 = 1``,
+    ``d_{h+1}(s o a) = d_h(s) rho_h(a)``).
+
+    Args:
+        target: a Policy with full support (every ``log target(a | s)`` finite).
+        log_rows: ``(H, A)`` ``log rho_h(a)``, each row normalized.
+
+    Returns:
+        ``(scores (H, A), F)``.
+    """
+    q_tables, value = _backward_pass(target, log_rows)
+    scores, _ = _forward_pass(target.tree, q_tables, log_rows)
+    entropy_term = float(np.sum(np.exp(log_rows) * log_rows))
+    return scores, entropy_term - float(value.mean())
+
+
+def _backward_pass(target: Policy, log_rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """``Q_h`` for every depth, ``(level_size(h), A)`` each, and ``V_0``, ``(P,)``:
+    ``Q_h(s, a) = log target(a | s) + V_{h+1}(s o a)``, ``V_h(s) = sum_a rho_h(a) Q_h(s, a)``."""
+    tree = target.tree
+    rows = np.exp(log_rows)  # (H, A)
+    q_tables: list[np.ndarray] = [np.empty(0)] * tree.horizon
+    value = np.zeros(tree.n_leaves)  # V_H: (n_leaves,)
+    for h in range(tree.horizon - 1, -1, -1):
+        # V_{h+1}: (level_size(h + 1),) -> (level_size(h), A)
+        q_tables[h] = target.log_probs[h] + value.reshape(-1, tree.n_tokens)
+        value = q_tables[h] @ rows[h]  # V_h: (level_size(h),)
+    return q_tables, value
+
+
+def _forward_pass(
+    tree: TokenTree, q_tables: list[np.ndarray], log_rows: np.ndarray, *, update: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scores ``c_h = (1/P) sum_s d_rho(s) Q_h(s, .)``, ``(H, A)``, depth by depth
+    (``d_0 = 1``, ``d_{h+1}(s o a) = d_h(s) rho_h(a)``). With ``update``, each row is replaced
+    by ``softmax(c_h)`` before the next depth's occupancy is formed (one coordinate-ascent
+    sweep). Returns the scores and the (updated) log rows."""
+    log_rows = log_rows.copy()
+    scores = np.empty_like(log_rows)
+    reach = np.ones(tree.n_prompts)  # d_0: (P,)
+    for h in range(tree.horizon):
+        scores[h] = reach @ q_tables[h] / tree.n_prompts
+        if update:
+            log_rows[h] = log_softmax(scores[h])
+        reach = np.outer(reach, np.exp(log_rows[h])).reshape(-1)  # d_{h+1}: (level_size(h+1),)
+    return scores, log_rows
+
+
+def _coordinate_sweep(target: Policy, log_rows: np.ndarray) -> np.ndarray:
+    """One sweep of coordinate ascent (CAVI) over the depths of a position-family member.
+
+    For ``h = 0..H-1`` in turn, ``rho_h <- softmax(c_h)`` with ``c_h`` computed from the rows
+    already updated above ``h`` (``d_rho``) and the old rows below it (``Q_h``): each update
+    is the exact minimizer of ``F`` over ``rho_h`` (``F`` is ``KL(rho_h || softmax c_h)`` plus
+    terms free of ``rho_h``), so ``F`` never increases (Bishop 2006, section 10.1.1).
+    """
+    q_tables, _ = _backward_pass(target, log_rows)
+    return _forward_pass(target.tree, q_tables, log_rows, update=True)[1]
+
+
+@dataclass(frozen=True)
+class _MeanFieldState:
+    """A product-family member during the reverse projection, with its certificate."""
+
+    log_rows: np.ndarray  # (H, A)
+    value: float  # F(rho)
+    image: np.ndarray  # T(rho): (H, A)
+    residual: float  # max |log rho - log T(rho)|
+
+
+def _mean_field_state(
+    target: Policy, family: ProductFamily, log_rows: np.ndarray
+) -> _MeanFieldState:
+    """The point ``log_rows``, ``F`` there, its image ``T(rho)`` and its certificate."""
+    scores, value = mean_field_scores(target, log_rows)
+    image = family.mean_field_map(scores)
+    residual = float(np.abs(log_rows - image).max(initial=0.0))
+    return _MeanFieldState(log_rows, value, image, residual)
+
+
+def _mirror_step(target: Policy, family: ProductFamily, state: _MeanFieldState) -> _MeanFieldState:
+    """``log rho <- log_softmax((1 - eta) log rho + eta log T(rho))``, ``eta = 1, 1/2, ...``:
+    an entropic mirror-descent (natural-gradient) step of size ``eta``, accepted when ``F``
+    does not increase, or (once decreases fall below float64 resolution) when the residual
+    shrinks."""
+    resolution = 4 * np.finfo(np.float64).eps * (1.0 + abs(state.value))
+    eta = 1.0
+    while eta >= SMALLEST_STEP:
+        trial = _mean_field_state(
+            target,
+            family,
+            log_softmax((1 - eta) * state.log_rows + eta * state.image, axis=1),
+        )
+        if trial.value < state.value or (
+            trial.value <= state.value + resolution and trial.residual < state.residual
+        ):
+            return trial
+        eta /= 2
+    return state
+
+
+def _root_polish(target: Policy, family: ProductFamily, state: _MeanFieldState) -> _MeanFieldState:
+    """Solve the fixed-point equation ``theta = theta(T(rho_theta))`` by Powell's hybrid
+    method (``scipy.optimize.root``) from a descent end point: superlinear where coordinate
+    ascent converges linearly and slowly (near a bifurcation). Kept only if it lowers the
+    residual without raising ``F`` beyond float64 resolution."""
+    tree = target.tree
+
+    def fixed_point_gap(theta: np.ndarray) -> np.ndarray:
+        log_rows = family.log_rows(tree, theta)
+        return family.theta_of(_mean_field_state(target, family, log_rows).image) - theta
+
+    found = root(fixed_point_gap, family.theta_of(state.log_rows), method="hybr")
+    if not np.isfinite(found.x).all():
+        return state
+    trial = _mean_field_state(target, family, family.log_rows(tree, found.x))
+    resolution = 4 * np.finfo(np.float64).eps * (1.0 + abs(state.value))
+    if trial.residual < state.residual and trial.value <= state.value + resolution:
+        return trial
+    return state
+
+
+def _mean_field_solve(
+    target: Policy, family: ProductFamily, log_rows: np.ndarray, tol: float
+) -> _MeanFieldState:
+    """Descend from ``log_rows`` until the fixed-point residual is at most ``tol``."""
+    state = _mean_field_state(target, family, log_rows)
+    for sweep in range(MAX_SWEEPS):
+        if state.residual <= tol:
+            break
+        if sweep == DESCENT_SWEEPS:
+            state = _root_polish(target, family, state)
+            continue
+        if family.blockwise:
+            state = _mean_field_state(target, family, _coordinate_sweep(target, state.log_rows))
+        else:
+            state = _mirror_step(target, family, state)
+    return state
+
+
+def projection_residual(
+    target: Policy | np.ndarray,
+    family: str | Family,
+    divergence: str,
+    theta: np.ndarray,
+    *,
+    tree: TokenTree | None = None,
+) -> float:
+    """The certificate of a projection at ``theta``: how far the member is from stationary.
+
+    Product families, reverse KL: ``max_{h, a} |log rho_h(a) - log T(rho)_h(a)|`` with ``T`` the
+    mean-field map (:func:`mean_field_scores`, :meth:`ProductFamily.mean_field_map`). Other
+    cases: ``max_{h, s, a} |log pi(a|s) - log pi+(a|s)|`` with ``pi+`` the member after one
+    full Newton step ``theta - M^+ g`` (``M`` the Fisher metric for the reverse KL, the
+    Hessian for the forward KL). Zero exactly at a stationary point; unlike ``|g|`` it stays
+    large on the plateaus near the boundary of the simplex.
+
+    Args:
+        target, family, divergence, tree: as in :func:`family_divergence`.
+        theta: ``(n_parameters,)`` the member's parameters.
+
+    Returns:
+        The residual, a float >= 0.
+    """
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
+    theta = _check_theta(family, target.tree, theta)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
+    if divergence == "reverse":
+        _check_support(target, family)
+    return _residual(target, family, divergence, theta)
+
+
+def _residual(target: Policy, family: Family, divergence: str, theta: np.ndarray) -> float:
+    if theta.size == 0:  # a single member
+        return 0.0
+    if divergence == "reverse" and isinstance(family, ProductFamily):
+        return _mean_field_state(target, family, family.log_rows(target.tree, theta)).residual
+    return _newton_residual(target, family, divergence, theta)
 
 
 def family_divergence(
@@ -608,15 +705,25 @@ class LocalOptimum:
         kl: ``(n_prompts,)`` the divergence at it, per prompt.
         parameters: ``(n_parameters,)`` its ``theta`` (None for a closed-form projection).
         n_starts: how many optimizer starts ended here.
-        converged: whether the polish's Newton decrement fell below :data:`POLISH_TOL`
-            (closed form: True).
+        residual: its certificate (:func:`projection_residual`): the log-space distance
+            ``max |log pi - log pi+|`` between the member and its fixed-point map (product
+            families, reverse KL) or the image of one full Newton / natural-gradient step
+            (other families); 0.0 for a closed form.
+        tolerance: the bound ``residual`` is compared with.
+        converged: ``residual <= tolerance``; a point with ``converged=False`` is not
+            certified as an optimum (the projection warned).
     """
 
     policy: Policy
     kl: np.ndarray
     parameters: np.ndarray | None
     n_starts: int
-    converged: bool
+    residual: float
+    tolerance: float
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.residual <= self.tolerance)
 
 
 @dataclass(frozen=True, eq=False)
@@ -630,6 +737,9 @@ class Projection:
         family: the family's name.
         divergence: ``"reverse"`` or ``"forward"``.
         target: the target as a Policy.
+
+    ``residual``, ``tolerance`` and ``converged`` are those of the best optimum
+    (:class:`LocalOptimum`); ``all_converged`` says whether every optimum is certified.
     """
 
     policy: Policy
@@ -639,16 +749,49 @@ class Projection:
     divergence: str
     target: Policy
 
+    @property
+    def residual(self) -> float:
+        return self.optima[0].residual
+
+    @property
+    def tolerance(self) -> float:
+        return self.optima[0].tolerance
+
+    @property
+    def converged(self) -> bool:
+        return self.optima[0].converged
+
+    @property
+    def all_converged(self) -> bool:
+        return all(optimum.converged for optimum in self.optima)
+
     def __repr__(self) -> str:
         values = ", ".join(f"{float(optimum.kl.mean()):.6g}" for optimum in self.optima)
         return (
             f"Projection(family={self.family!r}, divergence={self.divergence!r}, "
-            f"mean KL of the optima: [{values}])"
+            f"mean KL of the optima: [{values}], converged={self.all_converged})"
         )
 
 
 def _divergence_of(target: Policy, pi: Policy, divergence: str) -> np.ndarray:
     return kl_divergence(pi, target) if divergence == "reverse" else kl_divergence(target, pi)
+
+
+def _solve_from(
+    target: Policy, family: Family, divergence: str, start: np.ndarray, tol: float
+) -> tuple[np.ndarray, float]:
+    """One start of a numerical projection: its end point ``theta`` and certificate."""
+    if divergence == "reverse" and isinstance(family, ProductFamily):
+        state = _mean_field_solve(target, family, family.log_rows(target.tree, start), tol)
+        return family.theta_of(state.log_rows), state.residual
+    result = minimize(
+        lambda theta: _value_and_gradient(target, family, divergence, theta),
+        start,
+        jac=True,
+        method="BFGS",
+        options=QUASI_NEWTON_OPTIONS,
+    )
+    return _polish(target, family, divergence, result.x, tol)
 
 
 def project_all(
@@ -659,60 +802,89 @@ def project_all(
     tree: TokenTree | None = None,
     seed: int | np.random.Generator | None = 0,
     n_starts: int = DEFAULT_STARTS,
+    tol: float = DEFAULT_TOLERANCE,
 ) -> Projection:
-    """Project ``target`` onto ``family`` and report every local optimum found.
+    """Project ``target`` onto ``family`` and report every local optimum found, certified.
 
     Same arguments as :func:`project`, plus ``n_starts`` (random starts of the numerical
     projections, drawn as ``START_SCALE * N(0, 1)`` per parameter from ``seed``).
     Closed-form projections (``"full"``; ``"forward"`` onto ``"position"``/``"unigram"``)
-    have exactly one optimum.
+    have exactly one optimum (residual 0).
+
+    Every optimum carries ``residual``, ``tolerance`` and ``converged``
+    (:class:`LocalOptimum`). End points that do not meet ``tol`` are still listed, with
+    ``converged=False``, and a :class:`ProjectionWarning` is issued.
 
     Returns:
         A :class:`Projection`.
+
+    Warns:
+        ProjectionWarning: some end point is not certified (residual > ``tol``).
     """
+    result = _project(target, family, divergence, tree, seed, n_starts, tol)
+    uncertified = [optimum for optimum in result.optima if not optimum.converged]
+    if uncertified:
+        warnings.warn(
+            f"{len(uncertified)} of the {len(result.optima)} end points of the {divergence} "
+            f"projection onto the {result.family!r} family are not certified optima: residual "
+            f"{max(optimum.residual for optimum in uncertified):.3g} > tolerance "
+            f"{result.tolerance:.3g} (reported with converged=False; raise tol or add starts)",
+            ProjectionWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def _project(
+    target: object,
+    family: object,
+    divergence: object,
+    tree: TokenTree | None,
+    seed: int | np.random.Generator | None,
+    n_starts: int,
+    tol: float,
+) -> Projection:
+    """:func:`project_all` without its warning."""
     target, family, divergence = _check_arguments(target, family, divergence, tree)
     n_starts = check_positive_int(n_starts, "n_starts")
+    tol = check_tolerance(tol)
     rng = make_rng(seed)
     closed = family.closed_form(target, divergence)
     if closed is not None:
-        optimum = LocalOptimum(closed, _divergence_of(target, closed, divergence), None, 1, True)
+        optimum = LocalOptimum(
+            closed, _divergence_of(target, closed, divergence), None, 1, 0.0, tol
+        )
         return Projection(closed, optimum.kl, (optimum,), family.name, divergence, target)
     if divergence == "reverse":
         _check_support(target, family)
     tree = target.tree
     n_parameters = family.n_parameters(tree)
     if n_parameters == 0:  # a single member (one token): nothing to optimize
-        starts = [(np.zeros(0), True)]
+        ends = [(np.zeros(0), 0.0)]
     else:
-        starts = []
-        for _ in range(n_starts):
-            result = minimize(
-                lambda theta: _value_and_gradient(target, family, divergence, theta),
-                START_SCALE * rng.standard_normal(n_parameters),
-                jac=True,
-                method="BFGS",
-                options=QUASI_NEWTON_OPTIONS,
+        ends = [
+            _solve_from(
+                target, family, divergence, START_SCALE * rng.standard_normal(n_parameters), tol
             )
-            starts.append(_polish(target, family, divergence, result.x))
+            for _ in range(n_starts)
+        ]
     candidates = []
-    for theta, converged in starts:
+    for theta, residual in ends:
         pi = family.policy(tree, theta)
-        candidates.append((pi, _divergence_of(target, pi, divergence), theta, converged))
+        candidates.append((pi, _divergence_of(target, pi, divergence), theta, residual))
     candidates.sort(key=lambda candidate: float(candidate[1].mean()))
     optima: list[LocalOptimum] = []
-    for pi, kl, theta, converged in candidates:
+    for pi, kl, theta, residual in candidates:
         for k, optimum in enumerate(optima):
             if total_variation(pi, optimum.policy).max() < DISTINCT_OPTIMA_TV:
-                optima[k] = LocalOptimum(
-                    optimum.policy,
-                    optimum.kl,
-                    optimum.parameters,
-                    optimum.n_starts + 1,
-                    optimum.converged or converged,
-                )
+                # the same optimum: keep the better-certified representative
+                keep = (pi, kl, theta, residual) if residual < optimum.residual else None
+                if keep is None:
+                    keep = (optimum.policy, optimum.kl, optimum.parameters, optimum.residual)
+                optima[k] = LocalOptimum(*keep[:3], optimum.n_starts + 1, keep[3], tol)
                 break
         else:
-            optima.append(LocalOptimum(pi, kl, theta, 1, converged))
+            optima.append(LocalOptimum(pi, kl, theta, 1, residual, tol))
     best = optima[0]
     return Projection(best.policy, best.kl, tuple(optima), family.name, divergence, target)
 
@@ -724,6 +896,7 @@ def project(
     *,
     tree: TokenTree | None = None,
     seed: int | np.random.Generator | None = 0,
+    tol: float = DEFAULT_TOLERANCE,
 ) -> Policy:
     """The member of ``family`` closest to ``target`` in KL divergence.
 
@@ -737,9 +910,11 @@ def project(
     The ``"full"`` family returns the target itself. The forward projection onto
     ``"position"`` and ``"unigram"`` is in closed form: the target's expected token counts
     per depth (resp. over all depths), weighted by its state occupancies. The reverse
-    projection is non-convex; it runs BFGS with exact gradients from several random starts
-    derived from ``seed``, polishes each end point by Newton steps in the natural-gradient
-    metric, and returns the best (:func:`project_all` returns every distinct local optimum).
+    projection is non-convex; it is solved from several random starts derived from ``seed``
+    (mean-field coordinate ascent for the product families, BFGS and natural-gradient Newton
+    steps otherwise; module docstring), every end point is certified by its fixed-point
+    residual, and the best is returned (:func:`project_all` returns every distinct local
+    optimum with its certificate).
 
     Args:
         target: a Policy, or leaf log-probabilities ``(n_leaves,)`` (summing to 1 over each
@@ -748,6 +923,8 @@ def project(
         divergence: ``"reverse"`` (KL(pi || target)) or ``"forward"`` (KL(target || pi)).
         tree: the TokenTree of an array target.
         seed: int, Generator or None: the random starts of a numerical projection.
+        tol: certificate tolerance (:data:`DEFAULT_TOLERANCE`): the largest accepted
+            residual ``max |log pi - log pi+|`` of the returned member.
 
     Returns:
         The projection, a :class:`Policy` on the target's tree.
@@ -755,8 +932,21 @@ def project(
     Raises:
         ValueError: unknown family or divergence (the valid ones are listed), an array
             target without ``tree`` or with a length other than ``tree.n_leaves``, leaf
-            log-probabilities that do not normalize, or a reverse projection onto a
-            parametric family of a target that gives some generation probability 0.
+            log-probabilities that do not normalize, a reverse projection onto a
+            parametric family of a target that gives some generation probability 0, or a
+            ``tol`` that is not finite and > 0.
         TypeError: ``tree`` is not a TokenTree.
+
+    Warns:
+        ProjectionWarning: the returned member is not certified (residual > ``tol``).
     """
-    return project_all(target, family, divergence, tree=tree, seed=seed).policy
+    result = _project(target, family, divergence, tree, seed, DEFAULT_STARTS, tol)
+    if not result.converged:
+        warnings.warn(
+            f"the {divergence} projection onto the {result.family!r} family returned a member "
+            f"that is not a certified optimum: residual {result.residual:.3g} > tolerance "
+            f"{tol:.3g}",
+            ProjectionWarning,
+            stacklevel=2,
+        )
+    return result.policy

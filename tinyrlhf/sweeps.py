@@ -7,7 +7,15 @@ the entropy ``H(P*)``, ``log Z`` and ``lambda*``. These obey the exponential-fam
 
     beta log Z = J(pi*) = E_{pi*}[r] - beta KL(pi* || pi_ref)         (value of the optimum)
     d(beta log Z)/d beta = -KL(pi* || pi_ref)                          (envelope theorem)
+    d log Z / d beta = -E_{pi*}[r] / beta**2
     d E_{pi*}[r] / d beta = -Var_{P*}(r) / beta**2                     (exponential family)
+    d KL(pi* || pi_ref) / d beta = -Var_{P*}(r) / beta**3
+
+(``log Z`` is the cumulant generating function of ``r`` under ``P_ref`` at ``t = 1 / beta``:
+``d log Z / dt = E_{P*}[r]``, ``d E_{P*}[r] / dt = Var_{P*}(r)``, and ``KL = t E_{P*}[r] -
+log Z``; then ``dt / d beta = -1 / beta**2``). :class:`BetaPath` carries these derivatives
+exactly, from the variance of the reward under ``P*`` (no finite differences, which rounding
+swamps where ``P*`` is nearly deterministic).
 
 The reward-KL frontier ``max { E_pi[r] : KL(pi || pi_ref) <= epsilon }`` is traced by the same
 optima: by Lagrangian duality the maximizer for budget ``epsilon`` is ``pi*_beta`` with
@@ -53,6 +61,11 @@ class BetaPath:
         log_partition: ``log Z = log sum_xi P_ref(xi) exp(r(xi) / beta)``.
         lagrange_multiplier: ``lambda* = beta (1 - log Z)``.
         objective: ``J(pi*) = E_{pi*}[r] - beta KL(pi* || pi_ref) = beta log Z``.
+        reward_variance: ``Var_{P*}(r) = E_{P*}[(r - E_{P*}[r])**2]`` (a sum of non-negative
+            terms, so never negative).
+
+    The exact beta-derivatives (module docstring) are properties: ``d_log_partition``,
+    ``d_expected_reward``, ``d_kl`` and ``d_objective``.
     """
 
     beta: np.ndarray
@@ -62,6 +75,38 @@ class BetaPath:
     log_partition: np.ndarray
     lagrange_multiplier: np.ndarray
     objective: np.ndarray
+    reward_variance: np.ndarray
+
+    @property
+    def d_log_partition(self) -> np.ndarray:
+        """``d log Z / d beta = -E_{pi*}[r] / beta**2``, ``(n_betas, n_prompts)``."""
+        return -self.expected_reward / self.beta[:, None] ** 2
+
+    @property
+    def d_expected_reward(self) -> np.ndarray:
+        """``d E_{pi*}[r] / d beta = -Var_{P*}(r) / beta**2``, ``(n_betas, n_prompts)``."""
+        return -self.reward_variance / self.beta[:, None] ** 2
+
+    @property
+    def d_kl(self) -> np.ndarray:
+        """``d KL(pi* || pi_ref) / d beta = -Var_{P*}(r) / beta**3``, ``(n_betas, n_prompts)``:
+        with :attr:`d_expected_reward`, the frontier's slope ``dE/dKL = beta``."""
+        return -self.reward_variance / self.beta[:, None] ** 3
+
+    @property
+    def d_objective(self) -> np.ndarray:
+        """``d J(pi*) / d beta = d (beta log Z) / d beta = -KL(pi* || pi_ref)`` (envelope
+        theorem), ``(n_betas, n_prompts)``."""
+        return -self.kl
+
+
+def _reward_variance(policy: Policy, reward: np.ndarray) -> np.ndarray:
+    """``Var_{P_pi}(r) = sum_xi P(xi) (r(xi) - E_pi[r])**2`` per prompt, ``(n_prompts,)``."""
+    tree = policy.tree
+    probs = policy.leaf_probs().reshape(tree.n_prompts, -1)  # (P, leaves per prompt)
+    values = reward.reshape(tree.n_prompts, -1)
+    mean = np.sum(probs * values, axis=1, keepdims=True)  # (P, 1)
+    return np.sum(probs * (values - mean) ** 2, axis=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +160,8 @@ def beta_path(ref: Policy, reward: np.ndarray, betas: np.ndarray | None = None) 
     reward = check_leaf_array(ref.tree, reward, "reward")
     betas = _check_betas(betas)
     rows: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("expected_reward", "kl", "entropy", "log_partition", "multiplier")
+        key: []
+        for key in ("expected_reward", "kl", "entropy", "log_partition", "multiplier", "variance")
     }
     for beta in betas:  # one closed form per beta, each exact
         solution = closed_form(ref, reward, float(beta))
@@ -124,6 +170,7 @@ def beta_path(ref: Policy, reward: np.ndarray, betas: np.ndarray | None = None) 
         rows["entropy"].append(entropy(solution.policy))
         rows["log_partition"].append(solution.log_partition)
         rows["multiplier"].append(solution.lagrange_multiplier)
+        rows["variance"].append(_reward_variance(solution.policy, reward))
     log_z = np.array(rows["log_partition"])  # (n_betas, n_prompts)
     return BetaPath(
         beta=betas,
@@ -133,6 +180,7 @@ def beta_path(ref: Policy, reward: np.ndarray, betas: np.ndarray | None = None) 
         log_partition=log_z,
         lagrange_multiplier=np.array(rows["multiplier"]),
         objective=betas[:, None] * log_z,  # J(pi*) = beta log Z
+        reward_variance=np.array(rows["variance"]),
     )
 
 
