@@ -53,7 +53,7 @@ def test_leaf_policy_reproduces_conditionals_on_reached_states(data):
     # pi(a|s) = P(subtree of s o a) / P(subtree of s) wherever P reaches s
     tree = data.draw(trt.trees())
     target = data.draw(trt.policies(tree))
-    rebuilt = proj.leaf_policy(tree, target.leaf_log_probs())
+    rebuilt = tr.Policy.from_leaf_log_probs(tree, target.leaf_log_probs())
     for h in range(tree.horizon):
         reached = target.state_log_probs(h) > -np.inf
         np.testing.assert_allclose(

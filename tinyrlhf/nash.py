@@ -86,7 +86,6 @@ from .bradley_terry import fit_bradley_terry
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
 from .preferences import Preferences, population_preferences, preference_probability
-from .projections import leaf_policy
 from .solvers import Solution, closed_form
 from .validation import check_beta, check_leaf_array, check_positive_int, check_tree
 
@@ -492,11 +491,13 @@ def rlhf_versus_minimax(
 def _leaf_distribution_policy(tree, leaf_probs: np.ndarray) -> Policy:
     """The autoregressive policy of a leaf distribution (subtree sums, shared helper).
 
-    The solvers' leaf distributions are normalized only to their own tolerance, so the rows
-    go through ``from_logits`` (which renormalizes each row and forces the rows after an end
-    token) rather than ``Policy.from_leaf_log_probs``'s strict check.
+    The solvers' leaf distributions are normalized only to their own tolerance, so each
+    prompt's log-probabilities are renormalized (one logsumexp) before
+    ``Policy.from_leaf_log_probs``'s strict check.
     """
-    return Policy.from_logits(tree, leaf_policy(tree, _log(leaf_probs)).log_probs)
+    log_p = _log(leaf_probs).reshape(tree.n_prompts, -1)  # (P, A**H)
+    log_p = log_p - logsumexp(log_p, axis=1, keepdims=True)
+    return Policy.from_leaf_log_probs(tree, log_p.reshape(-1))
 
 
 def _certificate(

@@ -108,7 +108,6 @@ __all__ = [
     "UnigramFamily",
     "family_divergence",
     "kl_landscape",
-    "leaf_policy",
     "mean_field_scores",
     "project",
     "project_all",
@@ -180,20 +179,7 @@ def _as_target(target: object, tree: TokenTree | None) -> Policy:
             f"target must hold log-probabilities that sum to 1 over each prompt's leaves; "
             f"prompt {p} sums to {np.exp(totals[p])!r} (subtract its logsumexp)"
         )
-    return leaf_policy(tree, log_p)
-
-
-def leaf_policy(tree: TokenTree, leaf_log_probs: np.ndarray) -> Policy:
-    """The autoregressive policy generating a leaf distribution (subtree sums in log space).
-
-    Kept for the projections' own use; see :meth:`tinyrlhf.Policy.from_leaf_log_probs`
-    (unreached states take the uniform policy's rows, forced after an ``eos`` token).
-
-    Args:
-        tree: the token tree.
-        leaf_log_probs: ``(n_leaves,)`` log-probabilities, summing to 1 per prompt.
-    """
-    return Policy.from_leaf_log_probs(tree, leaf_log_probs)
+    return Policy.from_leaf_log_probs(tree, log_p)
 
 
 def _check_arguments(
