@@ -45,6 +45,8 @@ from .preferences import Preferences, population_preferences, sample_preferences
 from .projections import Projection, project, project_all
 from .sft import fit_sft
 from .solvers import (
+    DivergenceWarning,
+    PolicyGradientWarning,
     Solution,
     closed_form,
     optimal_leaf_log_probs,
@@ -62,12 +64,14 @@ __all__ = [
     "BetaPath",
     "BoundaryOptimumWarning",
     "BradleyTerryFit",
+    "DivergenceWarning",
     "GradientVariance",
     "KLEstimatorReport",
     "NashConvergenceWarning",
     "OveroptimizationCurve",
     "PipelineResult",
     "Policy",
+    "PolicyGradientWarning",
     "Preferences",
     "Projection",
     "RegularizedNash",
