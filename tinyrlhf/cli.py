@@ -507,8 +507,12 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (argparse's own 0 or 2 included)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, --version, or an argument error (printed)
+        return int(exit_request.code or 0)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

@@ -142,6 +142,7 @@ class _Problem:
     allowed: list[np.ndarray]  # tokens pi_ref picks, (level_size(h), A) bool per level
     log_p_ref: np.ndarray  # log P_ref(xi), (n_leaves,)
     log_p_star: np.ndarray  # log P*(xi), (n_leaves,)
+    p_star: np.ndarray  # P*(xi), (n_leaves,)
     optimum: np.ndarray  # J(pi*) = beta log Z per prompt, (n_prompts,)
     scale: float  # 1 + max |r|
     tolerance: float  # bound on the certificate (a total variation)
@@ -155,6 +156,8 @@ class _Iterate:
     theta: list[np.ndarray]  # logits, -inf where pi_ref never picks
     policy: Policy
     log_p: np.ndarray  # log P_pi(xi), (n_leaves,)
+    p: np.ndarray  # P_pi(xi), (n_leaves,)
+    log_ratio: np.ndarray  # log(P_pi / P_ref), 0 where P_pi = 0, (n_leaves,)
     coefficient: np.ndarray  # C(xi) = r - beta log(P_pi / P_ref), 0 where P_pi = 0
     objective: np.ndarray  # J per prompt, (n_prompts,)
     mean_objective: float  # J averaged over prompts (what the methods ascend)
@@ -199,38 +202,40 @@ def _evaluate(problem: _Problem, theta: list[np.ndarray]) -> _Iterate:
     log_ratio = np.zeros_like(log_p)  # log(P_pi / P_ref), 0 where P_pi = 0
     np.subtract(log_p, problem.log_p_ref, out=log_ratio, where=reached)
     coefficient = np.where(reached, problem.reward - problem.beta * log_ratio, 0.0)
-    objective = _per_prompt(problem.tree, np.exp(log_p) * coefficient)
-    return _Iterate(theta, policy, log_p, coefficient, objective, float(objective.mean()))
+    p = np.exp(log_p)
+    objective = _per_prompt(problem.tree, p * coefficient)
+    return _Iterate(
+        theta, policy, log_p, p, log_ratio, coefficient, objective, float(objective.mean())
+    )
 
 
-def _kl_to_optimum(problem: _Problem, log_p: np.ndarray) -> np.ndarray:
+def _kl_to_optimum(problem: _Problem, it: _Iterate) -> np.ndarray:
     """``KL(P_pi || P*) = (J(pi*) - J(pi)) / beta`` per prompt, from terms that are each ``>= 0``.
 
     Per leaf, with ``d = log P_pi - log P*``: ``P_pi (d - 1) + P* = P_pi (d + expm1(-d))``
     (the second form where ``d >= -1``, so nothing overflows); a leaf ``pi`` never reaches
     contributes ``P*``. The added ``- P_pi + P*`` sum to 0 (both are normalized).
     """
-    reached = log_p > -np.inf
-    d = np.zeros_like(log_p)
-    np.subtract(log_p, problem.log_p_star, out=d, where=reached)
-    p, p_star = np.exp(log_p), np.exp(problem.log_p_star)
-    terms = p_star.copy()  # unreached by pi: P*
+    reached = it.log_p > -np.inf
+    d = np.zeros_like(it.log_p)  # 0 where pi never goes (and P_pi = 0 there)
+    np.subtract(it.log_p, problem.log_p_star, out=d, where=reached)
     near = reached & (d >= -1.0)
-    terms[near] = p[near] * (d[near] + np.expm1(-d[near]))
-    far = reached & (d < -1.0)
-    terms[far] = p_star[far] + p[far] * (d[far] - 1.0)
+    terms = d - 1.0
+    terms *= it.p
+    terms += problem.p_star  # P_pi (d - 1) + P*; P* where P_pi = 0
+    near_factor = np.negative(d)
+    np.expm1(near_factor, out=near_factor, where=near)  # expm1(-d), only where d >= -1
+    near_factor += d
+    np.multiply(it.p, near_factor, out=terms, where=near)  # P_pi (d + expm1(-d))
     return _per_prompt(problem.tree, terms)
 
 
 def _certify(problem: _Problem, it: _Iterate) -> _Iterate:
     """Add the KL to the reference, the KL to the optimum (the certificate) and the gradient."""
-    reached = it.log_p > -np.inf
-    log_ratio = np.zeros_like(it.log_p)
-    np.subtract(it.log_p, problem.log_p_ref, out=log_ratio, where=reached)
     return replace(
         it,
-        kl=_per_prompt(problem.tree, np.exp(it.log_p) * log_ratio),
-        kl_to_optimum=_kl_to_optimum(problem, it.log_p),
+        kl=_per_prompt(problem.tree, it.p * it.log_ratio),
+        kl_to_optimum=_kl_to_optimum(problem, it),
         gradient=sequence_score_gradient(it.policy, it.coefficient),
     )
 
@@ -458,6 +463,7 @@ def _setup(ref: Policy, reward: np.ndarray, beta: float, tol: float) -> _Problem
         allowed=[table > -np.inf for table in ref.log_probs],
         log_p_ref=ref.leaf_log_probs(),
         log_p_star=log_p_star,
+        p_star=np.exp(log_p_star),
         optimum=beta * log_z,
         scale=scale,
         tolerance=tol,
