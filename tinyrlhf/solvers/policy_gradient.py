@@ -60,7 +60,9 @@ dimensionless, so ``tol`` needs no reward scale: ``converged`` is ``residual <= 
 the objective gap itself is ``info["objective_gap"]``. Unlike the gradient norm, this
 certificate cannot be fooled by a plateau: at ``beta = 1e-6`` the softmax saturates and the
 gradient vanishes far from the optimum while the KL stays large. The gradient norm is
-reported too (``history["grad_norm"]``, ``info["gradient_norm"]``). A run that ends above
+reported too (``history["grad_norm"]``, ``info["gradient_norm"]``). The sampled methods
+update from sampled generations only; the exact certificate is the simulator's privilege,
+used to judge them and to stop them once they are within ``tol``. A run that ends above
 the tolerance warns (:class:`PolicyGradientWarning`); one whose objective falls far below its
 start, or whose logits stop being finite, stops and warns (:class:`DivergenceWarning`).
 """
@@ -96,7 +98,7 @@ METHODS = ("natural", "exact", "reinforce", "ppo")
 #: where the noise of a 256-generation batch leaves them.
 DEFAULT_TOL = {"natural": 1e-10, "exact": 1e-4, "reinforce": 0.05, "ppo": 0.05}
 #: Default step budgets scale with the tree: ``STEP_WORK // n_states`` steps (a step costs a
-#: few passes over the states, about 0.2 us per state), between ``MIN_STEPS`` and
+#: few passes over the states, a few tenths of a microsecond per state), between ``MIN_STEPS`` and
 #: ``MAX_STEPS[method]``; the caps keep the default ``tinyrlhf demo`` (242 states, where a step
 #: costs 0.6-1.6 ms of Python overhead) under a second of solving.
 STEP_WORK = 20_000_000
