@@ -86,13 +86,48 @@ def test_bad_input():
         overoptimization_curve(tree, reward, "many", BETAS, seed=0)
     with pytest.raises(ValueError, match="betas must be finite and > 0"):
         overoptimization_curve(tree, reward, 10, [0.1, -1.0], seed=0)
-    with pytest.raises(ValueError, match="r_true must have shape"):
+    with pytest.raises(ValueError, match="reward must have shape"):
         overoptimization_curve(tree, reward[:-1], 10, BETAS, seed=0)
     other = tr.Policy.uniform(tr.TokenTree(["a", "b"], 2))
     with pytest.raises(TypeError, match="ref must be"):
         overoptimization_curve(tree, reward, 10, BETAS, seed=0, ref=other)
     with pytest.raises(TypeError, match="seed"):
         overoptimization_curve(tree, reward, 10, BETAS, seed="zero")
+
+
+def test_sizes_are_checked_before_sampling():
+    tree, ref, reward = demo()
+    with pytest.raises(ValueError, match=r"max\(n_pairs\) = 99,999,999,999 preference pairs"):
+        overoptimization_curve(tree, reward, [10, 99_999_999_999], BETAS, seed=0, ref=ref)
+
+
+def test_old_keyword_names_still_work():
+    # DESIGN.md: the pair-drawing policy is `policy=` and the reward `reward`; the old names
+    # r_true= and pair_policy= are deprecated aliases with the same meaning.
+    tree, ref, reward = demo()
+    other = tr.Policy.random(tree, seed=3)
+    new = overoptimization_curve(tree, reward, [20, 50], BETAS, seed=4, ref=ref, policy=other)
+    with pytest.warns(DeprecationWarning, match="pair_policy= is deprecated; use policy="):
+        with pytest.warns(DeprecationWarning, match="r_true= is deprecated; use reward="):
+            old = overoptimization_curve(
+                tree, r_true=reward, n_pairs=[20, 50], betas=BETAS, seed=4, ref=ref,
+                pair_policy=other,
+            )  # fmt: skip
+    np.testing.assert_array_equal(old.true_reward, new.true_reward)
+    np.testing.assert_array_equal(old.fitted_reward, new.fitted_reward)
+    # the pairs really come from `policy`: the same data as sampling it directly
+    prefs = tr.sample_preferences(tree, reward, 50, policy=other, seed=4)
+    fit = tr.fit_bradley_terry(tree, prefs)
+    np.testing.assert_allclose(new.fitted_reward[1], fit.reward, rtol=1e-12, atol=1e-12)
+    ties = overoptimization_curve(tree, reward, [50], BETAS, seed=4, ref=ref, distinct=False)
+    prefs = tr.sample_preferences(tree, reward, 50, policy=ref, seed=4, distinct=False)
+    np.testing.assert_allclose(
+        ties.fitted_reward[0], tr.fit_bradley_terry(tree, prefs).reward, rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(TypeError, match="pass only policy="):  # both names: refused
+        overoptimization_curve(tree, reward, 20, BETAS, seed=0, policy=other, pair_policy=other)
+    with pytest.raises(TypeError, match="policy must be"):
+        overoptimization_curve(tree, reward, 20, BETAS, seed=0, policy="ref")
 
 
 def test_overoptimization_figure():

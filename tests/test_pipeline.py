@@ -82,6 +82,45 @@ def test_table_and_bad_arguments(result_and_problem):
         tr.preference_pipeline("ref", reward, 0.5, [10])
 
 
+def test_sizes_are_checked_up_front():
+    # 99,999,999,999 pairs is about 12 TiB of arrays: refused at once, naming the size, not a
+    # bare MemoryError after the exact solves (`tinyrlhf pipeline --sizes 99999999999`).
+    tree, ref, reward = demo_problem(horizon=2)
+    with pytest.raises(ValueError, match=r"max\(sizes\) = 99,999,999,999 preference pairs"):
+        tr.preference_pipeline(ref, reward, 0.5, [100, 99_999_999_999])
+    assert main(["pipeline", "--sizes", "99999999999"]) == 2
+
+
+def test_pair_policy_is_called_policy():
+    # `policy=` draws the compared pairs (as in sample_preferences); `sampling_policy=` is the
+    # deprecated old name with the same meaning.
+    tree, ref, reward = demo_problem(horizon=2)
+    other = tr.Policy.uniform(tree)
+    new = tr.preference_pipeline(ref, reward, 0.5, [300], policy=other, seed=3, population=False)
+    with pytest.warns(DeprecationWarning, match="sampling_policy= is deprecated; use policy="):
+        old = tr.preference_pipeline(
+            ref, reward, 0.5, [300], sampling_policy=other, seed=3, population=False
+        )
+    np.testing.assert_array_equal(old.rewards[0], new.rewards[0])
+    prefs = tr.sample_preferences(tree, reward, 300, policy=other, seed=np.random.default_rng(3))
+    fit = tr.fit_bradley_terry(tree, prefs)
+    np.testing.assert_allclose(new.rewards[0], fit.reward, rtol=1e-12, atol=1e-12)
+    # distinct=False: the independent pairs of sample_preferences(distinct=False)
+    ties = tr.preference_pipeline(
+        ref, reward, 0.5, [300], seed=3, population=False, distinct=False
+    )
+    prefs = tr.sample_preferences(tree, reward, 300, policy=ref, seed=3, distinct=False)
+    np.testing.assert_allclose(
+        ties.rewards[0], tr.fit_bradley_terry(tree, prefs).reward, rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="same TokenTree"):
+        tr.preference_pipeline(
+            ref, reward, 0.5, [10], policy=tr.Policy.uniform(tr.TokenTree(["a"], 1))
+        )
+    with pytest.raises(TypeError, match="policy must be"):
+        tr.preference_pipeline(ref, reward, 0.5, [10], policy="ref")
+
+
 def test_cli_pipeline(capsys):
     assert main(["pipeline", "--horizon", "3", "--sizes", "100,1000", "--beta", "0.5"]) == 0
     out = capsys.readouterr().out

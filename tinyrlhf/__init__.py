@@ -7,6 +7,7 @@ reverse- and forward-KL projections. ``import tinyrlhf as tr``.
 """
 
 from .agreement import AgreementReport, check_agreement
+from .best_of_n import BestOfN, BestOfNCurve, RLHFAtKL, best_of_n, best_of_n_curve, rlhf_at_kl
 from .bradley_terry import (
     BradleyTerryFit,
     bradley_terry_gradient,
@@ -16,17 +17,32 @@ from .bradley_terry import (
 )
 from .divergences import entropy, expected_reward, kl_divergence, objective, total_variation
 from .dpo import BoundaryOptimumWarning, fit_policy_to_preferences, preference_loss
+from .expected_training import (
+    EntropyChange,
+    ExpectedTrainingWarning,
+    depth_entropy,
+    entropy_change,
+    train_expected,
+)
 from .gradient_variance import (
     GradientVariance,
     reinforce_gradient_estimates,
     reinforce_gradient_variance,
 )
+from .group_relative import ExpectedUpdate, expected_update
 from .kl_estimators import (
     KLEstimatorReport,
     kl_estimator_gradient,
     kl_estimator_moments,
     kl_estimator_report,
     kl_gradient,
+)
+from .kl_penalty import (
+    KLPenaltyReport,
+    KLPenaltySolution,
+    KLPenaltyWarning,
+    kl_penalty_fixed_point,
+    kl_penalty_report,
 )
 from .nash import (
     NashConvergenceWarning,
@@ -61,12 +77,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgreementReport",
+    "BestOfN",
+    "BestOfNCurve",
     "BetaPath",
     "BoundaryOptimumWarning",
     "BradleyTerryFit",
     "DivergenceWarning",
+    "EntropyChange",
+    "ExpectedTrainingWarning",
+    "ExpectedUpdate",
     "GradientVariance",
     "KLEstimatorReport",
+    "KLPenaltyReport",
+    "KLPenaltySolution",
+    "KLPenaltyWarning",
     "NashConvergenceWarning",
     "OveroptimizationCurve",
     "PipelineResult",
@@ -74,20 +98,26 @@ __all__ = [
     "PolicyGradientWarning",
     "Preferences",
     "Projection",
+    "RLHFAtKL",
     "RegularizedNash",
     "RewardKLFrontier",
     "RlhfVersusMinimax",
     "Solution",
     "TokenTree",
     "__version__",
+    "best_of_n",
+    "best_of_n_curve",
     "beta_path",
     "bradley_terry_gradient",
     "bradley_terry_hessian",
     "bradley_terry_nll",
     "check_agreement",
     "closed_form",
+    "depth_entropy",
     "entropy",
+    "entropy_change",
     "expected_reward",
+    "expected_update",
     "exploitability",
     "fit_bradley_terry",
     "fit_policy_to_preferences",
@@ -98,6 +128,8 @@ __all__ = [
     "kl_estimator_moments",
     "kl_estimator_report",
     "kl_gradient",
+    "kl_penalty_fixed_point",
+    "kl_penalty_report",
     "minimax_winner",
     "objective",
     "optimal_leaf_log_probs",
@@ -114,8 +146,10 @@ __all__ = [
     "reinforce_gradient_estimates",
     "reinforce_gradient_variance",
     "reward_kl_frontier",
+    "rlhf_at_kl",
     "rlhf_versus_minimax",
     "sample_preferences",
     "soft_value_iteration",
     "total_variation",
+    "train_expected",
 ]

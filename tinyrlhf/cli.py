@@ -5,7 +5,9 @@ Subcommands:
     notebooks list the classroom notebooks; --execute re-runs them in place (authors)
     figures   regenerate the figure set (PNGs) in --out (default figures/)
     pipeline  true reward -> preferences -> Bradley-Terry fit -> RLHF policy, vs dataset size
+    bon       best-of-n against RLHF at equal KL, and where each KL penalty trains to
     bench     time the exact solvers against the unavoidable work (runs benchmarks/run.py)
+    docs      build the documentation site into --out (needs the docs extra)
 
 Every argument is checked before anything is printed; errors are one line on stderr naming
 the flag (exit status 2); Ctrl-C stops with one line (exit status 130), and a closed pipe
@@ -28,6 +30,7 @@ import numpy as np
 
 from . import __version__, examples
 from .agreement import check_agreement
+from .docsite import add_command as add_docs_command
 from .solvers import Solution, closed_form, policy_gradient, soft_value_iteration
 
 #: Demo solvers in the order they run (cheap ones first), by their ``--methods`` names.
@@ -300,6 +303,10 @@ def run_figures(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     paths = make_figures(args.out, small=args.small)
+    if getattr(args, "animations", False):  # GIFs of tinyrlhf.animations
+        from .animations import make_animations
+
+        paths += make_animations(args.out, small=args.small)
     for path in paths:
         print(path)
     print(f"wrote {len(paths)} figure(s) to {args.out} in {time.perf_counter() - start:.1f} s")
@@ -337,6 +344,39 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print(result)
     if not np.isinf(result.sizes[-1]):
         print("(no population row: the tree has too many pairs of leaves)")
+    print(f"total wall time {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def run_bon(args: argparse.Namespace) -> int:
+    """Best-of-n vs RLHF at equal KL on the demo problem, then the KL-penalty report."""
+    from .best_of_n import best_of_n_curve
+    from .kl_penalty import kl_penalty_report
+
+    try:
+        ns = [int(word) for word in _split_words(args.n)]
+    except ValueError:
+        raise ValueError(f"--n must be positive integers like 1,4,16; got {args.n!r}") from None
+    tree, ref, reward = _demo_problem(args, "bon")
+    start = time.perf_counter()
+    curve = best_of_n_curve(ref, reward, ns)
+    print("best-of-n from pi_ref under r (exact, ties uniform) vs the RLHF optimum at equal KL")
+    print(f"tree: {tree.n_leaves:,} leaves; means over prompts {list(tree.prompts)}")
+    header = (
+        f"{'n':>8} {'KL(BoN‖ref)':>12} {'log n-(n-1)/n':>14} {'win rate':>9} "
+        f"{'E_BoN[r]':>9} {'E_RLHF[r]':>10} {'β(RLHF)':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for k, n in enumerate(curve.n):
+        print(
+            f"{n:>8} {curve.kl[k].mean():>12.6f} {curve.kl_bound[k]:>14.6f} "
+            f"{curve.win_rate[k].mean():>9.4f} {curve.expected_reward[k].mean():>9.4f} "
+            f"{curve.rlhf_expected_score[k].mean():>10.4f} {np.median(curve.rlhf_beta[k]):>9.3g}"
+        )
+    print()
+    print(f"where training with each KL penalty converges (beta = {args.beta:g}):")
+    print(kl_penalty_report(ref, reward, args.beta))
     print(f"total wall time {time.perf_counter() - start:.2f} s")
     return 0
 
@@ -425,6 +465,7 @@ def _add_figures_parser(commands: argparse._SubParsersAction) -> None:
     figures.add_argument(
         "--small", action="store_true", help="a quick, coarse version (for tests)"
     )
+    figures.add_argument("--animations", action="store_true", help="also write the GIFs")
     figures.set_defaults(handler=run_figures)
 
 
@@ -442,6 +483,17 @@ def _add_pipeline_parser(commands: argparse._SubParsersAction) -> None:
         "--l2", type=float, default=None, help="ridge coefficient of the fit (default: 1)"
     )
     pipeline.set_defaults(handler=run_pipeline)
+
+
+def _add_bon_parser(commands: argparse._SubParsersAction) -> None:
+    bon = commands.add_parser(
+        "bon", help="best-of-n vs RLHF at equal KL; the fixed point of each KL penalty"
+    )
+    _add_problem_arguments(bon)
+    bon.add_argument(
+        "--n", default="1,2,4,16,64,256,1024", help="numbers of draws (default: %(default)s)"
+    )
+    bon.set_defaults(handler=run_bon)
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -477,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_notebooks_parser,
         _add_figures_parser,
         _add_pipeline_parser,
+        _add_bon_parser,
         _add_bench_parser,
+        add_docs_command,
     ):
         add_subcommand(commands)
     return parser

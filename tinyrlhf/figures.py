@@ -16,6 +16,13 @@ Figures (file names in ``out_dir``):
   preference_game.png  RLHF under a fitted reward vs the minimax winner (Borda vs Condorcet)
   kl_estimators.png  exact bias, spread and loss-gradient error of the k1, k2, k3 estimators
   overoptimization.png  true reward vs sqrt(KL) of RLHF under rewards fitted from n pairs
+  best_of_n.png      exact best-of-n beside the reward-KL frontier; its KL against log n - (n-1)/n
+  best_of_n_proxy.png  best-of-n and RLHF under fitted rewards, judged by the true reward
+  kl_penalty.png     where each KL estimator x placement x level trains to, against pi*
+  rlvr_difficulty.png  per-prompt scale of GRPO, Dr. GRPO, RLOO updates vs success probability
+  rlvr_length.png    per-length weight of correct/incorrect completions; E|y| in training
+  rlvr_dynamics.png  exact mean-field training: RLOO reaches pi*, GRPO and Dr. GRPO do not
+  rlvr_entropy.png   entropy collapse with and without KL; Cui et al.'s covariance formula
 """
 
 from __future__ import annotations
@@ -32,6 +39,14 @@ from matplotlib.figure import Figure
 
 from . import examples, plots
 from .divergences import expected_reward, kl_divergence
+from .expected_training import (
+    ExpectedTrainingWarning,
+    entropy_change,
+    length_problem,
+    train_expected,
+    verifiable_problem,
+)
+from .group_relative import expected_update
 from .kl_estimators import ESTIMATORS, kl_estimator_report
 from .nash import rlhf_versus_minimax
 from .overoptimization import overoptimization_curve
@@ -69,6 +84,8 @@ class FigureConfig:
     )
     n_background: int = 300  # random policies scattered under the frontier
     dataset_sizes: tuple[int, ...] = (300, 3000, 30000, 300000)  # preference pairs per fit
+    rlvr_steps: int = 1000  # most steps of the exact mean-field training runs
+    rlvr_points: int = 99  # success probabilities of the difficulty-bias curves
 
 
 FULL = FigureConfig()
@@ -78,6 +95,8 @@ SMALL = FigureConfig(
     pg_steps=(("exact", 50), ("natural", 5), ("reinforce", 30), ("ppo", 10)),
     n_background=20,
     dataset_sizes=(50, 200),
+    rlvr_steps=20,
+    rlvr_points=9,
 )
 
 
@@ -361,6 +380,241 @@ def figure_overoptimization(config: FigureConfig) -> Figure:
     return fig
 
 
+def figure_best_of_n(config: FigureConfig) -> Figure:
+    """(k) Exact best-of-n beside the KL-regularized frontier; its KL against the bound."""
+    from .best_of_n import best_of_n, best_of_n_curve
+
+    _, ref, reward = _sweep_problem()
+    ns = 2 ** np.arange(0, 15 if config is FULL else 9)
+    curve = best_of_n_curve(ref, reward, ns)
+    frontier = reward_kl_frontier(ref, reward, np.logspace(-2.5, 2.0, config.n_betas * 2))
+    # a pass/fail verifier (passes iff r is the best reward) and 4096 equiprobable leaves
+    verifier = (reward == reward.max()).astype(np.float64)
+    wide = TokenTree(("a", "b"), 12)
+    distinct = np.random.default_rng(0).permutation(wide.n_leaves).astype(np.float64)
+    extra = {
+        "0/1 verifier (ties)": np.array([best_of_n(ref, verifier, int(n)).kl[0] for n in ns]),
+        "4096 equiprobable distinct": np.array(
+            [best_of_n(Policy.uniform(wide), distinct, int(n)).kl[0] for n in ns]
+        ),
+    }
+    fig = plots.plot_best_of_n(
+        ns,
+        curve.kl[:, 0],
+        curve.expected_reward[:, 0],
+        (frontier.kl[:, 0], frontier.expected_reward[:, 0]),
+        kl_bound=curve.kl_bound,
+        extra_kl=extra,
+    )
+    fig.suptitle(
+        "Best-of-n from π_ref, exactly (demo problem, one prompt): just below the RLHF frontier;\n"
+        "its KL stays below log n − (n−1)/n, tight only while n ≪ the number of distinct outcomes"
+    )
+    return fig
+
+
+def figure_best_of_n_proxy(config: FigureConfig) -> Figure:
+    """(l) Best-of-n and RLHF under fitted rewards r_hat, judged by the true reward."""
+    from .best_of_n import best_of_n_curve
+    from .bradley_terry import DEFAULT_L2, fit_bradley_terry
+    from .preferences import sample_preferences
+
+    tree, ref, _ = _sweep_problem()
+    r_true = np.random.default_rng(1).normal(size=tree.n_leaves)  # a reward hard to learn
+    ns = 2 ** np.arange(0, 13 if config is FULL else 7)
+    sizes = (100, 300, 1000, 3000) if config is FULL else (100, 1000)  # pairs per fit
+    prefs = sample_preferences(tree, r_true, sizes[-1], policy=ref, seed=0)
+    curves = {}
+    for size in sizes:
+        r_hat = fit_bradley_terry(tree, prefs[:size], l2=DEFAULT_L2).reward
+        curve = best_of_n_curve(ref, r_hat, ns, reward=r_true)
+        curves[f"best-of-n under r̂ ({size:,} pairs)"] = (
+            curve.kl[:, 0],
+            curve.expected_reward[:, 0],
+        )
+        curves[f"RLHF under r̂ ({size:,} pairs), same KL"] = (
+            curve.kl[:, 0],
+            curve.rlhf_expected_reward[:, 0],
+        )
+    frontier = reward_kl_frontier(ref, r_true, np.logspace(-2.5, 2.0, config.n_betas * 2))
+    fig = plots.plot_best_of_n_proxy(
+        curves,
+        (frontier.kl[:, 0], frontier.expected_reward[:, 0]),
+        reference_reward=float(expected_reward(ref, r_true)[0]),
+    )
+    fig.axes[0].set_title(
+        f"Best-of-n (n = 1 … {ns[-1]:,}, solid) and RLHF at the same KL (dashed) select by a\n"
+        "Bradley-Terry fit r̂, the true r judges: over-optimization without sampling noise",
+        fontsize=10,
+    )
+    return fig
+
+
+def figure_kl_penalty(config: FigureConfig) -> Figure:
+    """(m) The fixed point of every KL estimator x placement x level against pi*."""
+    from .kl_penalty import kl_penalty_report
+
+    _, ref, reward = examples.demo_problem()
+    report = kl_penalty_report(ref, reward, examples.DEMO_BETA)
+    rows = report.rows
+    fig = plots.plot_kl_penalty(
+        [row.name for row in rows],
+        [row.optimizes for row in rows],
+        np.array([row.tv for row in rows]),
+        np.array([row.objective_lost for row in rows]),
+        [row.stationary for row in rows],
+    )
+    fig.suptitle(
+        f"Where training with a KL penalty converges (demo problem, β = {examples.DEMO_BETA:g}): "
+        "only k1 in the reward and sequence-level k2 in the loss reach π*"
+    )
+    return fig
+
+
+# ----------------------------------------------------------- RL with verifiable rewards
+#: The KL term of the RLVR figures: k1 in the reward, sequence level (exact grad KL).
+RLVR_KL = {"kl_estimator": "k1", "kl_placement": "reward", "kl_level": "sequence"}
+RLVR_BETA = 0.1
+
+
+def figure_rlvr_difficulty(config: FigureConfig) -> Figure:
+    """(n) Difficulty bias: the per-prompt scale of each estimator's expected update."""
+    success = np.linspace(0.01, 0.99, config.rlvr_points)
+    # one prompt per success probability, one token: 'right' (reward 1) or 'wrong'
+    tree = TokenTree(("right", "wrong"), 1, tuple(f"p{k}" for k in range(success.size)))
+    policy = Policy(tree, [np.log(np.stack([success, 1 - success], axis=1))])
+    reward = np.tile([1.0, 0.0], success.size)
+    scales = {}
+    for estimator in ("grpo", "dr_grpo", "rloo"):
+        for group_size in (4, 16):
+            update = expected_update(policy, reward, estimator=estimator, group_size=group_size)
+            scales[f"{estimator}, G = {group_size}"] = update.prompt_scale
+    fig = plots.plot_difficulty_bias(
+        success,
+        scales,
+        reference={
+            "1/√(p(1−p)): std normalization as G → ∞": 1 / np.sqrt(success * (1 - success))
+        },
+    )
+    fig.axes[0].set_title(
+        "Difficulty bias, exact: GRPO's std normalization up-weights too-easy and too-hard\n"
+        "prompts (and groups with identical rewards give 0); RLOO is unbiased (scale 1)"
+    )
+    return fig
+
+
+def figure_rlvr_length(config: FigureConfig) -> Figure:
+    """(o) Length bias on an eos tree with a length-dependent 0/1 reward."""
+    tree, ref, reward = length_problem()
+    lengths = np.arange(1, tree.horizon + 1)
+    weights, mean_lengths = {}, {}
+    for estimator in ("grpo", "dapo", "dr_grpo", "rloo"):
+        update = expected_update(ref, reward, estimator=estimator, group_size=8)
+        scale = float(np.abs(update.leaf_weights).max())
+        valid = tree.valid_leaves()
+        rows = []
+        for value in (1.0, 0.0):
+            row = []
+            for length in lengths:
+                mask = valid & (reward == value) & (update.lengths == length)
+                row.append(update.leaf_weights[mask].mean() / scale if mask.any() else np.nan)
+            rows.append(np.array(row))
+        weights[estimator] = (rows[0], rows[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            run = train_expected(
+                ref,
+                reward,
+                estimator=estimator,
+                group_size=8,
+                lr=1.0,
+                steps=min(config.rlvr_steps, 400),
+                update="natural",
+            )
+        mean_lengths[estimator] = run.history["mean_length"]
+    fig = plots.plot_length_bias(lengths, weights, mean_lengths)
+    fig.suptitle(
+        "Length bias on an eos tree (tokens a, b, $; reward 1 iff the completion contains "
+        "'ab'; uniform π_ref; G = 8):\nGRPO's 1/|y| favours short correct and long incorrect "
+        "completions (Dr. GRPO's weights coincide with RLOO's after normalization)"
+    )
+    return fig
+
+
+def figure_rlvr_dynamics(config: FigureConfig) -> Figure:
+    """(p) Exact mean-field training: where RLOO, GRPO and Dr. GRPO end."""
+    tree, ref, reward = verifiable_problem()
+    star = closed_form(ref, reward, RLVR_BETA)
+    success, residuals = {}, {}
+    tol = 1e-9
+    for estimator in ("rloo", "grpo", "dr_grpo"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            run = train_expected(
+                ref,
+                reward,
+                estimator=estimator,
+                group_size=8,
+                beta=RLVR_BETA,
+                lr=1.0,
+                steps=config.rlvr_steps,
+                update="natural",
+                tol=tol,
+                **RLVR_KL,
+            )
+        success[estimator] = run.history["prompt_expected_reward"]
+        residuals[estimator] = run.history["residual"]
+    fig = plots.plot_training_dynamics(
+        success, star.expected_reward(), tree.prompts, residuals, tolerance=tol
+    )
+    fig.suptitle(
+        f"Exact mean-field training on the verifiable-reward demo (natural updates, G = 8, k1 in "
+        f"the reward, β = {RLVR_BETA:g}):\nRLOO converges to π*; GRPO and Dr. GRPO stop at "
+        "their own fixed points π ∝ π_ref·exp(w_π/β)"
+    )
+    return fig
+
+
+def figure_rlvr_entropy(config: FigureConfig) -> Figure:
+    """(q) Entropy collapse with and without the KL term; the covariance formula."""
+    _, ref, reward = verifiable_problem()
+    entropies = {}
+    runs = {
+        "GRPO, no KL": {},
+        f"GRPO, k1 in the reward, β = {RLVR_BETA:g}": {"beta": RLVR_BETA, **RLVR_KL},
+        f"GRPO, k3 in the loss (per token), β = {RLVR_BETA:g}": {
+            "beta": RLVR_BETA,
+            "kl_estimator": "k3",
+        },
+    }
+    for label, options in runs.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            run = train_expected(
+                ref,
+                reward,
+                estimator="grpo",
+                group_size=8,
+                lr=1.0,
+                steps=config.rlvr_steps,
+                update="natural",
+                tol=1e-9,
+                **options,
+            )
+        entropies[label] = run.history["entropy"]
+    update = expected_update(ref, reward, estimator="grpo", group_size=8)
+    change = entropy_change(ref, update.gradient, 2.0)
+    fig = plots.plot_entropy_dynamics(
+        entropies, np.concatenate(change.exact), np.concatenate(change.covariance)
+    )
+    fig.suptitle(
+        "Entropy under exact GRPO training on the verifiable-reward demo (G = 8, natural "
+        "updates):\nit falls until every prompt is solved (no KL) or to the fixed point's "
+        "floor (KL)"
+    )
+    return fig
+
+
 #: (file name, builder) in the order of the lecture.
 FIGURES: tuple[tuple[str, Callable[[FigureConfig], Figure | None]], ...] = (
     ("token_tree.png", figure_token_tree),
@@ -373,6 +627,13 @@ FIGURES: tuple[tuple[str, Callable[[FigureConfig], Figure | None]], ...] = (
     ("preference_game.png", figure_preference_game),
     ("kl_estimators.png", figure_kl_estimators),
     ("overoptimization.png", figure_overoptimization),
+    ("best_of_n.png", figure_best_of_n),
+    ("best_of_n_proxy.png", figure_best_of_n_proxy),
+    ("kl_penalty.png", figure_kl_penalty),
+    ("rlvr_difficulty.png", figure_rlvr_difficulty),
+    ("rlvr_length.png", figure_rlvr_length),
+    ("rlvr_dynamics.png", figure_rlvr_dynamics),
+    ("rlvr_entropy.png", figure_rlvr_entropy),
 )
 
 

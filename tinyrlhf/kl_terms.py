@@ -188,22 +188,11 @@ def kl_penalty_gradient(policy: Policy, ref: Policy, term: KLTerm) -> list[np.nd
     Returns:
         ``H`` arrays ``(level_size(h), A)``, gradients of the mean over prompts.
     """
-    if term.placement == "reward":
-        return sequence_score_gradient(policy, kl_penalty_values(policy, ref, term))
-    _check_support(policy, ref)
-    if term.level == "sequence":
-        log_p, log_ref = policy.leaf_log_probs(), ref.leaf_log_probs()
-        reached = log_p > -np.inf
-        slope = np.zeros_like(log_p)
-        slope[reached] = term.derivative(log_p[reached], log_ref[reached])
-        return sequence_score_gradient(policy, slope)
-    slopes = []
-    for log_pi, log_ref in zip(policy.log_probs, ref.log_probs, strict=True):
-        picked = log_pi > -np.inf
-        slope = np.zeros_like(log_pi)
-        slope[picked] = term.derivative(log_pi[picked], log_ref[picked])
-        slopes.append(slope)
-    return token_score_gradient(policy, slopes)
+    leaf, token = kl_penalty_coefficients(policy, ref, term)
+    if leaf is not None:
+        return sequence_score_gradient(policy, leaf)
+    assert token is not None  # exactly one of the two is given
+    return token_score_gradient(policy, token)
 
 
 def _check_support(policy: Policy, ref: Policy) -> None:
@@ -229,3 +218,33 @@ def _call(f: Callable, log_pi: np.ndarray, log_pi_ref: np.ndarray) -> np.ndarray
     if not np.isfinite(out).all():
         raise ValueError("estimator returned NaN or infinite values on finite log-probabilities")
     return out
+
+
+def kl_penalty_coefficients(
+    policy: Policy, ref: Policy, term: KLTerm
+) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
+    """The coefficients behind :func:`kl_penalty_gradient`: ``(leaf, token)``, one of them None.
+
+    ``kl_penalty_gradient = sequence_score_gradient(policy, leaf)`` when ``leaf`` is given
+    (placement ``"reward"``: ``K(xi)``; placement ``"loss"``, sequence level:
+    ``k'(log P_pi, log P_ref)(xi)``), else ``token_score_gradient(policy, token)`` with
+    ``token[h][s, a] = k'(log pi, log pi_ref)(s, a)``. Entries ``pi`` never reaches are 0. For
+    callers that precondition the gradient state by state (natural-gradient updates).
+    """
+    if term.placement == "reward":
+        values = kl_penalty_values(policy, ref, term)
+        return np.where(np.isnan(values), 0.0, values), None
+    _check_support(policy, ref)
+    if term.level == "sequence":
+        log_p, log_ref = policy.leaf_log_probs(), ref.leaf_log_probs()
+        reached = log_p > -np.inf
+        slope = np.zeros_like(log_p)
+        slope[reached] = term.derivative(log_p[reached], log_ref[reached])
+        return slope, None
+    slopes = []
+    for log_pi, log_ref in zip(policy.log_probs, ref.log_probs, strict=True):
+        picked = log_pi > -np.inf
+        slope = np.zeros_like(log_pi)
+        slope[picked] = term.derivative(log_pi[picked], log_ref[picked])
+        slopes.append(slope)
+    return None, slopes

@@ -25,16 +25,19 @@ its KL, so the gap to it is the price of the learned reward alone.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .bradley_terry import DEFAULT_L2, fit_bradley_terry
+from .deprecation import renamed_keywords
 from .divergences import expected_reward, kl_divergence
 from .policy import Policy
-from .preferences import sample_preferences
+from .preferences import check_pair_count, sample_preferences
 from .solvers import closed_form
 from .sweeps import beta_path
+from .tree import TokenTree
 from .validation import check_leaf_array, check_positive_int, check_tree, make_rng
 
 
@@ -69,32 +72,42 @@ class OveroptimizationCurve:
     reference_reward: np.ndarray
 
 
+@renamed_keywords(r_true="reward", pair_policy="policy")
 def overoptimization_curve(
-    tree,
-    r_true: np.ndarray,
-    n_pairs,
-    betas,
+    tree: TokenTree,
+    reward: np.ndarray,
+    n_pairs: int | Sequence[int],
+    betas: np.ndarray | Sequence[float],
     *,
     seed: int | np.random.Generator | None,
     ref: Policy | None = None,
-    pair_policy: Policy | None = None,
+    policy: Policy | None = None,
     l2: float = DEFAULT_L2,
+    distinct: bool = True,
 ) -> OveroptimizationCurve:
     """Gao et al.'s over-optimization curves, exact in the policy step.
 
     Args:
         tree: the :class:`~tinyrlhf.TokenTree`.
-        r_true: ``(n_leaves,)`` the true reward ``r`` that labels the comparisons.
+        reward: ``(n_leaves,)`` the true reward ``r`` that labels the comparisons
+            (``r_true=`` is its deprecated old name).
         n_pairs: a dataset size ``>= 1`` or a sequence of them (sorted increasingly; the
-            datasets are nested prefixes of one sample of the largest size).
+            datasets are nested prefixes of one sample of the largest size, checked
+            against the memory budget first).
         betas: ``(n_betas,)`` finite KL coefficients ``> 0``.
-        seed: int, Generator or None (required): draws the comparisons.
+        seed: int, Generator or None (required, as for
+            :func:`~tinyrlhf.preferences.sample_preferences`): draws the comparisons.
         ref: the reference policy ``pi_ref`` (uniform if None).
-        pair_policy: the policy that generates the compared completions (``ref`` if None,
-            as when comparisons are collected from the SFT model).
+        policy: the policy that draws the compared completions (``ref`` if None, as when
+            comparisons are collected from the SFT model); pairs of distinct completions,
+            as in :func:`~tinyrlhf.preferences.sample_preferences`. ``pair_policy=`` is its
+            deprecated old name.
         l2: ridge coefficient of the Bradley-Terry fit (default
             :data:`tinyrlhf.bradley_terry.DEFAULT_L2`; sampled data rarely has an
             unregularized maximum).
+        distinct: pairs of distinct completions (default) or independent draws that may
+            compare a completion with itself (see
+            :func:`~tinyrlhf.preferences.sample_preferences`).
 
     Returns:
         An :class:`OveroptimizationCurve`.
@@ -103,18 +116,21 @@ def overoptimization_curve(
         TypeError, ValueError: bad arguments, naming the argument.
     """
     tree = check_tree(tree)
-    r_true = check_leaf_array(tree, r_true, "r_true")
+    reward = check_leaf_array(tree, reward, "reward")
     sizes = _check_sizes(n_pairs)
+    check_pair_count(int(sizes[-1]), "max(n_pairs)")
     betas = _check_betas(betas)
     rng = make_rng(seed)
+    for candidate, name in ((ref, "ref"), (policy, "policy")):
+        if candidate is not None and (not isinstance(candidate, Policy) or candidate.tree != tree):
+            raise TypeError(f"{name} must be a tinyrlhf.Policy on tree (or None)")
     if ref is None:
         ref = Policy.uniform(tree)
-    for policy, name in ((ref, "ref"), (pair_policy, "pair_policy")):
-        if policy is not None and (not isinstance(policy, Policy) or policy.tree != tree):
-            raise TypeError(f"{name} must be a tinyrlhf.Policy on tree (or None)")
-    pair_policy = ref if pair_policy is None else pair_policy
+    sampler = ref if policy is None else policy
 
-    prefs = sample_preferences(tree, r_true, int(sizes[-1]), policy=pair_policy, seed=rng)
+    prefs = sample_preferences(
+        tree, reward, int(sizes[-1]), policy=sampler, seed=rng, distinct=distinct
+    )
     shape = (sizes.size, betas.size, tree.n_prompts)
     true_reward, proxy_gain, kl = np.empty(shape), np.empty(shape), np.empty(shape)
     fitted = np.empty((sizes.size, tree.n_leaves))
@@ -123,11 +139,11 @@ def overoptimization_curve(
         fitted[i] = r_hat
         baseline = expected_reward(ref, r_hat)  # E_{pi_ref}[r_hat]: (n_prompts,)
         for j, beta in enumerate(betas):  # the policy step, exact: P* ∝ P_ref exp(r_hat/beta)
-            policy = closed_form(ref, r_hat, float(beta)).policy
-            true_reward[i, j] = expected_reward(policy, r_true)
-            proxy_gain[i, j] = expected_reward(policy, r_hat) - baseline
-            kl[i, j] = kl_divergence(policy, ref)
-    oracle = beta_path(ref, r_true, betas)
+            optimum = closed_form(ref, r_hat, float(beta)).policy
+            true_reward[i, j] = expected_reward(optimum, reward)
+            proxy_gain[i, j] = expected_reward(optimum, r_hat) - baseline
+            kl[i, j] = kl_divergence(optimum, ref)
+    oracle = beta_path(ref, reward, betas)
     return OveroptimizationCurve(
         n_pairs=sizes,
         beta=betas,
@@ -137,7 +153,7 @@ def overoptimization_curve(
         fitted_reward=fitted,
         oracle_true_reward=oracle.expected_reward,
         oracle_kl=oracle.kl,
-        reference_reward=expected_reward(ref, r_true),
+        reference_reward=expected_reward(ref, reward),
     )
 
 

@@ -2,7 +2,7 @@
 
 The lecture's two acts, chained on a tree where everything is exact:
 
-1. a true reward ``r`` labels pairs of completions drawn from the reference policy by
+1. a true reward ``r`` labels pairs of distinct completions drawn from the reference policy by
    Bradley-Terry (:func:`~tinyrlhf.preferences.sample_preferences`);
 2. ``r_hat`` is fitted to them by maximum likelihood, the forward-KL projection
    (:func:`~tinyrlhf.bradley_terry.fit_bradley_terry`);
@@ -29,12 +29,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bradley_terry import DEFAULT_L2, fit_bradley_terry
+from .deprecation import renamed_keywords
 from .divergences import expected_reward, kl_divergence, objective
 from .policy import Policy
-from .preferences import population_preferences, sample_preferences
+from .preferences import check_pair_count, population_preferences, sample_preferences
 from .solvers import closed_form
 from .tree import TokenTree
-from .validation import check_beta, check_leaf_array, check_positive_int, make_rng
+from .validation import (
+    check_beta,
+    check_leaf_array,
+    check_policy,
+    check_positive_int,
+    check_same_tree,
+    make_rng,
+)
 
 #: Largest number of ordered pairs ``P * (A**H)**2`` for which the population row is
 #: included by default (about 200 MB of temporaries at this size).
@@ -87,6 +95,7 @@ class PipelineResult:
         return format_pipeline(self)
 
 
+@renamed_keywords(sampling_policy="policy")
 def preference_pipeline(
     ref: Policy,
     reward: np.ndarray,
@@ -94,9 +103,10 @@ def preference_pipeline(
     sizes: Sequence[int],
     *,
     l2: float = DEFAULT_L2,
-    sampling_policy: Policy | None = None,
+    policy: Policy | None = None,
     population: bool | None = None,
     seed: int | np.random.Generator | None = 0,
+    distinct: bool = True,
 ) -> PipelineResult:
     """Run true reward -> preferences -> Bradley-Terry -> closed-form RLHF for several sizes.
 
@@ -105,37 +115,50 @@ def preference_pipeline(
         reward: ``(n_leaves,)`` the true reward ``r``.
         beta: KL coefficient > 0.
         sizes: dataset sizes (numbers of pairs), each ``>= 1``; fitted on nested prefixes
-            of one sample of ``max(sizes)`` pairs, in increasing order.
+            of one sample of ``max(sizes)`` pairs, in increasing order. The largest is
+            checked against the memory budget before anything is computed.
         l2: ridge coefficient of the sampled fits (see
             :data:`~tinyrlhf.bradley_terry.DEFAULT_L2`).
-        sampling_policy: the policy that generates the compared completions (``ref`` if
-            None: pairs come from the model being fine-tuned).
+        policy: the policy that draws the compared completions (``ref`` if None: pairs
+            come from the model being fine-tuned), as in
+            :func:`~tinyrlhf.preferences.sample_preferences`: pairs of distinct
+            completions. ``sampling_policy=`` is its deprecated old name.
         population: add the population row (``l2 = 0``). None: only when the
             ``P * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
-        seed: int, Generator or None.
+        seed: int, Generator or None (:func:`~tinyrlhf.validation.make_rng`); default 0,
+            so that a table is reproducible.
+        distinct: pairs of distinct completions (default) or independent draws that may
+            compare a completion with itself (see
+            :func:`~tinyrlhf.preferences.sample_preferences`); the population row has no
+            ties either way.
 
     Returns:
         :class:`PipelineResult`; ``print`` it for a table.
 
     Raises:
-        TypeError/ValueError: bad arguments.
+        TypeError/ValueError: bad arguments; ``ValueError`` when ``max(sizes)`` pairs do
+            not fit in memory (the message gives the size).
     """
-    if not isinstance(ref, Policy):
-        raise TypeError(f"ref must be a tinyrlhf.Policy, got {type(ref).__name__}")
+    ref = check_policy(ref, "ref")
     tree = ref.tree
     reward = check_leaf_array(tree, reward, "reward")
     beta = check_beta(beta)
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) == 0:
         raise TypeError(f"sizes must be a non-empty sequence of integers, got {sizes!r}")
     sizes = sorted(check_positive_int(size, "sizes[i]") for size in sizes)
+    check_pair_count(sizes[-1], "max(sizes)")
+    if policy is not None:
+        check_same_tree(ref, check_policy(policy, "policy"), ("ref", "policy"))
     rng = make_rng(seed)
-    sampler = ref if sampling_policy is None else sampling_policy
+    sampler = ref if policy is None else policy
     if population is None:
         population = tree.n_prompts * tree.leaves_per_prompt**2 <= POPULATION_MAX_PAIRS
 
     true = closed_form(ref, reward, beta)
     true_objective = objective(true.policy, ref, reward, beta)
-    prefs = sample_preferences(tree, reward, sizes[-1], policy=sampler, seed=rng)
+    prefs = sample_preferences(
+        tree, reward, sizes[-1], policy=sampler, seed=rng, distinct=distinct
+    )
     datasets = [(float(size), prefs[:size], l2) for size in sizes]
     if population:
         datasets.append((np.inf, population_preferences(tree, reward, policy=sampler), 0.0))

@@ -611,3 +611,302 @@ def plot_overoptimization(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return true_ax.figure
+
+
+def plot_best_of_n(
+    n: np.ndarray,
+    kl: np.ndarray,
+    reward: np.ndarray,
+    frontier: tuple[np.ndarray, np.ndarray],
+    *,
+    kl_bound: np.ndarray | None = None,
+    extra_kl: Mapping[str, np.ndarray] | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Best-of-n beside the reward-KL frontier, and its KL over ``n`` against the bound.
+
+    Args:
+        n: ``(n_ns,)`` numbers of draws.
+        kl: ``(n_ns,)`` exact ``KL(P_BoN || P_ref)``.
+        reward: ``(n_ns,)`` ``E_BoN[r]``.
+        frontier: ``(kl, reward)`` of the KL-regularized optimum ``pi*_beta`` over beta.
+        kl_bound: ``(n_ns,)`` ``log n - (n - 1)/n`` (right panel).
+        extra_kl: label -> ``(n_ns,)`` more exact KL curves for the right panel (e.g. a
+            verifier's, or many equiprobable leaves').
+        axes: two Axes to draw into.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    kl, reward = np.asarray(kl, dtype=np.float64), np.asarray(reward, dtype=np.float64)
+    if kl.shape != n.shape or reward.shape != n.shape:
+        raise ValueError("n, kl and reward must have the same (n_ns,) shape")
+    left, right = _panels(axes, 2, (12.0, 4.6))
+    left.plot(frontier[0], frontier[1], color="black", lw=2, label="RLHF frontier π*_β")
+    left.plot(kl, reward, "o-", color="C3", ms=4, label="best-of-n (exact)")
+    for k in range(n.size):
+        if n[k] in (1, 4, 16, 256):
+            left.annotate(
+                f"n={n[k]:g}",
+                (kl[k], reward[k]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color="C3",
+            )
+    left.set_xlabel("KL(π ‖ π_ref)  [nats]")
+    left.set_ylabel("E_π[r]")
+    left.set_title("reward against KL: best-of-n vs the KL-regularized optimum")
+    right.semilogx(n, kl, "o-", color="C3", ms=4, label="exact KL(best-of-n ‖ π_ref)")
+    for k, (label, values) in enumerate((extra_kl or {}).items()):
+        right.semilogx(n, values, "s-", ms=3, color=f"C{k}", label=label)
+    if kl_bound is not None:
+        right.semilogx(n, kl_bound, color="black", ls="--", label="log n − (n−1)/n")
+    right.set_xlabel("n (draws)")
+    right.set_ylabel("KL  [nats]")
+    right.set_title("the 'exact' formula is an upper bound")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return left.figure
+
+
+def plot_best_of_n_proxy(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    oracle: tuple[np.ndarray, np.ndarray],
+    *,
+    reference_reward: float | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """True reward against ``sqrt(KL)`` for policies that optimize a proxy ``r_hat``.
+
+    Args:
+        curves: label -> ``(kl, true_reward)`` arrays (e.g. best-of-n under ``r_hat`` over
+            ``n``, RLHF under ``r_hat`` at the same KLs); labels containing "RLHF" are dashed.
+        oracle: ``(kl, reward)`` of the optimum under the true reward (the frontier).
+        reference_reward: ``E_{pi_ref}[r]`` (a horizontal line).
+        ax: where to draw.
+    """
+    ax = _axes(ax, (7.5, 4.8))
+    ax.plot(np.sqrt(oracle[0]), oracle[1], color="black", lw=2, label="oracle: RLHF under r")
+    for k, (label, (kl, true_reward)) in enumerate(curves.items()):
+        style = "--" if "RLHF" in label else "o-"
+        color = f"C{k // 2}"
+        ax.plot(np.sqrt(kl), true_reward, style, ms=3, color=color, label=label)
+    if reference_reward is not None:
+        ax.axhline(reference_reward, color="0.4", ls=":", lw=1, label="π_ref")
+    ax.set_xlabel("√KL(π ‖ π_ref)")
+    ax.set_ylabel("true reward E_π[r]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def plot_kl_penalty(
+    names: Sequence[str],
+    optimizes: Sequence[str],
+    tv: np.ndarray,
+    objective_lost: np.ndarray,
+    stationary: Sequence[bool],
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Where each KL estimator x placement x level trains to: distance from ``pi*`` and the
+    true objective lost, one bar per combination coloured by what it optimizes (hatched: no
+    interior fixed point, the bar shows where training heads)."""
+    tv, lost = np.asarray(tv, dtype=np.float64), np.asarray(objective_lost, dtype=np.float64)
+    if not len(names) == len(optimizes) == tv.size == lost.size == len(stationary):
+        raise ValueError("names, optimizes, tv, objective_lost and stationary must align")
+    kinds = list(dict.fromkeys(optimizes))
+    colours = {kind: f"C{k}" for k, kind in enumerate(kinds)}
+    left, right = _panels(axes, 2, (12.0, 4.8))
+    positions = np.arange(len(names))
+    for ax, values, title in (
+        (left, tv, "TV(fixed point, π*)"),
+        (right, lost, "J(π*) − J(fixed point),  J = E[r] − β KL(π‖π_ref)"),
+    ):
+        for k in range(len(names)):
+            ax.bar(
+                positions[k],
+                values[k],
+                color=colours[optimizes[k]],
+                hatch=None if stationary[k] else "//",
+                edgecolor="0.2",
+                linewidth=0.5,
+            )
+            if values[k] < 1e-9:  # nothing to draw: the fixed point is pi*
+                ax.annotate(
+                    "π*",
+                    (positions[k], 0.0),
+                    textcoords="offset points",
+                    xytext=(0, 3),
+                    ha="center",
+                    fontsize=8,
+                    color=colours[optimizes[k]],
+                )
+        ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    handles = [Line2D([], [], color=colours[kind], lw=8, label=kind) for kind in kinds]
+    handles.append(Line2D([], [], color="none", label="hatched: no interior fixed point"))
+    right.legend(handles=handles, fontsize=8)
+    return left.figure
+
+
+# ------------------------------------------------------- RL with verifiable rewards
+def plot_difficulty_bias(
+    success: np.ndarray,
+    scales: Mapping[str, np.ndarray],
+    *,
+    reference: Mapping[str, np.ndarray] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Per-prompt scale of an expected update against the prompt's success probability.
+
+    Args:
+        success: ``(n,)`` success probabilities ``P(r = 1)`` (x axis).
+        scales: label -> ``(n,)`` ``prompt_scale`` of an estimator (the update of the prompt
+            is this multiple of ``grad P(r = 1)``).
+        reference: label -> ``(n,)`` curves drawn dashed in grey (e.g. a large-``G`` limit).
+        ax: where to draw.
+    """
+    ax = _axes(ax, (7.5, 4.8))
+    success = np.asarray(success, dtype=np.float64)
+    for k, (label, scale) in enumerate(scales.items()):
+        ax.plot(success, np.asarray(scale), color=f"C{k}", label=label, lw=1.6)
+    for label, curve in (reference or {}).items():
+        ax.plot(success, np.asarray(curve), color="0.4", ls="--", lw=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("success probability of the prompt under π")
+    ax.set_ylabel("update / ∇P(success)  (log scale)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_length_bias(
+    lengths: np.ndarray,
+    weights: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    mean_lengths: Mapping[str, np.ndarray],
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Effective weight per completion length (correct / incorrect) and length over training.
+
+    Args:
+        lengths: ``(m,)`` completion lengths (x axis of the left panel).
+        weights: label -> ``(correct, incorrect)``, each ``(m,)``: the weight ``w(y)`` of a
+            correct and an incorrect completion of each length (NaN where none).
+        mean_lengths: label -> ``(steps + 1,)`` expected length ``E|y|`` per training step.
+        axes: two Axes.
+    """
+    weight_ax, length_ax = _panels(axes, 2, (13.0, 4.6))
+    lengths = np.asarray(lengths)
+    for k, (label, (correct, incorrect)) in enumerate(weights.items()):
+        weight_ax.plot(lengths, np.asarray(correct), color=f"C{k}", marker="o", label=label)
+        weight_ax.plot(lengths, np.asarray(incorrect), color=f"C{k}", marker="v", ls="--")
+    weight_ax.axhline(0.0, color="black", lw=0.8)
+    weight_ax.set_xticks(lengths)
+    weight_ax.set_xlabel("completion length |y| (tokens, eos included)")
+    weight_ax.set_ylabel("w(y) / max |w|  (o correct, v incorrect)")
+    weight_ax.set_title("effective weight of one completion")
+    for k, (label, history) in enumerate(mean_lengths.items()):
+        length_ax.plot(np.arange(len(history)), np.asarray(history), color=f"C{k}", label=label)
+    length_ax.set_xlabel("training step")
+    length_ax.set_ylabel("E|y| under π_t")
+    length_ax.set_title("expected completion length during training")
+    for ax in (weight_ax, length_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return weight_ax.figure
+
+
+def plot_training_dynamics(
+    success: Mapping[str, np.ndarray],
+    targets: np.ndarray,
+    prompts: Sequence[str],
+    residuals: Mapping[str, np.ndarray],
+    *,
+    tolerance: float | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Per-prompt expected reward over training against a target, and the residual.
+
+    Args:
+        success: label -> ``(steps + 1, n_prompts)`` expected reward per prompt.
+        targets: ``(n_prompts,)`` the target's expected reward per prompt (dotted lines).
+        prompts: prompt names (one line style each).
+        residuals: label -> ``(steps + 1,)`` norm of the expected update.
+        tolerance: the stopping tolerance (a dotted line).
+        axes: two Axes.
+    """
+    reward_ax, residual_ax = _panels(axes, 2, (13.0, 4.8))
+    styles = ("-", "--", "-.", ":")
+    for k, (label, history) in enumerate(success.items()):
+        history = np.asarray(history)
+        for p, name in enumerate(prompts):
+            reward_ax.plot(
+                np.arange(history.shape[0]),
+                history[:, p],
+                color=f"C{k}",
+                ls=styles[p % len(styles)],
+                label=f"{label}: {name}",
+            )
+    for p, target in enumerate(np.asarray(targets)):
+        reward_ax.axhline(target, color="black", lw=0.8, ls=styles[p % len(styles)], alpha=0.5)
+    reward_ax.set_xscale("symlog", linthresh=10)
+    reward_ax.set_xlim(left=0)
+    reward_ax.set_xlabel("step (linear to 10, then log)")
+    reward_ax.set_ylabel("P(success | prompt)  (black: π*)")
+    for k, (label, residual) in enumerate(residuals.items()):
+        residual_ax.plot(
+            np.arange(len(residual)), np.asarray(residual), color=f"C{k}", label=label
+        )
+    if tolerance is not None:
+        residual_ax.axhline(tolerance, color="0.4", ls=":", label="tolerance")
+    residual_ax.set_yscale("log")
+    residual_ax.set_xlabel("step")
+    residual_ax.set_ylabel("‖E[ĝ]‖  (residual)")
+    for ax in (reward_ax, residual_ax):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2 if ax is reward_ax else 1)
+    return reward_ax.figure
+
+
+def plot_entropy_dynamics(
+    entropies: Mapping[str, np.ndarray],
+    exact_change: np.ndarray,
+    covariance_change: np.ndarray,
+    *,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Sequence entropy over training, and exact per-state entropy change of one step
+    against the covariance formula.
+
+    Args:
+        entropies: label -> ``(steps + 1,)`` sequence entropy per step.
+        exact_change: ``(n_states,)`` exact ``Delta H(s)`` of one update.
+        covariance_change: ``(n_states,)`` ``-lr Cov(log pi, Delta theta)`` of the same step.
+        axes: two Axes.
+    """
+    entropy_ax, change_ax = _panels(axes, 2, (13.0, 4.8))
+    for k, (label, history) in enumerate(entropies.items()):
+        history = np.asarray(history)
+        entropy_ax.plot(np.arange(history.size), history, color=f"C{k}", label=label)
+        entropy_ax.axhline(history[-1], color=f"C{k}", ls=":", lw=0.8)
+    entropy_ax.set_xscale("symlog", linthresh=10)
+    entropy_ax.set_xlim(left=0)
+    entropy_ax.set_xlabel("step (linear to 10, then log)")
+    entropy_ax.set_ylabel("sequence entropy H(π_t)  [nats]")
+    entropy_ax.set_title("entropy collapse and its floor (dotted: the stationary value)")
+    exact_change = np.asarray(exact_change)
+    covariance_change = np.asarray(covariance_change)
+    change_ax.scatter(covariance_change, exact_change, s=8, alpha=0.6)
+    low = float(min(exact_change.min(), covariance_change.min()))
+    high = float(max(exact_change.max(), covariance_change.max()))
+    change_ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="identity")
+    change_ax.set_xlabel("−Cov_{a~π(·|s)}(log π(a|s), Δθ(s,a))")
+    change_ax.set_ylabel("exact ΔH(s)")
+    change_ax.set_title("one update, every state: covariance formula vs exact")
+    for ax in (entropy_ax, change_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return entropy_ax.figure

@@ -25,11 +25,13 @@ References:
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import numbers
 import os
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,11 +40,33 @@ from scipy.special import expit, log_expit
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
 from .tree import TokenTree
-from .validation import check_leaf_array, check_positive_int, check_tree, make_rng
+from .validation import (
+    check_leaf_array,
+    check_policy,
+    check_positive_int,
+    check_tree,
+    make_rng,
+)
 
 #: Bytes per pair that :func:`population_preferences` allocates (three int64 index arrays,
 #: a float64 weight and one float64 temporary).
 _POPULATION_BYTES_PER_PAIR = 5 * FLOAT_BYTES
+#: Bytes per pair that :func:`sample_preferences` holds at its peak: the prompt, the two
+#: completions, the uniforms and the label temporaries, chosen and rejected, and the
+#: read-only copies of :class:`Preferences` (int64/float64 each).
+SAMPLE_BYTES_PER_PAIR = 16 * FLOAT_BYTES
+#: Characters that JSON treats as whitespace (a line of only these is blank).
+_JSON_WHITESPACE = " \t\r\n"
+#: Unicode line breaks that JSON leaves raw but ``str.splitlines`` splits on: written as
+#: ``\uXXXX`` escapes (valid JSON, same strings) so that any line reader keeps one record
+#: per line.
+_ESCAPE_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+#: Paths written in place, never replaced: devices and the process's own descriptors.
+_SPECIAL_DIRECTORIES = ("/dev/", "/proc/")
+#: Write permission for the owner, the group or others.
+_ANY_WRITE_BIT = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+#: No machine holds more pairs than this (2**50 pairs at 128 bytes each is 128 PiB).
+_MAX_PAIRS = 2**50
 
 
 @dataclass(frozen=True, init=False, eq=False)
@@ -59,7 +83,8 @@ class Preferences:
             it (see :meth:`check`). Functions that take a tree check it again.
 
     A pair whose chosen and rejected generation coincide is legal (two independent samples
-    can be equal) and carries no information about the reward.
+    can be equal, see ``sample_preferences(..., distinct=False)``) and carries no
+    information about the reward.
 
     The arrays are stored as read-only int64/float64 copies.
 
@@ -178,15 +203,49 @@ class Preferences:
         return int(self.prompt.shape[0])
 
     def __getitem__(self, index: object) -> Preferences:
-        """A subset of pairs: ``prefs[:1000]``, ``prefs[mask]``, ``prefs[[3, 1, 4]]``."""
-        if isinstance(index, (numbers.Integral, np.integer)) and not isinstance(index, bool):
-            index = slice(int(index), int(index) + 1 if int(index) != -1 else None)
+        """A subset of pairs, with Python's sequence rules: ``prefs[3]`` and ``prefs[-1]``
+        (one pair, as a dataset of length 1), ``prefs[:1000]``, ``prefs[::-1]``,
+        ``prefs[mask]`` (an ``(n,)`` bool array), ``prefs[[3, 1, 4]]`` (ints, negative ones
+        counting from the end).
+
+        Raises:
+            IndexError: an int outside ``-n..n-1``, an index array with such an entry, or a
+                mask of the wrong length.
+            TypeError: any other kind of index (floats, strings, a bare bool).
+        """
+        n = len(self)
+        if isinstance(index, (numbers.Integral, np.integer)) and not isinstance(
+            index, (bool, np.bool_)
+        ):
+            k = int(index)
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of range for {n} preference pairs")
+            k %= max(n, 1)
+            index = slice(k, k + 1)
+        elif isinstance(index, (bool, np.bool_, float, str, bytes)) or index is None:
+            raise TypeError(
+                "preference pairs are indexed by an int, a slice, a bool mask or an array of "
+                f"ints, got {type(index).__name__}"
+            )
+        elif not isinstance(index, slice):
+            array = np.asarray(index)
+            if array.ndim != 1 or not (
+                array.dtype == np.bool_
+                or np.issubdtype(array.dtype, np.integer)
+                or array.size == 0
+            ):
+                raise TypeError(
+                    "preference pairs are indexed by an int, a slice, a 1-D bool mask or a 1-D "
+                    f"array of ints, got {type(index).__name__} of dtype {array.dtype} and "
+                    f"shape {array.shape}"
+                )
+            index = array.astype(np.int64) if array.size == 0 else array
         try:
             return Preferences._trusted(
                 self.prompt[index], self.chosen[index], self.rejected[index], self.weight[index]
             )
         except IndexError as error:
-            raise IndexError(f"bad index into {len(self)} preference pairs: {error}") from None
+            raise IndexError(f"bad index into {n} preference pairs: {error}") from None
 
     @property
     def total_weight(self) -> float:
@@ -207,14 +266,28 @@ class Preferences:
 
         Strings are the tree's prompt and the completions' texts (``tree.leaf_text``: tokens
         joined by ``tree.separator``); ``"weight"`` is written on every line when any weight
-        differs from 1. The file is written to a temporary file in the same directory and
-        then renamed over ``path`` (``os.replace``), so a reader never sees half a file.
+        differs from 1.
+
+        The file is replaced atomically, like a careful editor saves: the text goes to a
+        temporary file in the target's directory, is flushed to disk and renamed over the
+        target (``os.replace``), so a reader, a failed write or a killed process never sees or
+        leaves half a file. Like ``open(path, "w")``, it writes *through* a symbolic link (the
+        link's target is replaced, the link stays), keeps the mode of an existing file, gives
+        a new file the default mode ``0o666 & ~umask``, and refuses a read-only file. A path
+        that exists but is no regular file (a named pipe, a terminal) or lies under
+        ``/dev/`` or ``/proc/`` (``/dev/stdout``, even when the shell redirects it to a file)
+        is written in place, appending: there is no file to replace.
 
         Raises:
-            TypeError: ``tree`` is not a TokenTree.
+            TypeError: ``tree`` is not a TokenTree; ``path`` is not a str, bytes or
+                ``os.PathLike``.
             ValueError: the pairs do not fit ``tree`` (see :meth:`check`).
-            OSError: the directory is not writable.
+            PermissionError: the existing file is read-only (no write permission, or no
+                write bit at all, which even root respects here).
+            IsADirectoryError: ``path`` is a directory.
+            OSError: the directory is not writable, the disk is full, ...
         """
+        path = _check_path(path)
         self.check(tree)
         leaves, inverse = np.unique(
             np.concatenate([self.chosen, self.rejected]), return_inverse=True
@@ -232,7 +305,7 @@ class Preferences:
             }
             if write_weight:
                 record["weight"] = float(self.weight[k])
-            lines.append(json.dumps(record, ensure_ascii=False))
+            lines.append(json.dumps(record, ensure_ascii=False).translate(_ESCAPE_LINE_BREAKS))
         _atomic_write_text(path, "".join(line + "\n" for line in lines))
 
     @classmethod
@@ -244,34 +317,56 @@ class Preferences:
         joined by its separator; on a tree with ``eos``, a completion may stop early with
         ``eos``, as ``tree.leaf_text`` writes it), and optionally a finite ``"weight" >= 0`` (default 1).
         Other keys are ignored. The whole file is checked before anything is returned.
+        Lines end at ``"\n"`` only (a ``"\r"`` before it is JSON whitespace), so a prompt
+        or completion holding U+2028, U+2029 or U+0085 reads back unchanged; a UTF-8 byte
+        order mark at the start is skipped.
 
         Raises:
-            TypeError: ``tree`` is not a TokenTree.
-            ValueError: ``"<path>:<line>: <what is wrong>"`` for the first bad line: bad JSON,
-                not an object, a missing key, a non-string value, an unknown prompt, a
-                completion that is not a path in the tree or has the wrong length, a bad
-                weight.
+            TypeError: ``tree`` is not a TokenTree; ``path`` is not a str, bytes or
+                ``os.PathLike`` (an int would be taken by ``open`` as a file descriptor).
+            ValueError: ``"<path>:<line>: <what is wrong>"`` for the first bad line: bytes
+                that are not UTF-8, bad JSON, JSON nested too deeply or with an integer too
+                long to read, not an object, a missing key, a non-string value, an unknown
+                prompt, a completion that is not a path in the tree or has the wrong length,
+                a bad weight.
             OSError: the file cannot be read.
         """
         tree = check_tree(tree)
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        path = _check_path(path)
+        name = os.fsdecode(path)
+        with open(path, "rb") as handle:
+            data = handle.read()
         prompts: list[int] = []
         chosen: list[int] = []
         rejected: list[int] = []
         weights: list[float] = []
         prompt_ids = {prompt: p for p, prompt in enumerate(tree.prompts)}
         leaf_offsets: dict[str, int] = {}  # completion text -> index within its prompt
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        # JSON lines end at "\n" only: U+2028, U+2029 and U+0085 are ordinary characters
+        # inside a JSON string, which str.splitlines() would wrongly split on
+        for line_number, raw in enumerate(data.split(b"\n"), start=1):
+            where = f"{name}:{line_number}"
+            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                    f"{error.start + 1}); JSON lines files are UTF-8"
+                ) from None
+            if not line.strip(_JSON_WHITESPACE):
                 continue
-            where = f"{os.fspath(path)}:{line_number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(
                     f"{where}: bad JSON ({error.msg} at column {error.colno})"
                 ) from None
+            except RecursionError:
+                raise ValueError(f"{where}: JSON nested too deeply to read") from None
+            except ValueError as error:  # e.g. an integer literal of more than 4300 digits
+                raise ValueError(f"{where}: unreadable JSON value ({error})") from None
             if not isinstance(record, dict):
                 raise ValueError(
                     f"{where}: expected a JSON object with keys 'prompt', 'chosen', 'rejected', "
@@ -308,12 +403,18 @@ class Preferences:
                 raise ValueError(
                     f"{where}: 'weight' must be a number, got {type(weight).__name__}"
                 )
+            try:
+                weight = float(weight)
+            except OverflowError:  # an integer beyond float64
+                weight = math.inf
             if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"{where}: 'weight' must be finite and >= 0, got {weight!r}")
+                raise ValueError(
+                    f"{where}: 'weight' must be finite and >= 0, got {_short_repr(record['weight'])}"
+                )
             prompts.append(p)
             chosen.append(pair[0])
             rejected.append(pair[1])
-            weights.append(float(weight))
+            weights.append(weight)
         return cls._trusted(
             np.array(prompts, dtype=np.int64),
             np.array(chosen, dtype=np.int64),
@@ -350,45 +451,74 @@ def sample_preferences(
     policy: Policy | None = None,
     seed: int | np.random.Generator | None,
     prompt: str | int | np.ndarray | None = None,
+    distinct: bool = True,
 ) -> Preferences:
     """Sample ``n`` comparisons labelled by Bradley-Terry under the reward ``r``.
 
     For each pair: a prompt ``s_0`` (uniform over the tree's prompts unless ``prompt`` is
-    given), two independent completions ``y_1, y_2 ~ P_policy(. | s_0)``, and the label
+    given), two completions ``y_1, y_2`` of it, and the label
 
         P(y_1 > y_2) = sigma(r(y_1) - r(y_2)),
 
     drawn as ``log u < log_expit(r(y_1) - r(y_2))`` with ``u ~ U(0, 1]`` (exact in log space,
-    no overflow for any reward gap). The winner becomes ``chosen``. ``y_1 = y_2`` happens
-    with probability ``sum P(y)^2`` and is kept (an honest, uninformative sample).
+    no overflow for any reward gap). The winner becomes ``chosen``.
+
+    The pair ``(y_1, y_2)``, with ``P = P_policy(. | s_0)``:
+
+    - ``distinct=True`` (default): two independent draws from ``P`` conditioned on
+      ``y_1 != y_2``, the pairs a preference dataset holds (a completion compared with
+      itself carries no information, and TRL datasets never contain one):
+
+          P(y_1 = i, y_2 = j) = P(i) P(j) / (1 - sum_k P(k)^2),   i != j.
+
+      It is drawn exactly, without rejection: ``y_1`` from its marginal
+      ``P(i) (1 - P(i)) / (1 - sum_k P(k)^2)``, then ``y_2`` from ``P`` conditioned on
+      differing from ``y_1``, ``P(j) / (1 - P(y_1))`` (inverse-CDF sampling on the leaves
+      below and above ``y_1``; ``1 - P(i)`` is summed from the other leaves, so a policy
+      with ``P(i)`` near 1 loses no precision). These are the weights of
+      :func:`population_preferences` divided, per prompt, by ``1 - sum_k P(k)^2``.
+      Every prompt that can be drawn needs two completions of positive probability.
+    - ``distinct=False``: two independent draws ``y_1, y_2 ~ P``; ``y_1 = y_2`` happens
+      with probability ``sum_k P(k)^2`` and is kept (the only behaviour of earlier versions).
 
     Args:
         tree: the token tree.
         reward: ``(n_leaves,)`` finite true rewards ``r``.
-        n: number of pairs ``>= 0``.
+        n: number of pairs ``>= 0``; the arrays must fit the memory budget.
         policy: the policy that generates completions (``Policy.uniform(tree)`` if None:
             every leaf of a prompt equally likely on a tree without ``eos``).
-        seed: int, ``numpy.random.Generator`` or None (required, keyword-only).
+        seed: int, ``numpy.random.Generator`` or None (required, keyword-only; see
+            :func:`tinyrlhf.validation.make_rng`).
         prompt: None (uniform), one prompt (string or index) for every pair, or an
             ``(n,)`` int array of prompt indices.
+        distinct: draw pairs of distinct completions (default) or independent ones.
 
     Returns:
         :class:`Preferences` with unit weights.
 
     Raises:
         TypeError/ValueError: bad tree, reward, n, policy, prompt or seed.
+        ValueError: ``n`` pairs would not fit in memory (the message gives the size); with
+            ``distinct=True``, a prompt that can be drawn has only one completion of
+            positive probability under ``policy`` (no distinct pair exists: choose other
+            prompts or pass ``distinct=False``).
     """
     tree = check_tree(tree)
     reward = check_leaf_array(tree, reward, "reward")
-    n = check_positive_int(n, "n", minimum=0)
+    n = check_pair_count(n, "n")
+    if not isinstance(distinct, (bool, np.bool_)):
+        raise TypeError(f"distinct must be True or False, got {distinct!r}")
     if policy is not None:
         _check_policy(tree, policy)
     elif tree.eos is not None:  # the uniform policy, with its rows forced after eos
         policy = Policy.uniform(tree)
     rng = make_rng(seed)
     prompts = _prompt_indices(tree, prompt, n, rng)  # (n,)
-    first = _sample_leaves(tree, policy, prompts, rng)  # (n,) leaf indices y_1
-    second = _sample_leaves(tree, policy, prompts, rng)  # (n,) y_2
+    if distinct:
+        first, second = _sample_distinct_pairs(tree, policy, prompts, prompt is None, rng)
+    else:
+        first = _sample_leaves(tree, policy, prompts, rng)  # (n,) leaf indices y_1
+        second = _sample_leaves(tree, policy, prompts, rng)  # (n,) y_2
     # y_1 wins with probability sigma(r(y_1) - r(y_2)); u in (0, 1] so log u is finite
     u = 1.0 - rng.random(n)
     first_wins = np.log(u) < log_preference_probability(reward[first], reward[second])
@@ -397,19 +527,53 @@ def sample_preferences(
     return Preferences._trusted(prompts, chosen, rejected, np.ones(n))
 
 
+def check_pair_count(n: object, name: str = "n") -> int:
+    """A number of preference pairs ``>= 0`` whose arrays fit the memory budget.
+
+    Sampling ``n`` pairs allocates about :data:`SAMPLE_BYTES_PER_PAIR` bytes per pair; the
+    request is refused up front, with the size in the message, instead of ending in a bare
+    ``MemoryError`` (``sample_preferences(tree, r, 10**12, seed=0)``).
+
+    Raises:
+        TypeError: not an integer.
+        ValueError: negative, or too many pairs for the memory budget (see
+            :func:`tinyrlhf.memory.check_memory`).
+    """
+    n = check_positive_int(n, name, minimum=0)
+    what = f"{name} = {_format_count(n)} preference pairs"
+    if n > _MAX_PAIRS:  # beyond any machine: refuse without formatting an absurd byte count
+        raise ValueError(
+            f"{what} cannot be held in memory (about {SAMPLE_BYTES_PER_PAIR} bytes per pair); "
+            f"use at most a few hundred million pairs"
+        )
+    check_memory(n * SAMPLE_BYTES_PER_PAIR, what)
+    return n
+
+
+def _format_count(n: int) -> str:
+    """``1,000,000`` for readable counts, ``about 10^400`` for absurd ones."""
+    if n < 10**15:
+        return f"{n:,}"
+    return f"about 10^{int(n.bit_length() * math.log10(2))}"
+
+
 def population_preferences(
     tree: TokenTree, reward: np.ndarray, *, policy: Policy | None = None
 ) -> Preferences:
     """Every ordered pair of distinct completions, weighted by its exact probability.
 
-    The expected dataset of one draw of :func:`sample_preferences` (uniform prompts): the
-    pair (chosen ``i``, rejected ``j``), ``i != j`` under the same prompt, has weight
+    The expected dataset of one draw of ``sample_preferences(..., distinct=False)``
+    (uniform prompts): the pair (chosen ``i``, rejected ``j``), ``i != j`` under the same
+    prompt, has weight
 
         w(i, j) = (1 / P) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
 
     the probability that the two samples are ``{i, j}`` and ``i`` wins. Pairs of weight 0
     (a completion the policy never produces) and ties ``i = j`` (which carry no
-    information) are left out, so the weights sum to ``1 - P(y_1 = y_2)``. With these
+    information) are left out, so the weights sum to ``1 - P(y_1 = y_2)``. With the default
+    ``distinct=True`` a sampled pair has probability ``w(i, j) / (1 - sum_k P(k | s_0)^2)``:
+    the same weights rescaled per prompt, which changes no unregularized maximum-likelihood
+    reward (each prompt's pairs form their own terms of the likelihood). With these
     weights the Bradley-Terry likelihood is the population likelihood, maximized exactly by
     the true reward (up to a constant per prompt) on the policy's support.
 
@@ -499,10 +663,116 @@ def _sample_leaves(
     return prompts * leaves + np.minimum(offset, leaves - 1)
 
 
+def _sample_distinct_pairs(
+    tree: TokenTree,
+    policy: Policy | None,
+    prompts: np.ndarray,
+    every_prompt: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Leaf indices ``(y_1, y_2)``, ``(n,)`` each: two draws of ``P_policy(. | s_0)``
+    conditioned on ``y_1 != y_2`` (see :func:`sample_preferences`).
+
+    ``every_prompt``: the prompts were drawn uniformly, so every prompt must admit a pair.
+    """
+    leaves = tree.leaves_per_prompt
+    n = prompts.shape[0]
+    base = prompts * leaves  # (n,) first leaf of each pair's prompt
+    if policy is None:  # uniform, no eos: y_1 uniform, y_2 uniform on the L - 1 other leaves
+        if n and leaves < 2:
+            raise ValueError(_NO_DISTINCT_PAIR.format(prompt=tree.prompts[int(prompts[0])]))
+        first = rng.integers(0, leaves, size=n, dtype=np.int64)
+        second = (first + 1 + rng.integers(0, max(leaves - 1, 1), size=n)) % leaves
+        return base + first, base + second
+    probs = policy.leaf_probs().reshape(tree.n_prompts, leaves)  # (P, L) P(i | s_0)
+    u_first = 1.0 - rng.random(n)  # U(0, 1]
+    u_second = 1.0 - rng.random(n)
+    first, second, admits_pair = distinct_pair_offsets(probs, prompts, u_first, u_second)
+    if n:
+        needed = np.arange(tree.n_prompts) if every_prompt else np.unique(prompts)
+        lonely = needed[~admits_pair[needed]]
+        if lonely.size:
+            raise ValueError(_NO_DISTINCT_PAIR.format(prompt=tree.prompts[int(lonely[0])]))
+    return base + first, base + second
+
+
+_NO_DISTINCT_PAIR = (
+    "distinct=True needs two completions of positive probability for every prompt that can be "
+    "drawn, but the policy produces only one completion of prompt {prompt!r}; give other "
+    "prompts with prompt=..., or pass distinct=False to allow a completion compared with itself"
+)
+
+
+def distinct_pair_offsets(
+    probs: np.ndarray, rows: np.ndarray, u_first: np.ndarray, u_second: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse-CDF map from uniforms to a pair of distinct categories, exact and vectorized.
+
+    For row ``p`` of ``probs`` (a distribution ``P`` over ``L`` categories), the pair
+    ``(i, j)`` has the law of two independent draws of ``P`` conditioned on ``i != j``:
+
+        P(i, j) = P(i) P(j) / (1 - sum_k P(k)^2),   i != j,
+
+    drawn as ``i`` from its marginal ``P(i) m(i) / sum_k P(k) m(k)`` with
+    ``m(i) = 1 - P(i) = sum_{k<i} P(k) + sum_{k>i} P(k)`` (both sums accumulated from the
+    other categories, never by subtraction), then ``j`` from ``P(j) / m(i)`` on ``j != i``:
+    ``t = u m(i)`` falls either below ``i`` (forward search in the cumulative sums) or above
+    it (backward search in the tail sums), so ``j != i`` and ``P(j) > 0`` hold by
+    construction, whatever the rounding. With ``u`` uniform on ``(0, 1]`` the result is
+    exact up to the float64 rounding of the cumulative sums.
+
+    Args:
+        probs: ``(R, L)`` non-negative rows (each summing to 1, e.g. ``P_policy(. | s_0)``).
+        rows: ``(n,)`` int row of each draw.
+        u_first, u_second: ``(n,)`` uniforms in ``(0, 1]`` for ``i`` and for ``j``.
+
+    Returns:
+        ``(i, j, admits_pair)``: ``(n,)`` int64 category offsets and ``(R,)`` bool, whether
+        the row has two categories of positive probability. Draws from a row without a
+        pair are meaningless (the caller refuses them).
+    """
+    n_rows, n_categories = probs.shape
+    zeros = np.zeros((n_rows, 1))
+    cdf = np.cumsum(probs, axis=1)  # (R, L) sum_{k<=i} P(k)
+    tail = np.cumsum(probs[:, ::-1], axis=1)[:, ::-1]  # (R, L) sum_{k>=i} P(k)
+    below = np.concatenate([zeros, cdf[:, :-1]], axis=1)  # (R, L) sum_{k<i} P(k)
+    above = np.concatenate([tail[:, 1:], zeros], axis=1)  # (R, L) sum_{k>i} P(k)
+    others = below + above  # (R, L) m(i) = 1 - P(i)
+    cdf_first = np.cumsum(probs * others, axis=1)  # (R, L) unnormalized CDF of i
+    admits_pair = cdf_first[:, -1] > 0
+    # i: the first category whose cumulative weight reaches t = u * total, t in (0, total]
+    first = _search_rows(cdf_first, rows, u_first * cdf_first[rows, -1], side="left")
+    first = np.minimum(first, n_categories - 1)  # only reached in rows without a pair
+    t = u_second * others[rows, first]  # (n,) in (0, m(i)]
+    below_i = below[rows, first]
+    low = t <= below_i  # j < i: first k with sum_{m<=k} P(m) >= t (then P(k) > 0)
+    second = np.empty_like(first)
+    second[low] = _search_rows(cdf, rows[low], t[low], side="left")
+    # j > i: the last k with sum_{m>=k} P(m) >= s, s = t - sum_{k<i} P(k) in (0, above_i];
+    # the minimum only absorbs a rounding excess of the subtraction
+    high = ~low
+    s = np.minimum(t[high] - below_i[high], above[rows[high], first[high]])
+    second[high] = _search_rows(-tail, rows[high], -s, side="right") - 1
+    return first, np.clip(second, 0, n_categories - 1), admits_pair
+
+
+def _search_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray, side: str) -> np.ndarray:
+    """``np.searchsorted(table[rows[k]], values[k], side)`` for every ``k``, ``(n,)`` int64.
+
+    One ``searchsorted`` per distinct row (the loop runs over rows, never over draws).
+    """
+    out = np.empty(values.shape[0], dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=table.shape[0]))])
+    for row in np.flatnonzero(np.diff(bounds)):
+        members = order[bounds[row] : bounds[row + 1]]
+        out[members] = np.searchsorted(table[row], values[members], side=side)  # type: ignore[call-overload]
+    return out
+
+
 def _check_policy(tree: TokenTree, policy: object) -> None:
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a tinyrlhf.Policy or None, got {type(policy).__name__}")
-    if policy.tree != tree:
+    """``policy`` is a :class:`Policy` on ``tree`` (TypeError / ValueError naming it)."""
+    if check_policy(policy, "policy").tree != tree:
         raise ValueError("policy must be a policy on the same TokenTree as tree")
 
 
@@ -531,22 +801,110 @@ def _completion_offset(tree: TokenTree, completion: str, where: str) -> int:
     return offset
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    descriptor, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp"
-    )
+def _check_path(path: object, name: str = "path") -> str | bytes:
+    """A file name: str, bytes or ``os.PathLike`` (an int would be a file descriptor)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a file name (str or pathlib.Path), got {type(path).__name__} "
+            f"{_short_repr(path)}"
+        )
+    return os.fspath(path)
+
+
+def _short_repr(value: object) -> str:
+    """``repr`` cut to 60 characters (a 4000-digit integer makes a useless message)."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _atomic_write_text(path: str | bytes, text: str) -> None:
+    """Replace the file at ``path`` (through symlinks) by ``text`` atomically.
+
+    The text goes to a new temporary file in the target's directory, created with mode
+    ``0o666`` (the kernel applies the umask, as ``open`` does) or the existing file's mode,
+    is fsynced and renamed over the target with ``os.replace``; the directory is fsynced
+    after. On any failure (or KeyboardInterrupt) the temporary file is removed and the
+    target is untouched; a killed process leaves at most a hidden ``.<name>.<random>.tmp``.
+    """
+    display = os.fsdecode(path)
     try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        status = None
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(f"{display} is a directory, not a file to write")
+    if (status is not None and not stat.S_ISREG(status.st_mode)) or os.path.abspath(
+        display
+    ).startswith(_SPECIAL_DIRECTORIES):
+        # a device, a pipe, /dev/stdout or /proc/self/fd/N: no file to replace (replacing
+        # or truncating the regular file behind a redirected /dev/stdout would lose the
+        # shell's output, so append, which on a device or pipe is plain writing)
+        with open(path, "a", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        return
+    target = os.path.realpath(path)  # write through symbolic links, keep the links
+    if status is not None:
+        if not os.access(target, os.W_OK) or not status.st_mode & _ANY_WRITE_BIT:
+            raise PermissionError(
+                f"{display} is read-only (mode {stat.filemode(status.st_mode)}); not "
+                "overwritten. Make it writable (chmod u+w) or write to another path"
+            )
+    directory, base = os.path.split(os.fsdecode(target))
+    descriptor, temporary = _create_temporary(directory, base)
+    try:
+        if status is not None:  # keep the existing file's permissions
+            os.chmod(temporary, stat.S_IMODE(status.st_mode))
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, target)
     except BaseException:
-        if os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.unlink(temporary)
         raise
+    _fsync_directory(directory)
+
+
+def _create_temporary(directory: str, base: str) -> tuple[int, str]:
+    """Open a new file ``directory/.base.<random>.tmp`` for writing; ``(descriptor, path)``.
+
+    Mode ``0o666`` minus the umask, like ``open(path, "w")`` gives a new file
+    (``tempfile.mkstemp`` would give ``0o600``).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        temporary = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no directory {directory!r} to write {base!r} in; create it first"
+            ) from None
+        except PermissionError:
+            raise PermissionError(
+                f"cannot create files in {directory!r} (the new {base!r} is written next to "
+                "it, then renamed over it); choose a writable directory"
+            ) from None
+    raise FileExistsError(f"could not create a temporary file next to {base!r} in {directory}")
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems refuse fsync on a directory; the rename is done
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _index_array(values: object, name: str) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 
 from .policy import Policy
 from .tree import TokenTree
-from .validation import check_tree
+from .validation import check_policy, check_tree
 
 
 def fit_sft(
@@ -92,9 +92,7 @@ def fit_sft(
         raise ValueError(f"smoothing must be finite and >= 0 (pseudo-counts), got {smoothing!r}")
     if prior is None:
         prior = Policy.uniform(tree)
-    elif not isinstance(prior, Policy):
-        raise TypeError(f"prior must be a tinyrlhf.Policy or None, got {type(prior).__name__}")
-    elif prior.tree != tree:
+    elif check_policy(prior, "prior").tree != tree:
         raise ValueError("prior must be a policy on the same TokenTree as tree")
 
     log_pi = []

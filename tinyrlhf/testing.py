@@ -22,6 +22,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .policy import Policy
+from .preferences import Preferences, sample_preferences
 from .tree import TokenTree
 
 #: Token names used by :func:`trees` (single characters, so the separator is "").
@@ -108,3 +109,76 @@ def problems(
     reward = draw(rewards(tree, max_magnitude))
     beta = draw(betas())
     return tree, ref, reward, beta
+
+
+# ------------------------------------------------ strategies for students' own derivations
+@st.composite
+def policy_pairs(
+    draw: st.DrawFn,
+    max_tokens: int = 3,
+    max_horizon: int = 4,
+    max_prompts: int = 2,
+    allow_zeros: bool = True,
+) -> tuple[TokenTree, Policy, Policy]:
+    """``(tree, pi, pi_other)``: two independent random policies on one tree.
+
+    For properties that compare policies, e.g. Gibbs' inequality
+    :math:`\\mathrm{KL}(\\pi \\,\\|\\, \\pi') \\ge 0` with equality only at :math:`\\pi = \\pi'`,
+    or the optimality of :math:`\\pi^*` against any other policy. With ``allow_zeros`` either
+    policy may give some tokens probability 0, so ``KL(pi ‖ pi_other)`` may be ``inf``.
+    """
+    tree = draw(trees(max_tokens, max_horizon, max_prompts))
+    first = draw(policies(tree, allow_zeros=allow_zeros))
+    second = draw(policies(tree, allow_zeros=allow_zeros))
+    return tree, first, second
+
+
+@st.composite
+def preference_datasets(
+    draw: st.DrawFn,
+    max_pairs: int = 64,
+    max_tokens: int = 3,
+    max_horizon: int = 3,
+    max_prompts: int = 2,
+    max_magnitude: float = 5.0,
+) -> tuple[TokenTree, np.ndarray, Preferences]:
+    """``(tree, reward, prefs)``: a preference dataset labelled by Bradley-Terry under ``reward``.
+
+    ``prefs`` holds 1..max_pairs comparisons drawn by :func:`tinyrlhf.sample_preferences`
+    (completions uniform over each prompt's leaves, label
+    :math:`P(\\xi_1 \\succ \\xi_2) = \\sigma(r(\\xi_1) - r(\\xi_2))`). Every prompt has at least
+    two completions, so comparisons can be informative.
+    """
+    tree = draw(
+        trees(max(max_tokens, 2), max_horizon, max_prompts).filter(
+            lambda tree: tree.leaves_per_prompt >= 2
+        )
+    )
+    reward = draw(rewards(tree, max_magnitude))
+    n_pairs = draw(st.integers(1, max_pairs))
+    prefs = sample_preferences(tree, reward, n_pairs, seed=draw(seeds))
+    return tree, reward, prefs
+
+
+@st.composite
+def best_of_n_inputs(
+    draw: st.DrawFn,
+    max_n: int = 16,
+    max_tokens: int = 3,
+    max_horizon: int = 3,
+    max_prompts: int = 2,
+    max_levels: int = 4,
+) -> tuple[Policy, np.ndarray, int]:
+    """``(pi_ref, score, n)`` for best-of-n: a reference, a score with ties, and n >= 1.
+
+    ``score`` takes at most ``max_levels`` distinct integer values over the leaves, so ties
+    (which best-of-n must break, e.g. uniformly) are the rule, not the exception; ``n`` is in
+    1..max_n. The reference may give tokens probability 0. The best-of-n distribution has
+    :math:`\\mathrm{KL}(\\pi_{\\text{BoN}} \\,\\|\\, \\pi_{\\text{ref}}) \\le \\log n - (n-1)/n`.
+    """
+    tree = draw(trees(max_tokens, max_horizon, max_prompts))
+    ref = draw(policies(tree))
+    levels = draw(st.integers(1, max_levels))
+    score = np.random.default_rng(draw(seeds)).integers(0, levels, tree.n_leaves).astype(float)
+    n = draw(st.integers(1, max_n))
+    return ref, score, n

@@ -1,0 +1,499 @@
+"""Mean-field training with group-relative estimators: where the dynamics end (beyond the
+lecture; section 4's policy gradient, run as RL with verifiable rewards).
+
+Sampled training follows ``theta <- theta + lr g_hat`` with a noisy ``g_hat``; its mean-field
+limit (infinitely many groups per step) replaces ``g_hat`` by its exact expectation from
+:func:`tinyrlhf.group_relative.expected_update`, which leaves only the estimator's bias. The
+limits can then be compared with the KL-regularized optimum ``pi*`` of
+:func:`tinyrlhf.closed_form`:
+
+- RLOO (unbiased) with ``k1`` in the reward follows ``grad (E_pi[r] - beta KL(pi || pi_ref))``
+  exactly, so its stationary point is ``pi*``.
+- Any estimator with leaf weight ``w_pi`` and an exact KL gradient is stationary, over the
+  full tabular softmax class, exactly where ``w_pi(y) - beta log(pi/pi_ref)(y)`` is constant on
+  each prompt's support: ``pi = closed_form(ref, w_pi, beta)``, a fixed point. For 0/1 rewards
+  without ``eos``, ``w_pi = a + b_pi r`` so GRPO's limit is ``pi*`` at the *effective*
+  coefficient ``beta / b_pi`` (Vojnovic & Yun 2025, arXiv 2502.18548, derive the same
+  reweighting for GRPO's stationary policy).
+
+Entropy (Cui et al. 2025, arXiv 2505.22617, eq. 4 and Lemma 1): for a softmax state with
+logits changed by ``Delta theta(s, .)``,
+
+    H(pi_new(. | s)) - H(pi(. | s)) = -Cov_{a ~ pi(.|s)}(log pi(a|s), Delta theta(s, a)) + O(|Delta theta|^2),
+
+which :func:`entropy_change` evaluates next to the exact change.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_softmax
+
+from .divergences import entropy, expected_reward, kl_divergence
+from .gradients import gradient_norm, sequence_score_gradient
+from .group_relative import (
+    check_estimator,
+    check_kl_options,
+    completion_lengths,
+    leaf_weights,
+)
+from .kl_terms import KLTerm, kl_penalty_coefficients, kl_penalty_gradient
+from .policy import Policy
+from .solvers import Solution
+from .tree import TokenTree
+from .validation import (
+    check_leaf_array,
+    check_nonnegative,
+    check_policy,
+    check_positive_int,
+    check_tolerance,
+)
+
+UPDATES = ("gradient", "natural")
+#: Default stopping tolerance on the norm of the expected update.
+DEFAULT_TOL = 1e-8
+
+
+class ExpectedTrainingWarning(UserWarning):
+    """``train_expected`` stopped without certifying a stationary point."""
+
+
+# ------------------------------------------------------------------------------ entropy
+def depth_entropy(policy: Policy) -> np.ndarray:
+    """Per-depth entropy ``E_{s ~ d_h}[H(pi(. | s))]``, ``(n_prompts, H)``; rows sum to the
+    sequence entropy :func:`tinyrlhf.entropy` (chain rule)."""
+    policy = check_policy(policy)
+    tree = policy.tree
+    log_reach = policy.log_occupancies()
+    out = np.empty((tree.n_prompts, tree.horizon))
+    for h, table in enumerate(policy.log_probs):
+        plogp = np.zeros_like(table)
+        np.multiply(np.exp(table), table, out=plogp, where=table > -np.inf)  # 0 log 0 = 0
+        weighted = -np.exp(log_reach[h]) * plogp.sum(axis=1)  # (level_size(h),)
+        out[:, h] = weighted.reshape(tree.n_prompts, -1).sum(axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class EntropyChange:
+    """Per-state entropy change of ``theta -> theta + lr * direction``.
+
+    Attributes:
+        exact: ``H`` arrays ``(level_size(h),)``: ``H(pi_new(.|s)) - H(pi(.|s))``.
+        covariance: ``H`` arrays: ``-lr Cov_{a ~ pi(.|s)}(log pi(a|s), direction(s, a))``.
+    """
+
+    exact: list[np.ndarray]
+    covariance: list[np.ndarray]
+
+    def max_error(self) -> float:
+        """``max_s |exact - covariance|`` over all states."""
+        return max(
+            float(np.abs(e - c).max()) for e, c in zip(self.exact, self.covariance, strict=True)
+        )
+
+
+def _row_entropy(log_pi: np.ndarray) -> np.ndarray:
+    plogp = np.zeros_like(log_pi)
+    np.multiply(np.exp(log_pi), log_pi, out=plogp, where=log_pi > -np.inf)
+    return -plogp.sum(axis=1)
+
+
+def entropy_change(policy: Policy, direction: list[np.ndarray], lr: float) -> EntropyChange:
+    """Exact per-state entropy change of a logit step, and Cui et al.'s covariance formula.
+
+        exact(s)      = H(softmax(theta(s) + lr direction(s))) - H(pi(.|s))
+        covariance(s) = -lr Cov_{a ~ pi(.|s)}(log pi(a|s), direction(s, a))
+
+    They agree to first order in ``lr`` (module docstring).
+
+    Args:
+        policy: ``pi`` with logits ``theta = log pi``.
+        direction: ``H`` arrays ``(level_size(h), A)`` (e.g. an expected update); entries at
+            tokens ``pi`` never picks are ignored.
+        lr: the step size (finite).
+    """
+    policy = check_policy(policy)
+    lr = float(lr)
+    if not np.isfinite(lr):
+        raise ValueError(f"lr must be finite, got {lr!r}")
+    exact, covariance = [], []
+    for log_pi, step in zip(policy.log_probs, direction, strict=True):
+        picked = log_pi > -np.inf
+        step = np.where(picked, step, 0.0)  # (level_size(h), A)
+        new_log_pi = log_softmax(np.where(picked, log_pi + lr * step, -np.inf), axis=1)
+        exact.append(_row_entropy(new_log_pi) - _row_entropy(log_pi))
+        pi = np.exp(log_pi)
+        safe_log = np.where(picked, log_pi, 0.0)
+        mean_log = (pi * safe_log).sum(axis=1)
+        mean_step = (pi * step).sum(axis=1)
+        cov = (pi * safe_log * step).sum(axis=1) - mean_log * mean_step
+        covariance.append(-lr * cov)
+    return EntropyChange(exact, covariance)
+
+
+# --------------------------------------------------------------------- natural direction
+def conditional_advantages(policy: Policy, leaf_coefficients: np.ndarray) -> list[np.ndarray]:
+    """``A_C(s, a) = E[C | s o a] - E[C | s]`` per level, by one backward pass.
+
+    ``E_H = C``, ``E_h(s) = sum_a pi(a|s) E_{h+1}(s o a)``; ``sequence_score_gradient(pi, C)``
+    is ``d(s) pi(a|s) A_C(s, a) / n_prompts``, so ``A_C`` is its natural-gradient (Fisher
+    preconditioned) form without dividing by possibly underflowing occupancies. Zero at
+    tokens ``pi`` never picks; non-finite ``C`` (unreachable leaves) is read as 0.
+    """
+    tree = policy.tree
+    conditional = np.where(np.isfinite(leaf_coefficients), leaf_coefficients, 0.0)
+    advantages: list[np.ndarray] = [np.empty(0)] * tree.horizon
+    for h in range(tree.horizon - 1, -1, -1):
+        log_pi = policy.log_probs[h]
+        picked = log_pi > -np.inf
+        children = conditional.reshape(-1, tree.n_tokens)  # E[C | s o a]: (level_size(h), A)
+        children = np.where(picked, children, 0.0)
+        conditional = (np.exp(log_pi) * children).sum(axis=1)  # E[C | s]
+        advantages[h] = np.where(picked, children - conditional[:, None], 0.0)
+    return advantages
+
+
+def _natural_direction(
+    policy: Policy,
+    weights: np.ndarray,
+    ref: Policy,
+    term: KLTerm | None,
+    beta: float,
+) -> list[np.ndarray]:
+    """``A_w - beta A_KL``: the update's per-state advantages (module docstring of train)."""
+    direction = conditional_advantages(policy, weights)
+    if term is None or beta == 0:
+        return direction
+    leaf, token = kl_penalty_coefficients(policy, ref, term)
+    if leaf is not None:
+        penalty = conditional_advantages(policy, leaf)
+    else:
+        penalty = []
+        for log_pi, c in zip(policy.log_probs, token, strict=True):  # type: ignore[arg-type]
+            picked = log_pi > -np.inf
+            baseline = (np.exp(log_pi) * c).sum(axis=1, keepdims=True)
+            penalty.append(np.where(picked, c - baseline, 0.0))
+    return [d - beta * k for d, k in zip(direction, penalty, strict=True)]
+
+
+# ------------------------------------------------------------------------------ clipping
+def _clipped_gradient(
+    theta: list[np.ndarray],
+    old: Policy,
+    positive_sums: list[np.ndarray],
+    negative_sums: list[np.ndarray],
+    clip: tuple[float, float] | None,
+) -> list[np.ndarray]:
+    """Exact gradient of the clipped surrogate at ``pi_theta`` with groups from ``pi_old``.
+
+    ``k(s, a) = rho(s, a) (M+(s o a) 1[rho <= 1 + eps_high] + M-(s o a) 1[rho >= 1 - eps_low])``
+    with ``rho = pi_theta / pi_old`` and ``M+-`` the subtree sums of ``P_old w+-``; the gradient
+    is ``(k(s, b) - pi_theta(b|s) sum_a k(s, a)) / n_prompts``.
+    """
+    tree = old.tree
+    gradient = []
+    for h, logits in enumerate(theta):
+        log_pi = log_softmax(logits, axis=1)
+        log_old = old.log_probs[h]
+        picked = log_old > -np.inf
+        ratio = np.exp(np.where(picked, log_pi - np.where(picked, log_old, 0.0), 0.0))
+        plus = positive_sums[h + 1].reshape(-1, tree.n_tokens)  # M+(s o a)
+        minus = negative_sums[h + 1].reshape(-1, tree.n_tokens)
+        if clip is not None:
+            eps_low, eps_high = clip
+            plus = np.where(ratio <= 1.0 + eps_high, plus, 0.0)
+            minus = np.where(ratio >= 1.0 - eps_low, minus, 0.0)
+        k = np.where(picked, ratio * (plus + minus), 0.0)  # (level_size(h), A)
+        gradient.append((k - np.exp(log_pi) * k.sum(axis=1, keepdims=True)) / tree.n_prompts)
+    return gradient
+
+
+# ------------------------------------------------------------------------------ training
+def _check_clip(clip: object) -> tuple[float, float] | None:
+    if clip is None:
+        return None
+    if isinstance(clip, (numbers.Real,)) and not isinstance(clip, bool):
+        clip = (clip, clip)
+    try:
+        eps_low, eps_high = (float(value) for value in clip)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"clip must be None, a number or a pair (eps_low, eps_high), got {clip!r}"
+        ) from None
+    if not (0 < eps_low < 1) or not (np.isfinite(eps_high) and eps_high > 0):
+        raise ValueError(
+            f"clip = (eps_low, eps_high) needs 0 < eps_low < 1 and eps_high > 0, got {clip!r}"
+        )
+    return eps_low, eps_high
+
+
+def _is_binary(reward: np.ndarray) -> bool:
+    return bool(np.all((reward == 0.0) | (reward == 1.0)))
+
+
+def train_expected(
+    ref: Policy,
+    reward: np.ndarray,
+    *,
+    estimator: str,
+    group_size: int,
+    beta: float = 0.0,
+    kl_estimator: object = None,
+    kl_placement: str = "loss",
+    kl_level: str = "token",
+    lr: float,
+    steps: int,
+    update: str = "gradient",
+    eps: float = 1e-4,
+    tol: float = DEFAULT_TOL,
+    reset_every: int | None = None,
+    epochs: int = 1,
+    clip: float | tuple[float, float] | None = None,
+) -> Solution:
+    """Exact mean-field training with a group-relative estimator, from ``pi_ref``.
+
+    Each step computes the exact expected update ``g = E[g_hat]`` at the current ``pi``
+    (:func:`tinyrlhf.expected_update`, KL term included) and moves the softmax logits:
+
+    - ``update="gradient"``: ``theta <- theta + lr g``.
+    - ``update="natural"``: ``theta(s, a) <- theta(s, a) + lr (A_w(s, a) - beta A_KL(s, a))``,
+      i.e. per-state mirror ascent ``log pi(.|s) <- normalize(log pi(.|s) + lr A(s, .))``:
+      the gradient divided by ``d_pi(s) pi(a|s) / n_prompts`` (Kakade's natural gradient of
+      tabular softmax; Agarwal et al. 2021, Lemma 15), computed as conditional advantages of
+      the leaf weights (:func:`conditional_advantages`) and of the KL coefficients. With
+      RLOO, ``k1`` in the reward and ``lr = 1/beta`` this is soft policy iteration.
+    - ``epochs > 1`` (gradient only): ``epochs`` ascent steps ``theta <- theta + lr grad L``
+      on one ``pi_old`` (the policy at the start of the step), on the exact PPO-style clipped
+      surrogate ``L(theta) = E_{groups ~ pi_old}[sum_i c_i sum_t min(rho_t, clip(rho_t,
+      1 - eps_low, 1 + eps_high)) ]`` for ``c_i > 0`` (``max`` for ``c_i < 0``), with
+      ``rho_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t)``; its gradient needs the expected positive
+      and negative parts of ``c`` separately (enumerated by type compositions). The KL term is
+      evaluated exactly at the current ``pi_theta`` in every epoch. The first epoch is the
+      plain gradient step (``rho = 1``). ``clip=None``: the unclipped ratio surrogate.
+    - ``reset_every=k``: after every ``k`` steps the reference of the KL term becomes the
+      current policy (``history["kl"]`` stays measured against the original ``ref``).
+
+    Stops at a certified stationary point: ``residual = ||E[g_hat]||`` (Euclidean norm over
+    all logits of the expected update, KL term included, at the returned policy) and
+    ``converged`` iff ``residual <= tol``; otherwise warns :class:`ExpectedTrainingWarning`.
+
+    Args:
+        ref: ``pi_ref``, the starting policy (and the KL reference).
+        reward: ``(n_leaves,)`` finite rewards.
+        estimator, group_size, eps: as :func:`tinyrlhf.expected_update`.
+        beta, kl_estimator, kl_placement, kl_level: the KL term (``kl_estimator=None``: none).
+        lr: step size, finite and > 0.
+        steps: maximum number of updates, ``>= 0``.
+        update: ``"gradient" | "natural"``.
+        tol: tolerance on the residual (> 0).
+        reset_every: None or an integer ``>= 1``.
+        epochs: ascent steps per ``pi_old`` (``>= 1``).
+        clip: None, ``eps`` or ``(eps_low, eps_high)`` with ``0 < eps_low < 1 < 1 + eps_high``.
+
+    Returns:
+        A :class:`tinyrlhf.Solution` with ``policy``, ``residual``, ``tolerance``,
+        ``converged`` and ``history`` (entry 0 is ``pi_ref``; arrays over entries):
+        ``"expected_reward"`` (mean over prompts), ``"prompt_expected_reward"``
+        ``(entries, n_prompts)``, ``"success"`` (0/1 rewards only: ``P(r = 1)``), ``"kl"``
+        (``KL(pi || pi_ref)``, mean over prompts), ``"entropy"`` (sequence entropy, mean),
+        ``"depth_entropy"`` ``(entries, H)`` (mean over prompts), ``"mean_length"``
+        (``E|y|``), ``"residual"``.
+
+    Raises:
+        ValueError/TypeError: bad estimator, group size, eps, reward, beta/KL options, lr,
+            steps, update, tol, reset_every, epochs or clip (messages name the argument).
+    """
+    start = time.perf_counter()
+    ref = check_policy(ref, "ref")
+    tree = ref.tree
+    reward = check_leaf_array(tree, reward, "reward")
+    estimator, group_size = check_estimator(estimator, group_size)
+    eps = check_nonnegative(eps, "eps")
+    beta, term = check_kl_options(beta, kl_estimator, kl_placement, kl_level)
+    lr = check_nonnegative(lr, "lr", allow_zero=False)
+    steps = check_positive_int(steps, "steps", minimum=0)
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    tol = check_tolerance(tol)
+    if reset_every is not None:
+        reset_every = check_positive_int(reset_every, "reset_every")
+    epochs = check_positive_int(epochs, "epochs")
+    clip = _check_clip(clip)
+    if update == "natural" and (epochs > 1 or clip is not None):
+        raise ValueError(
+            "epochs > 1 and clip apply to update='gradient' only (the clipped surrogate is "
+            "ascended by plain gradient steps); use update='gradient'"
+        )
+    use_kl = term is not None and beta > 0
+    binary = _is_binary(reward)
+    lengths = completion_lengths(tree).astype(np.float64)
+    theta = [np.array(table) for table in ref.log_probs]
+    policy, kl_ref = ref, ref
+    records: dict[str, list] = {
+        key: []
+        for key in (
+            "expected_reward",
+            "prompt_expected_reward",
+            "kl",
+            "entropy",
+            "depth_entropy",
+            "mean_length",
+            "residual",
+        )
+    }
+
+    def expected_gradient(current: Policy, kl_ref: Policy) -> tuple[np.ndarray, list[np.ndarray]]:
+        weights, _ = leaf_weights(current, reward, estimator, group_size, eps)
+        gradient = sequence_score_gradient(current, weights)
+        if use_kl:
+            kl_grad = kl_penalty_gradient(current, kl_ref, term)  # type: ignore[arg-type]
+            gradient = [g - beta * k for g, k in zip(gradient, kl_grad, strict=True)]
+        return weights, gradient
+
+    def record(current: Policy, residual: float) -> None:
+        per_prompt = expected_reward(current, reward)
+        records["expected_reward"].append(float(per_prompt.mean()))
+        records["prompt_expected_reward"].append(per_prompt)
+        records["kl"].append(float(kl_divergence(current, ref).mean()))
+        records["entropy"].append(float(entropy(current).mean()))
+        records["depth_entropy"].append(depth_entropy(current).mean(axis=0))
+        records["mean_length"].append(float((current.leaf_probs() @ lengths) / tree.n_prompts))
+        records["residual"].append(residual)
+
+    def _step(
+        theta: list[np.ndarray],
+        policy: Policy,
+        weights: np.ndarray,
+        gradient: list[np.ndarray],
+        kl_ref: Policy,
+    ) -> list[np.ndarray]:
+        """One update of the logits (see the docstring); returns row-centred logits."""
+        if update == "natural":
+            direction = _natural_direction(policy, weights, kl_ref, term, beta)
+            theta = [t + lr * d for t, d in zip(theta, direction, strict=True)]
+        elif epochs == 1 and clip is None:
+            theta = [t + lr * g for t, g in zip(theta, gradient, strict=True)]
+        else:
+            old = policy
+            prob = old.leaf_probs()
+            positive, _ = leaf_weights(old, reward, estimator, group_size, eps, "positive")
+            negative, _ = leaf_weights(old, reward, estimator, group_size, eps, "negative")
+            positive_sums = tree.subtree_sums(prob * positive)  # M+ per level
+            negative_sums = tree.subtree_sums(prob * negative)  # M- per level
+            for _epoch in range(epochs):
+                surrogate = _clipped_gradient(theta, old, positive_sums, negative_sums, clip)
+                if use_kl:
+                    if not all(np.all(t < np.inf) & ~np.any(np.isnan(t)) for t in theta):
+                        break  # diverged: the caller sees the non-finite logits
+                    now = Policy.from_logits(tree, theta)
+                    kl_grad = kl_penalty_gradient(now, kl_ref, term)  # type: ignore[arg-type]
+                    surrogate = [g - beta * k for g, k in zip(surrogate, kl_grad, strict=True)]
+                theta = [t + lr * g for t, g in zip(theta, surrogate, strict=True)]
+        # keep logits centred per row (softmax is shift invariant; avoids drift)
+        return [t - np.max(t, axis=1, keepdims=True) for t in theta]
+
+    weights, gradient = expected_gradient(policy, kl_ref)
+    residual = gradient_norm(gradient)
+    record(policy, residual)
+    steps_taken = 0
+    diverged = False
+    allowed = [np.isfinite(table) for table in ref.log_probs]
+    for step in range(steps):
+        if residual <= tol:
+            break
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_theta = _step(theta, policy, weights, gradient, kl_ref)
+        if not all(
+            np.array_equal(np.isfinite(t), mask)
+            for t, mask in zip(new_theta, allowed, strict=True)
+        ):
+            diverged = True
+            break
+        new_policy = Policy.from_logits(tree, new_theta)
+        new_ref = kl_ref
+        if reset_every is not None and (step + 1) % reset_every == 0:
+            new_ref = new_policy
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_weights, new_gradient = expected_gradient(new_policy, new_ref)
+        new_residual = gradient_norm(new_gradient)
+        if not np.isfinite(new_residual):
+            diverged = True
+            break
+        theta, policy, kl_ref = new_theta, new_policy, new_ref
+        weights, gradient, residual = new_weights, new_gradient, new_residual
+        steps_taken = step + 1
+        record(policy, residual)
+    converged = residual <= tol
+    if diverged:
+        warnings.warn(
+            f"train_expected diverged at step {steps_taken + 1}: the update made a logit or "
+            f"the next update non-finite (lr = {lr:g} is too large for this problem); returning the last "
+            "finite policy; lower lr",
+            ExpectedTrainingWarning,
+            stacklevel=2,
+        )
+    elif not converged:
+        warnings.warn(
+            f"train_expected stopped after {steps_taken} step(s) with residual "
+            f"||E[g_hat]|| = {residual:.3g} > tol = {tol:.3g}: not a certified stationary "
+            "point; raise steps or lr, or loosen tol",
+            ExpectedTrainingWarning,
+            stacklevel=2,
+        )
+    history = {key: np.asarray(values) for key, values in records.items()}
+    if binary:
+        history["success"] = history["expected_reward"].copy()
+    return Solution(
+        policy=policy,
+        method=f"train_expected[{estimator}, G={group_size}, {update}]",
+        reference=ref,
+        reward=reward,
+        beta=beta,
+        history=history,
+        converged=converged,
+        residual=residual,
+        tolerance=tol,
+        wall_time=time.perf_counter() - start,
+        info={
+            "steps_taken": steps_taken,
+            "lr": lr,
+            "kl_term": None if term is None else term.name,
+            "leaf_weights": weights,
+            "final_reference": kl_ref,
+        },
+    )
+
+
+# ------------------------------------------------------------------------ demo problems
+#: Prompts of :func:`verifiable_problem` and the pattern each completion must contain.
+VERIFIABLE_TASKS = (("easy", "a"), ("medium", "ab"), ("hard", "abc"))
+
+
+def verifiable_problem(
+    horizon: int = 4, seed: int = 0, temperature: float = 1.0
+) -> tuple[TokenTree, Policy, np.ndarray]:
+    """``(tree, pi_ref, reward)``: a 0/1 verifiable reward with prompts of three difficulties.
+
+    Tokens ``a, b, c``; prompt ``easy`` is solved by any completion containing ``a``,
+    ``medium`` by one containing ``ab``, ``hard`` by one containing ``abc``; ``pi_ref`` is
+    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``).
+    """
+    tree = TokenTree(("a", "b", "c"), horizon, tuple(name for name, _ in VERIFIABLE_TASKS))
+    patterns = dict(VERIFIABLE_TASKS)
+    reward = tree.leaf_values(lambda prompt, tokens: float(patterns[prompt] in "".join(tokens)))
+    return tree, Policy.random(tree, seed=seed, temperature=temperature), reward
+
+
+def length_problem(horizon: int = 5) -> tuple[TokenTree, Policy, np.ndarray]:
+    """``(tree, pi_ref, reward)`` on an ``eos`` tree: tokens ``a, b, $`` (``$`` ends), uniform
+    ``pi_ref``, reward 1 iff the completion contains ``ab`` (so longer completions are right
+    more often: a length-dependent 0/1 reward)."""
+    tree = TokenTree(("a", "b", "$"), horizon, eos="$")
+    reward = tree.leaf_values(lambda prompt, tokens: float("ab" in "".join(tokens)))
+    return tree, Policy.uniform(tree), reward
