@@ -1,8 +1,8 @@
 """Benchmarks of tinyrlhf's exact solvers against the unavoidable work (lecture section 4).
 
 Run ``python benchmarks/run.py`` (a few minutes; writes ``benchmarks/results.md`` and
-``benchmarks/scaling.png``) or ``python benchmarks/run.py --quick`` (smaller sizes,
-well under a minute, prints only unless ``--output``/``--figure`` are given). ``tinyrlhf
+``benchmarks/scaling.png``) or ``python benchmarks/run.py --quick`` (smaller sizes, about
+15 s of CPU time, prints only unless ``--output``/``--figure`` are given). ``tinyrlhf
 bench [--quick]`` runs this script.
 
 Every figure is a ratio of two times measured in the same process, interleaved round by
@@ -17,10 +17,11 @@ Rows:
 1. soft value iteration and the closed form against the floor, A = 2 at H = 16..24 and
    A = 4 at H = 8, 12 (and the straightforward scipy-per-level soft VI, for comparison);
 2. soft VI against a textbook dict-and-recursion soft VI (``benchmarks/textbook.py``);
-3. one exact policy-gradient evaluation (the private ``_evaluate`` of
-   :mod:`tinyrlhf.solvers.policy_gradient`: Q, V and the gradient, the work of one step)
-   and one end-to-end ``policy_gradient(method="exact", steps=1)`` (setup, line search and
-   the exact objective/KL recorded in the history) against one soft VI pass;
+3. one exact policy-gradient evaluation (``policy_gradient_grad``: the objective's
+   sequence coefficient and the gradient, the work of one step) and one end-to-end
+   ``policy_gradient(method="exact", steps=1)`` (setup with the closed form for the
+   certificate, line search, and the exact objective, KL and certificate recorded in the
+   history) against one soft VI pass;
 4. natural-gradient iterations until the objective is within 1e-10 of the closed form's;
 5. the Bradley-Terry fit against ``choix.opt_pairwise`` (``benchmarks/bradley_terry.py``);
 6. time against the number of leaves on log-log axes with the fitted slope;
@@ -33,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import platform
 import sys
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -55,8 +58,6 @@ ROOT = BENCHMARKS.parent
 sys.path.insert(0, str(BENCHMARKS))  # the baselines next to this file, also under runpy
 
 import textbook  # noqa: E402
-
-policy_gradient_module = importlib.import_module("tinyrlhf.solvers.policy_gradient")
 
 #: KL coefficient of every benchmark problem (any beta > 0 costs the same).
 BETA = 0.5
@@ -340,19 +341,23 @@ def textbook_section(config: dict) -> tuple[str, list[dict]]:
     return markdown_table(header, rows), records
 
 
+def one_exact_step(ref: tr.Policy, reward: np.ndarray) -> tr.Solution:
+    """``policy_gradient(method="exact", steps=1)``, which is not certified after one step
+    (its warning is expected here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tr.PolicyGradientWarning)
+        return tr.policy_gradient(ref, reward, BETA, method="exact", steps=1)
+
+
 def gradient_section(config: dict) -> tuple[str, list[dict]]:
     """One exact policy-gradient evaluation, and one end-to-end step, against soft VI."""
     rows, records = [], []
-    evaluate = policy_gradient_module._evaluate
     for n_tokens, horizon in config["gradient_sizes"]:
         tree, ref, reward = problem(n_tokens, horizon)
-        theta = [np.array(table) for table in ref.log_probs]
-        allowed = [table > -np.inf for table in ref.log_probs]
-        log_pi_ref = list(ref.log_probs)
         functions = {
             "soft": partial(tr.soft_value_iteration, ref, reward, BETA),
-            "evaluate": partial(evaluate, theta, log_pi_ref, allowed, reward, BETA, n_tokens),
-            "step": partial(tr.policy_gradient, ref, reward, BETA, method="exact", steps=1),
+            "evaluate": partial(tr.policy_gradient_grad, ref, ref, reward, BETA),
+            "step": partial(one_exact_step, ref, reward),
         }
         times = interleaved_best_times(functions, config["repeats"])
         peaks = {name: peak_memory(function) for name, function in functions.items()}
@@ -405,7 +410,7 @@ def natural_section(config: dict) -> tuple[str, list[dict]]:
         for lr_factor in (1.0, 0.5):
             steps = 4 * horizon + 60
             solution = tr.policy_gradient(
-                ref, reward, BETA, method="natural", lr=lr_factor / BETA, steps=steps, tol=0.0
+                ref, reward, BETA, method="natural", lr=lr_factor / BETA, steps=steps
             )
             gaps = np.abs(optimum - solution.history["objective"])
             reached = np.flatnonzero(gaps <= NATURAL_TOLERANCE)
@@ -536,7 +541,11 @@ def machine_description() -> str:
 # ----------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, well under a minute")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes: about 15 s of CPU time (82 s wall on a busy 2-core machine)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -554,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("choix") is None:  # needed by the Bradley-Terry section
+        print(
+            "benchmarks/run.py needs choix (the Bradley-Terry comparison): "
+            "pip install -e '.[test]' (or pip install choix)",
+            file=sys.stderr,
+        )
+        return 2
     config = QUICK if args.quick else FULL
     output = args.output or (None if args.quick else BENCHMARKS / "results.md")
     figure = args.figure or (None if args.quick else ROOT / "benchmarks" / "scaling.png")

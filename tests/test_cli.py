@@ -1,38 +1,200 @@
-"""The command line: `tinyrlhf demo` and `python -m tinyrlhf`."""
+"""The command line: `tinyrlhf demo` and `python -m tinyrlhf`, its errors, progress and exits."""
 
+import io
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
+import pytest
 
 import tinyrlhf as tr
+from tinyrlhf import cli
 from tinyrlhf.cli import main
 from tinyrlhf.examples import demo_problem
+
+
+def _table_rows(out):
+    """``{method: objective}`` from the printed agreement table."""
+    rows = re.findall(
+        r"^(closed_form|soft_value_iteration|policy_gradient\[\w+\])\s+(\S+)", out, re.M
+    )
+    return {method: float(value) for method, value in rows}
 
 
 def test_demo_prints_agreeing_solutions(capsys):
     assert main(["demo", "--horizon", "3", "--beta", "0.5"]) == 0
     out = capsys.readouterr().out
-    for method in (
-        "closed_form",
-        "soft_value_iteration",
-        "policy_gradient[natural]",
-        "policy_gradient[exact]",
-    ):
-        assert method in out
+    for method in cli.DEMO_METHODS[:4]:
+        assert method.replace("soft_vi", "soft_value_iteration") in out
     # The printed log Z is the one the library computes for the same problem.
     tree, ref, reward = demo_problem(horizon=3)
     log_z = tr.closed_form(ref, reward, 0.5).log_partition
     printed = re.search(r"log Z\(s0\)\s+=\s+\[([^\]]+)\]", out).group(1).split()
     np.testing.assert_allclose([float(x) for x in printed], log_z, atol=1e-6)
+    # every method's objective in the table is at most the optimum beta log Z (mean)
+    optimum = 0.5 * log_z.mean()
+    rows = _table_rows(out)
+    assert len(rows) == 6 and all(value <= optimum + 1e-9 for value in rows.values())
 
 
-def test_demo_reports_bad_input_cleanly(capsys):
-    assert main(["demo", "--beta", "-1"]) == 2
-    assert "beta" in capsys.readouterr().err
+def test_demo_at_large_beta_prints_nothing_absurd(capsys):
+    # issue 10: at beta = 100 PPO and REINFORCE printed -294 and -519 (optimum 0.327)
+    assert main(["demo", "--beta", "100"]) == 0
+    out = capsys.readouterr().out
+    tree, ref, reward = demo_problem()
+    start = tr.objective(ref, ref, reward, 100.0).mean()
+    optimum = tr.closed_form(ref, reward, 100.0).objective().mean()
+    rows = _table_rows(out)
+    assert len(rows) == 6
+    for method, value in rows.items():
+        assert start - 1e-9 <= value <= optimum + 1e-9, method  # printed to 10 decimals
+    assert "diverged" not in out
+
+
+def test_methods_flag_selects_and_orders_the_solvers(capsys):
+    assert main(["demo", "--methods", "natural,closed_form", "--horizon", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("[closed_form]") < out.index("[policy_gradient[natural]]")  # cheap first
+    assert "soft_value_iteration" not in out and "[policy_gradient[exact]]" not in out
+    assert main(["demo", "--methods", "closed_form"]) == 0  # one method: no table
+    assert "agreement" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "not_in"),
+    [
+        (["--seed", "-1"], "--seed", None),
+        (["--beta", "1e-320"], "--beta", "lr"),
+        (["--beta", "-1"], "--beta", None),
+        (["--beta", "nan"], "--beta", None),
+        (["--horizon", "0"], "--horizon", None),
+        (["--horizon", "two"], "--horizon", None),
+        (["--methods", "adam"], "--methods", None),
+    ],
+)
+def test_argument_errors_name_the_flag_before_any_output(capsys, argv, flag, not_in):
+    assert main(["demo", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the header never appears
+    assert flag in captured.err and "Traceback" not in captured.err
+    if not_in is not None:
+        assert not_in not in captured.err
+
+
+def test_problem_errors_come_before_the_header(capsys):
     assert main(["demo", "--tokens", "a,a"]) == 2
-    assert "distinct" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "distinct" in captured.err and captured.out == ""
+
+
+def test_one_token_alphabet_warns(capsys):
+    # `--tokens 2` means the alphabet ['2'], not two tokens
+    assert main(["demo", "--tokens", "2", "--methods", "closed_form,natural"]) == 0
+    captured = capsys.readouterr()
+    assert "one-token alphabet" in captured.err and "['2']" in captured.err
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"tinyrlhf {tr.__version__}"
+
+
+def test_solvers_print_as_each_finishes(monkeypatch):
+    # each solver's block is flushed before the next solver starts
+    flushed = []
+
+    class RecordingStdout(io.StringIO):
+        def flush(self):
+            flushed.append(self.getvalue())
+
+    seen_when_starting = {}
+    solve = cli._solve
+
+    def spy(method, *args):
+        seen_when_starting[method] = flushed[-1] if flushed else ""
+        return solve(method, *args)
+
+    monkeypatch.setattr(sys, "stdout", RecordingStdout())
+    monkeypatch.setattr(cli, "_solve", spy)
+    assert main(["demo", "--methods", "closed_form,soft_vi,natural", "--horizon", "2"]) == 0
+    assert "tinyrlhf demo" in seen_when_starting["closed_form"]
+    assert "[closed_form]" in seen_when_starting["soft_vi"]
+    assert "[soft_value_iteration]" in seen_when_starting["natural"]
+
+
+def test_a_long_solver_shows_a_progress_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "PROGRESS_AFTER", 0.0)
+    solve = cli._solve
+
+    def slow(method, *args):
+        # wait (at most 10 s) until the progress thread has written its line
+        for _ in range(1000):
+            if "running" in sys.stderr.getvalue():
+                break
+            threading.Event().wait(0.01)
+        return solve(method, *args)
+
+    monkeypatch.setattr(cli, "_solve", slow)
+    assert main(["demo", "--methods", "closed_form", "--horizon", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "running closed_form" in err
+
+
+def test_huge_memory_limit_is_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setenv("TINYRLHF_MEMORY_LIMIT", "9" * 400)
+    assert main(["demo", "--horizon", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "TINYRLHF_MEMORY_LIMIT" in lines[0] and len(lines[0]) < 300
+
+
+def test_bench_checks_optional_dependencies_first(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_missing_benchmark_dependencies", lambda: ["choix"])
+
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark must not start without its dependencies")
+
+    monkeypatch.setattr(subprocess, "run", never)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "choix" in err and "pip install" in err
+
+
+def _demo_process(*argv):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinyrlhf", "demo", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "0"},
+    )
+
+
+def test_broken_pipe_ends_quietly():
+    # `tinyrlhf demo | head -1`: the reader goes away after one line
+    with _demo_process("--methods", "closed_form,exact,reinforce") as process:
+        first = process.stdout.readline()
+        process.stdout.close()
+        err = process.stderr.read()
+        process.wait(timeout=120)
+    assert first.startswith("tinyrlhf demo")
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert process.returncode in (0, cli.EXIT_BROKEN_PIPE)
+
+
+def test_ctrl_c_exits_130_with_one_line():
+    with _demo_process("--methods", "exact,reinforce,ppo", "--horizon", "6") as process:
+        assert process.stdout.readline().startswith("tinyrlhf demo")  # solvers are running
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == cli.EXIT_INTERRUPTED
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()][-1].endswith("interrupted")
 
 
 def test_python_dash_m_runs_the_same_cli():
@@ -43,4 +205,4 @@ def test_python_dash_m_runs_the_same_cli():
         check=True,
         timeout=120,
     )
-    assert "agreement with the closed form" in result.stdout
+    assert "agreement with closed_form" in result.stdout

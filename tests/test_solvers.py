@@ -1,15 +1,16 @@
-"""The three solvers of max_pi E_pi[r] - beta KL(pi || pi_ref): closed form, soft value
-iteration and policy gradient; their agreement, and cases derived by hand."""
+"""Two solvers of max_pi E_pi[r] - beta KL(pi || pi_ref): closed form and soft value
+iteration; their agreement, and cases derived by hand (policy gradient:
+tests/test_policy_gradient.py)."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import expit, logsumexp
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
-from tinyrlhf.examples import DEMO_BETA, demo_problem
+from tinyrlhf.examples import demo_problem
 
 
 @given(trt.problems())
@@ -171,89 +172,9 @@ def test_unreached_states_take_the_reference_rows_and_change_no_leaf():
     assert not any(np.isnan(table).any() for table in closed.policy.log_probs)
 
 
-@settings(max_examples=20)
-@given(st.data())
-def test_exact_gradient_matches_finite_differences(data):
-    tree, ref, reward, beta = data.draw(
-        trt.problems(max_tokens=3, max_horizon=3, max_magnitude=3.0)
-    )
-    policy = data.draw(trt.policies(tree, allow_zeros=False))
-    # theta = log pi on tokens the reference allows, -inf elsewhere
-    theta = [
-        np.where(r > -np.inf, t, -np.inf)
-        for t, r in zip(policy.log_probs, ref.log_probs, strict=True)
-    ]
-    start = tr.Policy.from_logits(tree, theta)
-    gradient = tr.policy_gradient_grad(start, ref, reward, beta)
-
-    def mean_objective(logits):
-        return tr.objective(tr.Policy.from_logits(tree, logits), ref, reward, beta).mean()
-
-    step = 1e-6
-    rng = np.random.default_rng(1)
-    for _ in range(4):
-        h = int(rng.integers(tree.horizon))
-        i = int(rng.integers(tree.level_size(h)))
-        a = int(rng.integers(tree.n_tokens))
-        if np.isneginf(theta[h][i, a]):
-            assert gradient[h][i, a] == 0.0
-            continue
-        plus = [t.copy() for t in theta]
-        minus = [t.copy() for t in theta]
-        plus[h][i, a] += step
-        minus[h][i, a] -= step
-        numeric = (mean_objective(plus) - mean_objective(minus)) / (2 * step)
-        np.testing.assert_allclose(
-            gradient[h][i, a], numeric, rtol=1e-5, atol=1e-7 * (1 + np.abs(reward).max())
-        )
-
-
-def test_natural_gradient_is_soft_policy_iteration():
-    # With lr = 1/beta the natural gradient is exact after at most H iterations.
+def test_solver_bad_arguments():
+    # (policy_gradient's own checks are in tests/test_policy_gradient.py)
     tree, ref, reward = demo_problem()
-    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="natural")
-    assert solution.converged and solution.info["steps_taken"] <= tree.horizon
-    tr.check_agreement(tr.closed_form(ref, reward, DEMO_BETA), solution).assert_close(
-        log_pi_atol=1e-9, tv_atol=1e-12, objective_atol=1e-12
-    )
-    # With a smaller step it converges linearly (rate 1 - lr beta), still to the optimum.
-    slow = tr.policy_gradient(
-        ref, reward, DEMO_BETA, method="natural", lr=0.5 / DEMO_BETA, steps=300
-    )
-    assert slow.converged
-    gaps = tr.closed_form(ref, reward, DEMO_BETA).objective().mean() - slow.history["objective"]
-    assert gaps[-1] < 1e-10 and np.all(np.diff(slow.history["objective"]) >= -1e-12)
-
-
-def test_exact_gradient_defaults_reach_the_optimum():
-    tree, ref, reward = demo_problem()
-    optimum = tr.closed_form(ref, reward, DEMO_BETA).objective().mean()
-    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="exact")
-    history = solution.history["objective"]
-    assert optimum - history[-1] < 1e-2
-    assert np.all(np.diff(history) >= 0)  # Armijo line search: monotone ascent
-    assert history[-1] <= optimum + 1e-12
-
-
-@pytest.mark.parametrize("method", ["reinforce", "ppo"])
-def test_sampled_methods_improve_towards_the_optimum(method):
-    tree, ref, reward = demo_problem()
-    optimum = tr.closed_form(ref, reward, DEMO_BETA).objective().mean()
-    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method=method, seed=0)
-    history = solution.history["objective"]
-    start_gap, end_gap = optimum - history[0], optimum - history[-1]
-    assert end_gap < 0.1 * start_gap  # most of the way there
-    assert history[-1] <= optimum + 1e-12
-    again = tr.policy_gradient(ref, reward, DEMO_BETA, method=method, seed=0, steps=5)
-    np.testing.assert_array_equal(again.history["objective"], history[:6])  # seeded
-
-
-def test_policy_gradient_bad_arguments():
-    tree, ref, reward = demo_problem()
-    with pytest.raises(ValueError, match="method must be one of"):
-        tr.policy_gradient(ref, reward, 1.0, method="adam")
-    with pytest.raises(ValueError, match="lr"):
-        tr.policy_gradient(ref, reward, 1.0, lr=-1.0)
     with pytest.raises(ValueError, match="beta"):
         tr.closed_form(ref, reward, 0.0)
     with pytest.raises(ValueError, match="reward"):
@@ -296,28 +217,3 @@ def test_beta_too_small_for_the_reward_is_refused_up_front(solver):
         solver(ref, np.ones(4), 5e-324)
     solution = solver(ref, np.zeros(4), 5e-324)
     np.testing.assert_allclose(solution.policy.leaf_probs(), 0.25, rtol=1e-15)
-
-
-def test_gradient_at_a_policy_with_extra_zeros_has_no_nan():
-    # pi forbids a token pi_ref allows: its logit is -inf, so it has no gradient (0, not NaN:
-    # pi log pi -> 0), and the other entries still match finite differences of J.
-    tree, ref, reward = demo_problem(horizon=2)
-    tables = [table.copy() for table in tr.Policy.random(tree, seed=4).log_probs]
-    tables[1][0, 0] = -np.inf
-    policy = tr.Policy.from_logits(tree, tables)
-    gradient = tr.policy_gradient_grad(policy, ref, reward, 0.5)
-    assert not any(np.isnan(g).any() for g in gradient) and gradient[1][0, 0] == 0.0
-    step = 1e-6
-    plus = [t.copy() for t in policy.log_probs]
-    minus = [t.copy() for t in policy.log_probs]
-    plus[0][1, 2] += step
-    minus[0][1, 2] -= step
-
-    def mean_objective(logits):
-        return tr.objective(tr.Policy.from_logits(tree, logits), ref, reward, 0.5).mean()
-
-    numeric = (mean_objective(plus) - mean_objective(minus)) / (2 * step)
-    np.testing.assert_allclose(gradient[0][1, 2], numeric, rtol=1e-6)
-    # the other way round is refused: a policy that leaves the reference's support
-    with pytest.raises(ValueError, match="never picks"):
-        tr.policy_gradient_grad(ref, policy, reward, 0.5)

@@ -66,6 +66,8 @@ from .preferences import Preferences, population_preferences, sample_preferences
 from .projections import Projection, project, project_all
 from .sft import fit_sft
 from .solvers import (
+    DivergenceWarning,
+    PolicyGradientWarning,
     Solution,
     closed_form,
     optimal_leaf_log_probs,
@@ -85,6 +87,7 @@ __all__ = [
     "BetaPath",
     "BoundaryOptimumWarning",
     "BradleyTerryFit",
+    "DivergenceWarning",
     "EntropyChange",
     "ExpectedTrainingWarning",
     "ExpectedUpdate",
@@ -97,6 +100,7 @@ __all__ = [
     "OveroptimizationCurve",
     "PipelineResult",
     "Policy",
+    "PolicyGradientWarning",
     "PreferenceOptimizationWarning",
     "Preferences",
     "Projection",

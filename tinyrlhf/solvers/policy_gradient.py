@@ -5,200 +5,602 @@ The policy is a softmax over logits ``theta[h][i, a]``; tokens the reference nev
 logit ``-inf`` (the seed: "never pick a token ref. policy wouldn't"), so the KL stays finite.
 The objective is the mean over prompts of
 
-    J(pi) = E_pi[r] - beta KL(pi || pi_ref)
-          = E_pi[ r(s_H) - beta sum_h log(pi(a_h|s_h) / pi_ref(a_h|s_h)) ],
+    J(pi) = E_pi[r] - beta KL(pi || pi_ref) = E_{xi ~ pi}[C(xi)],
+    C(xi) = r(xi) - beta log(P_pi(xi) / P_ref(xi)),
 
-a return with per-token reward ``-beta log(pi/pi_ref)``. Its regularized values satisfy
+and its exact gradient over the logits is the score-function expectation (the policy-gradient
+theorem; the ``-beta grad log P_pi`` term has zero mean)
 
-    V_H = r,   Q(s, a) = -beta log(pi(a|s)/pi_ref(a|s)) + V_{h+1}(s o a),
-    V_h(s) = sum_a pi(a|s) Q(s, a),
+    dJ/dtheta(s, a) = E_pi[C(xi) grad log P_pi(xi)] = d_pi(s) pi(a|s) (Q(s, a) - V(s)),
+    V_H = r,  Q(s, a) = V_{h+1}(s o a) - beta log(pi(a|s) / pi_ref(a|s)),  V_h = sum_a pi Q,
 
-and the exact gradient over softmax logits is (the policy-gradient theorem; the
-``-beta grad log pi`` term has zero mean under ``pi``)
-
-    dJ/dtheta(s, a) = d_pi(s) pi(a|s) (Q(s, a) - V(s)),
-
-one backward pass for ``Q, V`` and one forward pass for the occupancies ``d_pi``
-(``d_0 = 1/n_prompts``: prompts uniform). Methods:
+computed by :func:`tinyrlhf.gradients.sequence_score_gradient` (one forward pass for
+``P_pi``, one backward pass of subtree sums). One small step function per method:
 
 - ``"exact"``: gradient ascent on the exact gradient with a backtracking (Armijo) line
-  search; the step grows by 2 after each accepted step (the objective is exact, so the line
-  search is legitimate).
+  search; the trial step doubles after each accepted step (the objective is exact, so the
+  line search is legitimate).
 - ``"natural"``: the natural gradient of tabular softmax under the occupancy-weighted Fisher
-  metric is ``theta += lr * (Q - V)`` (Kakade 2001; Agarwal et al. 2021, JMLR, Lemma 15).
+  metric is ``theta += lr (Q - V)`` (Kakade 2001; Agarwal et al. 2021, JMLR, Lemma 15).
   With ``lr = 1/beta`` (the default) the update is
-  ``pi_new(a|s) ∝ pi_ref(a|s) exp(V_{h+1}^{pi}(s o a) / beta)``, soft policy iteration
+  ``pi_new(a|s) ∝ pi_ref(a|s) exp(V_{h+1}^pi(s o a) / beta)``, soft policy iteration
   (Cen et al. 2022, Oper. Res., eq. 16 with eta = 1/tau): level ``H-1`` is exact after one
   iteration because ``V_H = r``, level ``h`` after ``H - h`` iterations, so the policy is
-  optimal after at most ``H`` iterations and iteration ``H + 1`` observes a zero gradient.
-  With ``0 < lr < 1/beta`` it converges linearly at rate ``1 - lr beta``.
-- ``"reinforce"``: the score-function estimate from ``batch_size`` sampled generations,
-  sequence-level return ``G = r - beta sum_h log(pi/pi_ref)`` with the leave-one-out mean
-  of the same prompt's returns as baseline (RLOO; Kool et al. 2019), plain SGD.
-- ``"ppo"``: PPO-clip (Schulman et al. 2017, eq. 7) on a batch sampled from the current
+  optimal after at most ``H`` iterations. With ``0 < lr < 1/beta`` it converges linearly at
+  rate ``1 - lr beta``.
+- ``"reinforce"``: the score-function estimate from ``batch_size`` generations drawn by
+  :meth:`Policy.sample`, sequence-level return ``G = C(xi)`` with the leave-one-out mean of
+  the same prompt's returns as baseline (RLOO; Kool et al. 2019), plain SGD.
+- ``"ppo"``: PPO-clip (Schulman et al. 2017, eq. 7) on a batch drawn from the current
   policy: ``epochs`` full-batch ascent steps on
   ``mean_i sum_h min(rho A_i, clip(rho, 1 - clip, 1 + clip) A_i)``,
   ``rho = pi_theta(a_h|s_h) / pi_old(a_h|s_h)``, with the KL penalty inside the return as in
   Ziegler et al. (2019) and the sequence-level RLOO advantage ``A_i = G_i - baseline_i``.
 
-Every step records the *exact* objective and KL of the current policy in ``history``
-(cheap on trees this size), so sampled methods can be compared with the closed form.
+A sampled generation is a leaf index; its path is recovered from it: the state at level
+``h`` is ``leaf // A**(H-h)``, and the (state, token) pair it takes there has flat index
+``leaf // A**(H-h-1)`` into the ``(level_size(h), A)`` table.
+
+Certificate. Every method, sampled ones included, is judged exactly at every step by its
+distance to the optimum, which the closed form gives. By the reverse-KL identity (lecture
+section 5)
+
+    J(pi*) - J(pi) = beta KL(P_pi || P*),   J(pi*) = beta log Z(s_0),
+
+and the gap is computed as ``beta`` times a sum of terms that are each ``>= 0``,
+``P_pi (d - 1) + P*`` with ``d = log P_pi - log P*``, so it cannot come out negative and,
+being quadratic in ``d`` near the optimum, float rounding of ``d`` barely moves it. By
+Pinsker's inequality ``TV(P_pi, P*) <= sqrt(KL(P_pi || P*) / 2)``, so
+
+    residual = max over prompts of sqrt(KL(P_pi || P*) / 2)
+
+is a certified bound on the total variation between the returned policy's generations and
+the optimum's (the ``max TV`` column of :func:`tinyrlhf.check_agreement`); it is
+dimensionless, so ``tol`` needs no reward scale: ``converged`` is ``residual <= tol``, and
+the objective gap itself is ``info["objective_gap"]``. Unlike the gradient norm, this
+certificate cannot be fooled by a plateau: at ``beta = 1e-6`` the softmax saturates and the
+gradient vanishes far from the optimum while the KL stays large. The gradient norm is
+reported too (``history["grad_norm"]``, ``info["gradient_norm"]``). The sampled methods
+update from sampled generations only; the exact certificate is the simulator's privilege,
+used to judge them and to stop them once they are within ``tol``. A run that ends above
+the tolerance warns (:class:`PolicyGradientWarning`); one whose objective falls far below its
+start, or whose logits stop being finite, stops and warns (:class:`DivergenceWarning`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.special import log_softmax
 
-from ..divergences import kl_divergence
+from ..gradients import sequence_score_gradient
+from ..kernels import row_logsumexp
 from ..policy import Policy
-from ..validation import check_beta, check_leaf_array, check_positive_int, make_rng
+from ..tree import TokenTree
+from ..validation import (
+    check_policy,
+    check_positive_int,
+    check_problem,
+    check_same_tree,
+    check_tolerance,
+    make_rng,
+)
+from .closed_form import optimal_leaf_log_probs
 from .solution import Solution
 
 METHODS = ("natural", "exact", "reinforce", "ppo")
-#: Default number of steps per method (a user who passes nothing gets convergence on the
-#: demo tree: natural needs at most H + 1, exact a few thousand).
-DEFAULT_STEPS = {"natural": 100, "exact": 5000, "reinforce": 2000, "ppo": 500}
+#: Default ``tol`` per method, a bound on the total variation from the optimum (module
+#: docstring). Natural reaches float precision in at most H iterations; exact gradient ascent
+#: is slow at rarely visited states; the sampled methods stop within a few percent, about
+#: where the noise of a 256-generation batch leaves them.
+DEFAULT_TOL = {"natural": 1e-10, "exact": 1e-4, "reinforce": 0.05, "ppo": 0.05}
+#: Default step budgets scale with the tree: ``STEP_WORK // n_states`` steps (a step costs a
+#: few passes over the states, a few tenths of a microsecond per state), between ``MIN_STEPS`` and
+#: ``MAX_STEPS[method]``; the caps keep the default ``tinyrlhf demo`` (242 states, where a step
+#: costs 0.6-1.6 ms of Python overhead) under a second of solving.
+STEP_WORK = 20_000_000
+MIN_STEPS = 50
+MAX_STEPS = {"exact": 400, "reinforce": 600, "ppo": 300}
+#: Natural gradient: ``H`` iterations reach the optimum at ``lr = 1/beta``; the extra budget
+#: covers smaller steps (rate ``1 - lr beta``).
+NATURAL_EXTRA_STEPS = 100
+#: Sampled methods' default step ``min(SAMPLED_REWARD_STEP / (max r - min r), 1 / beta)``:
+#: the reward term's update is then dimensionless in the reward's units, and the KL term,
+#: whose curvature grows like beta, never gets a step above ``1/beta`` (measured on the demo
+#: tree and random problems for beta from 1e-2 to 1e2 times the reward scale: no divergence,
+#: 87-100% of the available improvement in 300 steps where beta is not tiny).
+SAMPLED_REWARD_STEP = 4.0
+#: The natural gradient stops, once certified, when no logit would move by more than this.
+NATURAL_REST = 1e-9
+#: A run has diverged when its objective falls below its start by more than the room to the
+#: optimum plus this fraction of ``1 + max |r|`` (float rounding of the objective).
+DIVERGENCE_SLACK = 1e-9
 #: Armijo sufficient-increase constant of the exact method's backtracking line search.
 ARMIJO_C = 1e-4
-#: The exact method stops when backtracking shrinks the step below this (no ascent left
-#: at float64 precision).
+#: The line search gives up below this trial step (no ascent left at float64 precision).
 MIN_STEP = 1e-12
 
 
+class PolicyGradientWarning(UserWarning):
+    """``policy_gradient`` stopped without certifying its answer (``converged=False``)."""
+
+
+class DivergenceWarning(PolicyGradientWarning):
+    """A policy-gradient run diverged: its objective fell far below its starting value, or
+    its logits stopped being finite. Lower ``lr``."""
+
+
 @dataclass(frozen=True)
-class _Evaluation:
-    """Exact regularized values of a softmax policy (see the module docstring)."""
+class _Problem:
+    """The fixed data of one solve."""
 
-    log_pi: list[np.ndarray]  # log pi(a|s) per level, (level_size(h), A)
-    advantage: list[np.ndarray]  # Q(s,a) - V(s), 0 on forbidden tokens
-    gradient: list[np.ndarray]  # dJ/dtheta = d(s) pi(a|s) (Q - V)
-    objective: float  # mean over prompts of V_0
-    objective_per_prompt: np.ndarray
-
-
-def _evaluate(
-    theta: list[np.ndarray],
-    log_pi_ref: list[np.ndarray],
-    allowed: list[np.ndarray],
-    reward: np.ndarray,
-    beta: float,
-    n_tokens: int,
-    *,
-    need_gradient: bool = True,
-) -> _Evaluation:
-    horizon = len(theta)
-    log_pi = [log_softmax(logits, axis=1) for logits in theta]
-    value = reward  # V_H = r
-    advantage: list[np.ndarray] = [np.empty(0)] * horizon
-    for h in range(horizon - 1, -1, -1):
-        # Q(s,a) = V_{h+1}(s o a) - beta log(pi/pi_ref)(a|s), 0 where the token is forbidden
-        q = np.zeros_like(log_pi[h])
-        # Only tokens pi picks enter (pi log pi -> 0 as pi -> 0); they are a subset of the
-        # tokens pi_ref allows, which the callers guarantee.
-        picked = allowed[h] & (log_pi[h] > -np.inf)
-        np.subtract(log_pi[h], log_pi_ref[h], out=q, where=picked)
-        q = np.where(picked, value.reshape(-1, n_tokens) - beta * q, 0.0)
-        value = (np.exp(log_pi[h]) * q).sum(axis=1)  # V_h(s) = sum_a pi Q : (level_size(h),)
-        advantage[h] = np.where(picked, q - value[:, None], 0.0)
-    per_prompt = value
-    gradient: list[np.ndarray] = []
-    if need_gradient:
-        occupancy = np.full(per_prompt.shape, 1.0 / per_prompt.size)  # d_0: uniform prompts
-        for h in range(horizon):
-            pi = np.exp(log_pi[h])
-            gradient.append(occupancy[:, None] * pi * advantage[h])
-            occupancy = (occupancy[:, None] * pi).reshape(-1)  # d_{h+1}
-    return _Evaluation(log_pi, advantage, gradient, float(per_prompt.mean()), per_prompt)
+    tree: TokenTree
+    ref: Policy
+    reward: np.ndarray  # (n_leaves,)
+    beta: float
+    allowed: list[np.ndarray]  # tokens pi_ref picks, (level_size(h), A) bool per level
+    log_p_ref: np.ndarray  # log P_ref(xi), (n_leaves,)
+    log_p_star: np.ndarray  # log P*(xi), (n_leaves,)
+    p_star: np.ndarray  # P*(xi), (n_leaves,)
+    optimum: np.ndarray  # J(pi*) = beta log Z per prompt, (n_prompts,)
+    scale: float  # 1 + max |r|
+    tolerance: float  # bound on the certificate (a total variation)
 
 
-def policy_gradient_grad(
-    policy: Policy, ref: Policy, reward: np.ndarray, beta: float
-) -> list[np.ndarray]:
-    """Exact ``dJ/dtheta`` at ``policy`` for softmax logits ``theta = log pi``.
+@dataclass(frozen=True)
+class _Iterate:
+    """A softmax policy evaluated exactly; ``kl``, ``kl_to_optimum`` and ``gradient`` are
+    filled by :func:`_certify` (the line search skips them for rejected trials)."""
 
-    ``J`` is the mean over prompts of ``E_pi[r] - beta KL(pi || pi_ref)``; the gradient is
-    ``d_pi(s) pi(a|s) (Q(s,a) - V(s))`` (module docstring). Returns one
-    ``(level_size(h), A)`` array per level, zero on tokens ``pi`` never picks (a logit of
-    ``-inf`` has no gradient).
+    theta: list[np.ndarray]  # logits, -inf where pi_ref never picks
+    policy: Policy
+    log_p: np.ndarray  # log P_pi(xi), (n_leaves,)
+    p: np.ndarray  # P_pi(xi), (n_leaves,)
+    log_ratio: np.ndarray  # log(P_pi / P_ref), 0 where P_pi = 0, (n_leaves,)
+    coefficient: np.ndarray  # C(xi) = r - beta log(P_pi / P_ref), 0 where P_pi = 0
+    objective: np.ndarray  # J per prompt, (n_prompts,)
+    mean_objective: float  # J averaged over prompts (what the methods ascend)
+    kl: np.ndarray | None = None  # KL(pi || pi_ref) per prompt
+    kl_to_optimum: np.ndarray | None = None  # KL(P_pi || P*) per prompt
+    gradient: list[np.ndarray] | None = None  # dJ/dtheta per level
 
-    Raises:
-        ValueError: ``policy`` picks a token that ``ref`` never picks (the KL is infinite).
+    @property
+    def residual(self) -> float:
+        """The certificate: ``max_p sqrt(KL(P_pi || P*) / 2)`` >= max TV (Pinsker)."""
+        return float(np.sqrt(0.5 * np.max(self.kl_to_optimum)))
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Per-run options of the sampled methods."""
+
+    rng: np.random.Generator
+    batch_size: int
+    epochs: int
+    clip: float
+
+
+class _NonFiniteLogits(ArithmeticError):
+    """An update produced a NaN or infinite logit on a token the reference allows."""
+
+
+def _per_prompt(tree: TokenTree, leaf_values: np.ndarray) -> np.ndarray:
+    """Sum over each prompt's leaves: ``(n_leaves,)`` -> ``(n_prompts,)``."""
+    return leaf_values.reshape(tree.n_prompts, -1).sum(axis=1)
+
+
+def _evaluate(problem: _Problem, theta: list[np.ndarray]) -> _Iterate:
+    """The softmax policy of ``theta`` and its exact objective ``J = E_pi[C]``."""
+    for logits, mask in zip(theta, problem.allowed, strict=True):
+        if not np.isfinite(logits[mask]).all():
+            raise _NonFiniteLogits
+    # log pi(a|s) = theta(s, a) - log sum_b exp theta(s, b): (level_size(h), A)
+    policy = Policy._trusted(problem.tree, [t - row_logsumexp(t)[:, None] for t in theta])
+    log_p = policy.leaf_log_probs()
+    reached = log_p > -np.inf
+    log_ratio = np.zeros_like(log_p)  # log(P_pi / P_ref), 0 where P_pi = 0
+    np.subtract(log_p, problem.log_p_ref, out=log_ratio, where=reached)
+    coefficient = np.where(reached, problem.reward - problem.beta * log_ratio, 0.0)
+    p = np.exp(log_p)
+    objective = _per_prompt(problem.tree, p * coefficient)
+    return _Iterate(
+        theta, policy, log_p, p, log_ratio, coefficient, objective, float(objective.mean())
+    )
+
+
+def _kl_to_optimum(problem: _Problem, it: _Iterate) -> np.ndarray:
+    """``KL(P_pi || P*) = (J(pi*) - J(pi)) / beta`` per prompt, from terms that are each ``>= 0``.
+
+    Per leaf, with ``d = log P_pi - log P*``: ``P_pi (d - 1) + P* = P_pi (d + expm1(-d))``
+    (the second form where ``d >= -1``, so nothing overflows); a leaf ``pi`` never reaches
+    contributes ``P*``. The added ``- P_pi + P*`` sum to 0 (both are normalized).
     """
-    for name, value in (("policy", policy), ("ref", ref)):
-        if not isinstance(value, Policy):
-            raise TypeError(f"{name} must be a tinyrlhf.Policy, got {type(value).__name__}")
-    if policy.tree != ref.tree:
-        raise ValueError("policy and ref must be policies on the same TokenTree")
-    reward = check_leaf_array(ref.tree, reward, "reward")
-    beta = check_beta(beta)
-    allowed = [table > -np.inf for table in ref.log_probs]
-    for h, (table, mask) in enumerate(zip(policy.log_probs, allowed, strict=True)):
-        if np.any((table > -np.inf) & ~mask):
-            raise ValueError(
-                f"policy picks a token at level {h} that ref never picks: KL(pi || pi_ref) is "
-                "infinite there; use a policy whose zeros include ref's zeros"
-            )
-    theta = [np.array(table) for table in policy.log_probs]
-    return _evaluate(theta, list(ref.log_probs), allowed, reward, beta, ref.tree.n_tokens).gradient
+    reached = it.log_p > -np.inf
+    d = np.zeros_like(it.log_p)  # 0 where pi never goes (and P_pi = 0 there)
+    np.subtract(it.log_p, problem.log_p_star, out=d, where=reached)
+    near = reached & (d >= -1.0)
+    terms = d - 1.0
+    terms *= it.p
+    terms += problem.p_star  # P_pi (d - 1) + P*; P* where P_pi = 0
+    near_factor = np.negative(d)
+    np.expm1(near_factor, out=near_factor, where=near)  # expm1(-d), only where d >= -1
+    near_factor += d
+    np.multiply(it.p, near_factor, out=terms, where=near)  # P_pi (d + expm1(-d))
+    return _per_prompt(problem.tree, terms)
 
 
-def _norm(arrays: list[np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum(a * a)) for a in arrays)))
+def _certify(problem: _Problem, it: _Iterate) -> _Iterate:
+    """Add the KL to the reference, the KL to the optimum (the certificate) and the gradient."""
+    return replace(
+        it,
+        kl=_per_prompt(problem.tree, it.p * it.log_ratio),
+        kl_to_optimum=_kl_to_optimum(problem, it),
+        gradient=sequence_score_gradient(it.policy, it.coefficient),
+    )
 
 
-def _sample_paths(
-    log_pi: list[np.ndarray], n_prompts: int, n_tokens: int, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sample ``n`` generations; returns prompts ``(n,)``, states ``(H, n)``, tokens ``(H, n)``."""
-    horizon = len(log_pi)
-    prompt = rng.integers(0, n_prompts, size=n, dtype=np.int64)
-    states = np.empty((horizon, n), dtype=np.int64)
-    tokens = np.empty((horizon, n), dtype=np.int64)
-    state = prompt
-    for h in range(horizon):
-        probs = np.exp(log_pi[h][state])  # (n, A)
-        cdf = np.cumsum(probs, axis=1)
-        u = (1.0 - rng.random(n)) * cdf[
-            :, -1
-        ]  # in (0, total]: zero-probability tokens never drawn
-        token = np.minimum((cdf < u[:, None]).sum(axis=1), n_tokens - 1)
-        states[h], tokens[h] = state, token
-        state = state * n_tokens + token
-    return prompt, states, tokens
+def _soft_advantages(problem: _Problem, policy: Policy) -> list[np.ndarray]:
+    """``Q(s, a) - V(s)`` per level (0 on tokens ``pi`` never picks), one backward pass.
+
+    ``V_H = r``; ``Q(s, a) = V_{h+1}(s o a) - beta log(pi(a|s) / pi_ref(a|s))``;
+    ``V_h(s) = sum_a pi(a|s) Q(s, a)``.
+    """
+    n_tokens = problem.tree.n_tokens
+    value = problem.reward  # V_H = r
+    advantages: list[np.ndarray] = [np.empty(0)] * problem.tree.horizon
+    for h in range(problem.tree.horizon - 1, -1, -1):
+        log_pi = policy.log_probs[h]
+        picked = log_pi > -np.inf  # a subset of the tokens pi_ref picks
+        log_ratio = np.zeros_like(log_pi)
+        np.subtract(log_pi, problem.ref.log_probs[h], out=log_ratio, where=picked)
+        q = np.where(picked, value.reshape(-1, n_tokens) - problem.beta * log_ratio, 0.0)
+        value = (np.exp(log_pi) * q).sum(axis=1)  # V_h(s) = sum_a pi Q: (level_size(h),)
+        advantages[h] = np.where(picked, q - value[:, None], 0.0)
+    return advantages
 
 
-def _rloo_advantage(returns: np.ndarray, prompt: np.ndarray, n_prompts: int) -> np.ndarray:
-    """``G_i`` minus the mean of the other returns of the same prompt (0 baseline if alone)."""
-    total = np.bincount(prompt, weights=returns, minlength=n_prompts)
-    count = np.bincount(prompt, minlength=n_prompts).astype(np.float64)
+def _norm(gradient: list[np.ndarray]) -> float:
+    """Euclidean norm of a per-level gradient, all levels as one vector.
+
+    Elementwise squares and sums rather than ``np.vdot``: a BLAS dot product may start
+    threads, and on a busy 2-core machine that made one norm at 2^17 entries cost 90 ms
+    (about 4 soft-VI passes) instead of 0.2 ms.
+    """
+    return float(np.sqrt(sum(float(np.square(table).sum()) for table in gradient)))
+
+
+def _step_logits(
+    theta: list[np.ndarray], direction: list[np.ndarray], size: float
+) -> list[np.ndarray]:
+    """``theta + size * direction`` level by level (``-inf`` logits stay ``-inf``)."""
+    return [t + size * g for t, g in zip(theta, direction, strict=True)]
+
+
+# ------------------------------------------------------------------------ one step per method
+StepResult = tuple[_Iterate | None, float]
+
+
+def _natural_step(problem: _Problem, it: _Iterate, lr: float, _: _Settings) -> StepResult:
+    """``theta += lr (Q - V)``: the natural gradient (soft policy iteration at ``1/beta``).
+
+    Returns ``(None, lr)`` once the certificate holds and the update is at rest (no logit
+    would move by more than :data:`NATURAL_REST`): the method is exact state by state, also
+    at states the policy rarely visits, which weigh little in the certificate.
+    """
+    advantages = _soft_advantages(problem, it.policy)
+    largest = max(float(np.abs(table).max()) for table in advantages)
+    if it.residual <= problem.tolerance and lr * largest <= NATURAL_REST:
+        return None, lr
+    return _evaluate(problem, _step_logits(it.theta, advantages, lr)), lr
+
+
+def _exact_step(problem: _Problem, it: _Iterate, trial: float, _: _Settings) -> StepResult:
+    """Backtracking (Armijo) line search along the exact gradient, from step ``trial``.
+
+    Accepts the first ``t = trial / 2^k`` with ``J(theta + t g) >= J(theta) + c t |g|^2``;
+    returns ``(None, t)`` when ``t`` falls below :data:`MIN_STEP` or ``g = 0`` (stalled).
+    """
+    squared_norm = _norm(it.gradient) ** 2
+    while squared_norm > 0 and trial >= MIN_STEP:
+        candidate = _evaluate(problem, _step_logits(it.theta, it.gradient, trial))
+        if candidate.mean_objective >= it.mean_objective + ARMIJO_C * trial * squared_norm:
+            return candidate, trial
+        trial *= 0.5
+    return None, trial
+
+
+def _sampled_score_gradient(
+    tree: TokenTree, log_pi: list[np.ndarray], leaves: np.ndarray, coefficient: np.ndarray
+) -> list[np.ndarray]:
+    """``sum_i coefficient[h, i] grad_theta log pi(a_hi | s_hi)`` per level.
+
+    ``grad_theta(s, .) log pi(a|s) = onehot(a) - pi(.|s)`` (softmax). ``leaves``: ``(n,)``
+    sampled leaf indices; ``coefficient``: ``(H, n)``.
+    """
+    gradient = []
+    for h, table in enumerate(log_pi):
+        below = tree.n_tokens ** (tree.horizon - h - 1)
+        edge = leaves // below  # (state, token) at level h, flat index into table: (n,)
+        state = edge // tree.n_tokens  # = leaf // A**(H-h)
+        on_edge = np.bincount(edge, weights=coefficient[h], minlength=table.size)
+        at_state = np.bincount(state, weights=coefficient[h], minlength=table.shape[0])
+        gradient.append(on_edge.reshape(table.shape) - np.exp(table) * at_state[:, None])
+    return gradient
+
+
+def _rloo_advantages(problem: _Problem, it: _Iterate, leaves: np.ndarray) -> np.ndarray:
+    """``G_i - mean of the other returns of the same prompt`` (0 baseline if alone), ``(n,)``.
+
+    ``G_i = C(xi_i) = r - beta log(P_pi / P_ref)`` at the sampled leaf: the KL-penalized return.
+    """
+    tree = problem.tree
+    returns = it.coefficient[leaves]
+    prompt = leaves // tree.leaves_per_prompt
+    total = np.bincount(prompt, weights=returns, minlength=tree.n_prompts)
+    count = np.bincount(prompt, minlength=tree.n_prompts).astype(np.float64)
     others = count[prompt] - 1.0
     baseline = np.zeros_like(returns)
     np.divide(total[prompt] - returns, others, out=baseline, where=others > 0)
     return returns - baseline
 
 
-def _score_gradient(
-    log_pi: list[np.ndarray],
-    states: np.ndarray,
-    tokens: np.ndarray,
-    coefficient: np.ndarray,
-) -> list[np.ndarray]:
-    """``sum_i coefficient[h, i] * grad_theta log pi(a_hi | s_hi)`` per level.
+def _reinforce_step(problem: _Problem, it: _Iterate, lr: float, run: _Settings) -> StepResult:
+    """One SGD step on the RLOO score-function estimate from a fresh batch."""
+    leaves = it.policy.sample(run.batch_size, seed=run.rng)
+    advantages = _rloo_advantages(problem, it, leaves) / run.batch_size
+    coefficient = np.broadcast_to(advantages, (problem.tree.horizon, run.batch_size))
+    gradient = _sampled_score_gradient(problem.tree, it.policy.log_probs, leaves, coefficient)
+    return _evaluate(problem, _step_logits(it.theta, gradient, lr)), lr
 
-    ``grad_theta(s, .) log pi(a|s) = onehot(a) - pi(.|s)`` (softmax); ``coefficient`` is
-    ``(H, n)``.
+
+def _edge_log_probs(tree: TokenTree, log_pi: list[np.ndarray], leaves: np.ndarray) -> np.ndarray:
+    """``log pi(a_h | s_h)`` along each sampled path, ``(H, n)``."""
+    return np.stack(
+        [
+            table.reshape(-1)[leaves // tree.n_tokens ** (tree.horizon - h - 1)]
+            for h, table in enumerate(log_pi)
+        ]
+    )
+
+
+def _ppo_step(problem: _Problem, it: _Iterate, lr: float, run: _Settings) -> StepResult:
+    """``epochs`` ascent steps on the clipped surrogate of one batch from the current policy."""
+    tree = problem.tree
+    leaves = it.policy.sample(run.batch_size, seed=run.rng)
+    advantages = _rloo_advantages(problem, it, leaves)  # (n,)
+    log_old = _edge_log_probs(tree, it.policy.log_probs, leaves)  # (H, n)
+    theta, log_pi = it.theta, it.policy.log_probs
+    for _ in range(run.epochs):
+        ratio = np.exp(_edge_log_probs(tree, log_pi, leaves) - log_old)  # (H, n)
+        # d/dtheta min(rho A, clip(rho) A) = rho A grad log pi, unless the clip is active
+        clipped = ((advantages > 0) & (ratio > 1 + run.clip)) | (
+            (advantages < 0) & (ratio < 1 - run.clip)
+        )
+        coefficient = np.where(clipped, 0.0, ratio * advantages / run.batch_size)
+        gradient = _sampled_score_gradient(tree, log_pi, leaves, coefficient)
+        theta = _step_logits(theta, gradient, lr)
+        log_pi = [t - row_logsumexp(t)[:, None] for t in theta]
+    return _evaluate(problem, theta), lr
+
+
+STEPS: dict[str, Callable[[_Problem, _Iterate, float, _Settings], StepResult]] = {
+    "natural": _natural_step,
+    "exact": _exact_step,
+    "reinforce": _reinforce_step,
+    "ppo": _ppo_step,
+}
+#: Factor on the accepted step size for the next step (the line search may grow it).
+STEP_GROWTH = {"natural": 1.0, "exact": 2.0, "reinforce": 1.0, "ppo": 1.0}
+
+
+# --------------------------------------------------------------------------- public functions
+def policy_gradient_grad(
+    policy: Policy, ref: Policy, reward: np.ndarray, beta: float
+) -> list[np.ndarray]:
+    """Exact ``dJ/dtheta`` at ``policy`` for softmax logits ``theta = log pi``.
+
+    ``J`` is the mean over prompts of ``E_pi[r] - beta KL(pi || pi_ref)``; the gradient is
+    ``E_pi[C(xi) grad log P_pi(xi)]`` with ``C = r - beta log(P_pi / P_ref)``
+    ``= d_pi(s) pi(a|s) (Q(s,a) - V(s))`` (module docstring), by
+    :func:`tinyrlhf.gradients.sequence_score_gradient`.
+
+    Returns:
+        One ``(level_size(h), A)`` array per level, zero on tokens ``pi`` never picks (a
+        logit of ``-inf`` has no gradient).
+
+    Raises:
+        TypeError: ``policy`` or ``ref`` is not a Policy.
+        ValueError: policies on different trees, bad ``reward`` or ``beta``, or ``policy``
+            picks a token that ``ref`` never picks (the KL is infinite).
     """
-    gradient = []
-    for h, table in enumerate(log_pi):
-        grad = np.zeros_like(table)
-        np.add.at(grad, (states[h], tokens[h]), coefficient[h])
-        np.add.at(grad, states[h], -coefficient[h][:, None] * np.exp(table[states[h]]))
-        gradient.append(grad)
-    return gradient
+    policy = check_policy(policy, "policy")
+    ref, reward, beta = check_problem(ref, reward, beta)
+    check_same_tree(policy, ref, ("policy", "ref"))
+    for h, (table, ref_table) in enumerate(zip(policy.log_probs, ref.log_probs, strict=True)):
+        if np.any((table > -np.inf) & (ref_table == -np.inf)):
+            raise ValueError(
+                f"policy picks a token at level {h} that ref never picks: KL(pi || pi_ref) is "
+                "infinite there; use a policy whose zeros include ref's zeros"
+            )
+    log_p = policy.leaf_log_probs()
+    reached = log_p > -np.inf
+    log_ratio = np.zeros_like(log_p)
+    np.subtract(log_p, ref.leaf_log_probs(), out=log_ratio, where=reached)
+    return sequence_score_gradient(policy, np.where(reached, reward - beta * log_ratio, 0.0))
+
+
+def default_steps(method: str, tree: TokenTree) -> int:
+    """The step budget ``policy_gradient`` uses when ``steps`` is not given.
+
+    Natural: ``H + NATURAL_EXTRA_STEPS``; the others ``STEP_WORK // n_states`` clipped to
+    ``[MIN_STEPS, MAX_STEPS[method]]`` (a step costs a few passes over the tree's states).
+    """
+    if method == "natural":
+        return tree.horizon + NATURAL_EXTRA_STEPS
+    return int(np.clip(STEP_WORK // tree.n_states, MIN_STEPS, MAX_STEPS[method]))
+
+
+def default_lr(method: str, reward: np.ndarray, beta: float) -> float:
+    """The step size ``policy_gradient`` uses when ``lr`` is not given.
+
+    Natural ``1/beta`` (soft policy iteration); exact ``1`` (the line search's first trial);
+    reinforce and ppo ``min(SAMPLED_REWARD_STEP / (max r - min r), 1/beta)``.
+    """
+    if method == "natural":
+        return 1.0 / beta
+    if method == "exact":
+        return 1.0
+    spread = float(np.ptp(reward))
+    return 1.0 / beta if spread == 0 else min(SAMPLED_REWARD_STEP / spread, 1.0 / beta)
+
+
+def _setup(ref: Policy, reward: np.ndarray, beta: float, tol: float) -> _Problem:
+    """Check the problem and solve it in closed form for the certificate."""
+    ref, reward, beta = check_problem(ref, reward, beta)
+    scale = 1.0 + float(np.abs(reward).max())
+    if not np.isfinite(1.0 / beta) or not np.isfinite(scale / beta):
+        raise ValueError(
+            f"beta={beta!r} is too small for rewards up to {scale - 1:.3g}: r/beta overflows "
+            "float64; use a larger beta (or rescale the reward)"
+        )
+    log_p_star, log_z = optimal_leaf_log_probs(ref, reward, beta)
+    return _Problem(
+        tree=ref.tree,
+        ref=ref,
+        reward=reward,
+        beta=beta,
+        allowed=[table > -np.inf for table in ref.log_probs],
+        log_p_ref=ref.leaf_log_probs(),
+        log_p_star=log_p_star,
+        p_star=np.exp(log_p_star),
+        optimum=beta * log_z,
+        scale=scale,
+        tolerance=tol,
+    )
+
+
+def _initial_logits(problem: _Problem, init: Policy | None) -> list[np.ndarray]:
+    """``log pi_init`` on the tokens ``pi_ref`` picks, ``-inf`` elsewhere (default ``pi_ref``).
+
+    A row of ``init`` with no mass on ``pi_ref``'s tokens can only sit at a state ``init``
+    never reaches (else the KL is infinite, refused); ``pi_ref``'s row stands in there,
+    which changes no generation's probability.
+    """
+    if init is None:
+        return [np.array(table) for table in problem.ref.log_probs]
+    init = check_policy(init, "init")
+    check_same_tree(init, problem.ref, ("init", "ref"))
+    log_p = init.leaf_log_probs()
+    if np.any((log_p > -np.inf) & (problem.log_p_ref == -np.inf)):
+        raise ValueError("init puts probability on generations ref never produces")
+    theta = []
+    for table, ref_table, mask in zip(
+        init.log_probs, problem.ref.log_probs, problem.allowed, strict=True
+    ):
+        logits = np.where(mask, table, -np.inf)
+        empty = np.isneginf(logits).all(axis=1)
+        logits[empty] = ref_table[empty]
+        theta.append(logits)
+    return theta
+
+
+def _check_options(
+    method: object, batch_size: object, epochs: object, clip: object
+) -> tuple[int, int, float]:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    batch_size = check_positive_int(batch_size, "batch_size", 2)
+    epochs = check_positive_int(epochs, "epochs")
+    if isinstance(clip, bool) or not isinstance(clip, (int, float, np.floating)):
+        raise TypeError(f"clip must be a number in (0, 1), got {clip!r}")
+    if not 0 < clip < 1:
+        raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    return batch_size, epochs, float(clip)
+
+
+def _check_lr(lr: object, default: float) -> float:
+    if lr is None:
+        return default
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
+        raise TypeError(f"lr must be a positive number, got {lr!r}")
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+    return float(lr)
+
+
+def _record(
+    history: dict[str, list[float]], problem: _Problem, it: _Iterate, step_size: float
+) -> None:
+    history["objective"].append(it.mean_objective)
+    history["kl"].append(float(it.kl.mean()))
+    history["grad_norm"].append(_norm(it.gradient))
+    history["objective_gap"].append(problem.beta * float(np.max(it.kl_to_optimum)))
+    history["tv_bound"].append(it.residual)
+    history["step_size"].append(step_size)
+
+
+def _diverged(problem: _Problem, start: _Iterate, it: _Iterate) -> bool:
+    """The objective fell below its start by more than the whole available improvement
+    ``J(pi*) - J(start)`` (plus :data:`DIVERGENCE_SLACK` of the reward scale, for rounding):
+    no ascent method should ever get there."""
+    room = max(float(problem.optimum.mean()) - start.mean_objective, 0.0)
+    slack = DIVERGENCE_SLACK * problem.scale
+    return it.mean_objective < start.mean_objective - room - slack
+
+
+def _iterate(
+    problem: _Problem, method: str, it: _Iterate, steps: int, lr: float, run: _Settings
+) -> tuple[_Iterate, dict[str, list[float]], str]:
+    """Run ``steps`` steps of ``method`` or until the certificate holds; returns the last
+    iterate, the history and why it stopped."""
+    history: dict[str, list[float]] = {
+        key: []
+        for key in ("objective", "kl", "grad_norm", "objective_gap", "tv_bound", "step_size")
+    }
+    _record(history, problem, it, 0.0)
+    start, step_size = it, lr
+    for _ in range(steps):
+        if it.residual <= problem.tolerance and method != "natural":
+            return it, history, "certified"
+        try:
+            candidate, used = STEPS[method](problem, it, step_size, run)
+        except _NonFiniteLogits:
+            return it, history, "non-finite logits"
+        if candidate is None:  # natural at rest (certified) or the line search stalled
+            certified = it.residual <= problem.tolerance
+            return it, history, "certified" if certified else "line search stalled"
+        it = _certify(problem, candidate)
+        _record(history, problem, it, used)
+        if _diverged(problem, start, it):
+            return it, history, "objective fell"
+        step_size = used * STEP_GROWTH[method]
+    reason = "certified" if it.residual <= problem.tolerance else "step budget"
+    return it, history, reason
+
+
+def _warn_if_uncertified(
+    method: str, it: _Iterate, problem: _Problem, stop: str, lr: float
+) -> None:
+    steps = f"policy_gradient[{method}]"
+    if stop in ("non-finite logits", "objective fell"):
+        warnings.warn(
+            f"{steps} diverged ({stop}): objective {it.mean_objective:.6g} against "
+            f"the optimum {float(problem.optimum.mean()):.6g}; lower lr (it was {lr:.3g})",
+            DivergenceWarning,
+            stacklevel=3,
+        )
+    elif it.residual > problem.tolerance:
+        warnings.warn(
+            f"{steps} stopped ({stop}) with a total-variation bound {it.residual:.3g} above "
+            f"tol={problem.tolerance:.3g} (objective gap "
+            f"{problem.beta * float(np.max(it.kl_to_optimum)):.3g}): not certified optimal; "
+            "raise steps or tol, or use method='natural'",
+            PolicyGradientWarning,
+            stacklevel=3,
+        )
 
 
 def policy_gradient(
@@ -213,7 +615,7 @@ def policy_gradient(
     batch_size: int = 256,
     epochs: int = 4,
     clip: float = 0.2,
-    tol: float = 1e-12,
+    tol: float | None = None,
     init: Policy | None = None,
 ) -> Solution:
     """Maximize ``E_pi[r] - beta KL(pi || pi_ref)`` over softmax policies by policy gradient.
@@ -223,152 +625,69 @@ def policy_gradient(
         reward: ``(n_leaves,)`` finite rewards.
         beta: KL coefficient, finite and > 0.
         method: ``"natural"`` | ``"exact"`` | ``"reinforce"`` | ``"ppo"`` (module docstring).
-        steps: iterations (defaults :data:`DEFAULT_STEPS`).
-        lr: step size. Defaults: natural ``1/beta`` (soft policy iteration, exact after
-            at most ``H`` iterations); exact ``1.0`` as the first trial step of the line
-            search; reinforce ``2.0``; ppo ``2.0``.
+        steps: most iterations (default :func:`default_steps`, which scales with the tree);
+            every method stops earlier once its certificate holds.
+        lr: step size (default :func:`default_lr`: natural ``1/beta``, exact ``1`` as the
+            line search's first trial, sampled
+            ``min(SAMPLED_REWARD_STEP / (max r - min r), 1/beta)``).
         seed: for the sampled methods (int, Generator, or None).
-        batch_size: generations per step (reinforce, ppo).
+        batch_size: generations per step (reinforce, ppo), >= 2.
         epochs: surrogate ascent steps per batch (ppo).
         clip: PPO's clipping radius epsilon in (0, 1).
-        tol: exact and natural stop when the gradient norm (natural: the largest
-            ``|Q - V|``) falls below ``tol``.
+        tol: tolerance, finite and > 0, on the certificate: the run stops (certified) once
+            ``sqrt(KL(P_pi || P*) / 2)``, a bound on the total variation from the optimum, is
+            at most ``tol`` for every prompt (default :data:`DEFAULT_TOL` of the method).
         init: starting policy (default ``ref``); must not put mass where ``ref`` has none.
 
     Returns:
-        A :class:`Solution` with ``policy``, ``history`` (exact ``objective``, ``kl``,
-        ``grad_norm``, ``step_size`` per step; entry 0 is the starting policy) and
-        ``converged`` (exact/natural: the stopping rule was met; sampled: None).
+        A :class:`Solution` with ``policy``; ``residual``, the certificate: the largest
+        ``sqrt(KL(P_pi || P*) / 2)`` over prompts, exact for every method and a bound on the
+        total variation from the optimum (``KL(P_pi || P*) = (J(pi*) - J(pi)) / beta``);
+        ``tolerance`` (``tol``) and ``converged`` (``residual <= tolerance``); ``history``
+        (exact ``objective``, ``kl``, ``grad_norm``, ``objective_gap`` (largest over
+        prompts), ``tv_bound`` (the certificate) and ``step_size`` per step; entry 0 is the
+        starting policy); ``info`` with ``steps_taken``, ``lr``, ``gradient_norm`` (of the
+        returned policy), ``objective_gap`` (``J(pi*) - J(pi)`` per prompt) and ``stop``
+        (``"certified"``, ``"step budget"``, ``"line search stalled"``,
+        ``"objective fell"`` or ``"non-finite logits"``).
+
+    Warns:
+        PolicyGradientWarning: the run ended with ``residual > tol``.
+        DivergenceWarning: the objective fell below its start by more than
+            ``J(pi*) - J(start)``, or a logit stopped being finite (the last finite iterate is
+            returned).
+
+    Raises:
+        TypeError, ValueError: a bad argument (the message names it).
     """
-    start = time.perf_counter()
-    if not isinstance(ref, Policy):
-        raise TypeError(f"ref must be a tinyrlhf.Policy, got {type(ref).__name__}")
-    tree = ref.tree
-    reward = check_leaf_array(tree, reward, "reward")
-    beta = check_beta(beta)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    steps = DEFAULT_STEPS[method] if steps is None else check_positive_int(steps, "steps", 0)
-    default_lr = {"natural": 1.0 / beta, "exact": 1.0, "reinforce": 2.0, "ppo": 2.0}[method]
-    lr = default_lr if lr is None else float(lr)
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
-    batch_size = check_positive_int(batch_size, "batch_size", 2)
-    epochs = check_positive_int(epochs, "epochs")
-    if not 0 < clip < 1:
-        raise ValueError(f"clip must be in (0, 1), got {clip!r}")
-    rng = make_rng(seed)
-    allowed = [table > -np.inf for table in ref.log_probs]
-    log_pi_ref = list(ref.log_probs)
-    if init is None:
-        theta = [np.array(table) for table in ref.log_probs]
-    else:
-        if not isinstance(init, Policy) or init.tree != tree:
-            raise TypeError("init must be a tinyrlhf.Policy on the same tree as ref")
-        if np.isinf(kl_divergence(init, ref)).any():
-            raise ValueError("init puts probability on generations ref never produces")
-        theta = [
-            np.where(mask, table, -np.inf)
-            for table, mask in zip(init.log_probs, allowed, strict=True)
-        ]
-
-    def evaluate(logits: list[np.ndarray], need_gradient: bool = True) -> _Evaluation:
-        return _evaluate(
-            logits, log_pi_ref, allowed, reward, beta, tree.n_tokens, need_gradient=need_gradient
-        )
-
-    def kl_of(log_pi: list[np.ndarray]) -> float:
-        return float(kl_divergence(Policy._trusted(tree, log_pi), ref).mean())
-
-    current = evaluate(theta)
-    records = {
-        "objective": [current.objective],
-        "kl": [kl_of(current.log_pi)],
-        "grad_norm": [_norm(current.gradient)],
-        "step_size": [0.0],
-    }
-    converged: bool | None = None if method in ("reinforce", "ppo") else False
-    step_size = lr
-    for _ in range(steps):
-        if method == "natural":
-            if max(float(np.abs(adv).max()) for adv in current.advantage) < tol:
-                converged = True
-                break
-            # theta += lr (Q - V): the natural gradient of tabular softmax
-            theta = [t + lr * adv for t, adv in zip(theta, current.advantage, strict=True)]
-            current = evaluate(theta)
-        elif method == "exact":
-            squared_norm = records["grad_norm"][-1] ** 2
-            if np.sqrt(squared_norm) < tol:
-                converged = True
-                break
-            while True:  # backtracking line search (Armijo)
-                trial_theta = [
-                    t + step_size * g for t, g in zip(theta, current.gradient, strict=True)
-                ]
-                trial = evaluate(trial_theta)
-                if trial.objective >= current.objective + ARMIJO_C * step_size * squared_norm:
-                    break
-                step_size *= 0.5
-                if step_size < MIN_STEP:
-                    break
-            if step_size < MIN_STEP:
-                converged = True  # no ascent direction left at float64 precision
-                break
-            theta, current = trial_theta, trial
-            records["step_size"].append(step_size)
-            step_size *= 2.0
-        else:
-            prompt, states, tokens = _sample_paths(
-                current.log_pi, tree.n_prompts, tree.n_tokens, batch_size, rng
-            )
-            log_pi_old = np.stack(
-                [current.log_pi[h][states[h], tokens[h]] for h in range(tree.horizon)]
-            )
-            log_ref = np.stack([log_pi_ref[h][states[h], tokens[h]] for h in range(tree.horizon)])
-            leaf = states[-1] * tree.n_tokens + tokens[-1]
-            # G = r(xi) - beta sum_h log(pi/pi_ref)(a_h|s_h): the KL-penalized return
-            returns = reward[leaf] - beta * (log_pi_old - log_ref).sum(axis=0)
-            adv = _rloo_advantage(returns, prompt, tree.n_prompts)  # (n,)
-            if method == "reinforce":
-                coefficient = np.broadcast_to(adv / batch_size, states.shape)
-                grad = _score_gradient(current.log_pi, states, tokens, coefficient)
-                theta = [t + lr * g for t, g in zip(theta, grad, strict=True)]
-            else:
-                for _epoch in range(epochs):
-                    log_pi_now = [log_softmax(t, axis=1) for t in theta]
-                    log_new = np.stack(
-                        [log_pi_now[h][states[h], tokens[h]] for h in range(tree.horizon)]
-                    )
-                    ratio = np.exp(log_new - log_pi_old)  # (H, n)
-                    # d/dtheta min(rho A, clip(rho) A) = rho A grad log pi, unless clipped
-                    clipped = ((adv > 0) & (ratio > 1 + clip)) | ((adv < 0) & (ratio < 1 - clip))
-                    coefficient = np.where(clipped, 0.0, ratio * adv / batch_size)
-                    grad = _score_gradient(log_pi_now, states, tokens, coefficient)
-                    theta = [t + lr * g for t, g in zip(theta, grad, strict=True)]
-            current = evaluate(theta)
-            records["step_size"].append(lr)
-        if method == "natural":
-            records["step_size"].append(lr)
-        records["objective"].append(current.objective)
-        records["kl"].append(kl_of(current.log_pi))
-        records["grad_norm"].append(_norm(current.gradient))
-    else:
-        if (
-            method == "natural"
-            and max(float(np.abs(adv).max()) for adv in current.advantage) < tol
-        ):
-            converged = True
-        if method == "exact" and records["grad_norm"][-1] < tol:
-            converged = True
+    start_time = time.perf_counter()
+    batch_size, epochs, clip = _check_options(method, batch_size, epochs, clip)
+    tol = DEFAULT_TOL[method] if tol is None else check_tolerance(tol)
+    problem = _setup(ref, reward, beta, tol)
+    lr = _check_lr(lr, default_lr(method, problem.reward, problem.beta))
+    if steps is None:
+        steps = default_steps(method, problem.tree)
+    steps = check_positive_int(steps, "steps", 0)
+    run = _Settings(make_rng(seed), batch_size, epochs, clip)
+    first = _certify(problem, _evaluate(problem, _initial_logits(problem, init)))
+    it, history, stop = _iterate(problem, method, first, steps, lr, run)
+    _warn_if_uncertified(method, it, problem, stop, lr)
     return Solution(
-        policy=Policy._trusted(tree, current.log_pi),
+        policy=it.policy,
         method=f"policy_gradient[{method}]",
-        reference=ref,
-        reward=reward,
-        beta=beta,
-        history={key: np.asarray(values) for key, values in records.items()},
-        converged=converged,
-        wall_time=time.perf_counter() - start,
-        info={"steps_taken": len(records["objective"]) - 1, "lr": lr},
+        reference=problem.ref,
+        reward=problem.reward,
+        beta=problem.beta,
+        history={key: np.asarray(values) for key, values in history.items()},
+        converged=it.residual <= problem.tolerance,
+        residual=it.residual,
+        tolerance=problem.tolerance,
+        wall_time=time.perf_counter() - start_time,
+        info={
+            "steps_taken": len(history["objective"]) - 1,
+            "lr": lr,
+            "gradient_norm": _norm(it.gradient),
+            "objective_gap": problem.beta * it.kl_to_optimum,
+            "stop": stop,
+        },
     )

@@ -1,0 +1,287 @@
+"""Policy gradient (natural, exact, REINFORCE, PPO): the exact gradient, the certificate
+(a bound on the total variation from the closed-form optimum), convergence, and the sampled
+methods' defaults over four decades of beta."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import approx_fprime
+
+import tinyrlhf as tr
+from tinyrlhf import testing as trt
+from tinyrlhf.examples import DEMO_BETA, demo_problem
+from tinyrlhf.solvers.policy_gradient import DivergenceWarning, PolicyGradientWarning
+
+SWEEP_BETAS = (1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def _quiet(method, ref, reward, beta, **options):
+    """``policy_gradient`` with its not-certified warning silenced (divergence still raises)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PolicyGradientWarning)
+        warnings.filterwarnings("error", category=DivergenceWarning)
+        return tr.policy_gradient(ref, reward, beta, method=method, **options)
+
+
+# ----------------------------------------------------------------------- the exact gradient
+@settings(max_examples=20)
+@given(st.data())
+def test_exact_gradient_matches_finite_differences(data):
+    # all logits of all levels as one vector; -inf (tokens ref never picks) stay fixed
+    tree, ref, reward, beta = data.draw(
+        trt.problems(max_tokens=3, max_horizon=3, max_magnitude=3.0)
+    )
+    policy = data.draw(trt.policies(tree, allow_zeros=False))
+    theta = [
+        np.where(r > -np.inf, t, -np.inf)
+        for t, r in zip(policy.log_probs, ref.log_probs, strict=True)
+    ]
+    start = tr.Policy.from_logits(tree, theta)
+    gradient = tr.policy_gradient_grad(start, ref, reward, beta)
+    free = [np.isfinite(t) for t in theta]
+
+    def mean_objective(vector):
+        logits, offset = [], 0
+        for t, mask in zip(theta, free, strict=True):
+            table = t.copy()
+            table[mask] = vector[offset : offset + mask.sum()]
+            offset += mask.sum()
+            logits.append(table)
+        return tr.objective(tr.Policy.from_logits(tree, logits), ref, reward, beta).mean()
+
+    x0 = np.concatenate([t[mask] for t, mask in zip(theta, free, strict=True)])
+    numeric = approx_fprime(x0, mean_objective, 1e-7)
+    exact = np.concatenate([g[mask] for g, mask in zip(gradient, free, strict=True)])
+    np.testing.assert_allclose(exact, numeric, atol=2e-6 * (1 + np.abs(reward).max()))
+    for g, mask in zip(gradient, free, strict=True):
+        assert np.all(g[~mask] == 0.0)  # a -inf logit has no gradient
+
+
+def test_gradient_at_a_policy_with_extra_zeros_has_no_nan():
+    # pi forbids a token pi_ref allows: its logit is -inf, so it has no gradient (0, not NaN:
+    # pi log pi -> 0), and the other entries still match finite differences of J.
+    tree, ref, reward = demo_problem(horizon=2)
+    tables = [table.copy() for table in tr.Policy.random(tree, seed=4).log_probs]
+    tables[1][0, 0] = -np.inf
+    policy = tr.Policy.from_logits(tree, tables)
+    gradient = tr.policy_gradient_grad(policy, ref, reward, 0.5)
+    assert not any(np.isnan(g).any() for g in gradient) and gradient[1][0, 0] == 0.0
+    step = 1e-6
+    plus = [t.copy() for t in policy.log_probs]
+    minus = [t.copy() for t in policy.log_probs]
+    plus[0][1, 2] += step
+    minus[0][1, 2] -= step
+
+    def mean_objective(logits):
+        return tr.objective(tr.Policy.from_logits(tree, logits), ref, reward, 0.5).mean()
+
+    numeric = (mean_objective(plus) - mean_objective(minus)) / (2 * step)
+    np.testing.assert_allclose(gradient[0][1, 2], numeric, rtol=1e-6)
+    # the other way round is refused: a policy that leaves the reference's support
+    with pytest.raises(ValueError, match="never picks"):
+        tr.policy_gradient_grad(ref, policy, reward, 0.5)
+
+
+# ------------------------------------------------------------------------- the certificate
+@settings(max_examples=30)
+@given(trt.problems(max_magnitude=5.0), st.sampled_from(["natural", "exact"]))
+def test_residual_is_the_pinsker_bound_of_the_kl_to_the_optimum(problem, method):
+    # residual = max_p sqrt(KL(P_pi || P*) / 2), checked against the chain-rule KL of
+    # divergences.py and the closed form's policy; it bounds the total variation (Pinsker),
+    # and info["objective_gap"] is J(pi*) - J(pi) = beta KL(P_pi || P*).
+    tree, ref, reward, beta = problem
+    solution = _quiet(method, ref, reward, beta, steps=1)
+    star = tr.closed_form(ref, reward, beta)
+    kl = tr.kl_divergence(solution.policy, star.policy)
+    np.testing.assert_allclose(solution.residual**2 * 2, kl.max(), rtol=1e-6, atol=1e-12)
+    assert np.all(tr.total_variation(solution.policy, star.policy) <= solution.residual + 1e-12)
+    gap = star.objective() - solution.objective()
+    scale = 1 + np.abs(reward).max()
+    np.testing.assert_allclose(solution.info["objective_gap"], gap, atol=1e-9 * scale)
+    assert np.all(solution.info["objective_gap"] >= 0)  # a sum of non-negative terms
+    assert solution.converged == (solution.residual <= solution.tolerance)
+
+
+def test_natural_gradient_is_soft_policy_iteration():
+    # With lr = 1/beta the natural gradient is exact after at most H iterations.
+    tree, ref, reward = demo_problem()
+    solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="natural")
+    assert solution.converged and solution.info["steps_taken"] <= tree.horizon
+    tr.check_agreement(tr.closed_form(ref, reward, DEMO_BETA), solution).assert_close(
+        log_pi_atol=1e-9, tv_atol=1e-12, objective_atol=1e-12
+    )
+    # With a smaller step it converges linearly (rate 1 - lr beta), still to the optimum.
+    slow = tr.policy_gradient(
+        ref, reward, DEMO_BETA, method="natural", lr=0.5 / DEMO_BETA, steps=300
+    )
+    assert slow.converged and slow.residual <= 1e-10
+    gaps = tr.closed_form(ref, reward, DEMO_BETA).objective().mean() - slow.history["objective"]
+    assert gaps[-1] < 1e-12 and np.all(np.diff(slow.history["objective"]) >= -1e-12)
+
+
+def test_natural_gradient_at_huge_rewards_is_certified():
+    # |r| ~ 1e5 (issue 10): the answer is exact and says so; a gradient-norm or |Q - V| test
+    # cannot get below the rounding of values of size 1e5, the KL certificate can.
+    tree, ref, _ = demo_problem()
+    reward = 1e5 * np.random.default_rng(3).standard_normal(tree.n_leaves)
+    beta = 1e4
+    solution = tr.policy_gradient(ref, reward, beta, method="natural")
+    assert solution.converged and solution.residual <= solution.tolerance
+    tr.check_agreement(tr.closed_form(ref, reward, beta), solution).assert_close(
+        log_pi_atol=1e-8, tv_atol=1e-10, objective_atol=1e-9 * 1e5
+    )
+
+
+def test_exact_gradient_at_tiny_beta_is_not_fooled_by_the_plateau():
+    # beta = 1e-6: the softmax saturates, the gradient vanishes far from the optimum, and the
+    # old gradient-norm test reported converged=True at total variation 0.70. The KL
+    # certificate sees the distance, so the run is refused as an optimum and warns.
+    tree, ref, reward = demo_problem()
+    beta = 1e-6
+    with pytest.warns(PolicyGradientWarning, match="not certified"):
+        solution = tr.policy_gradient(ref, reward, beta, method="exact", steps=200)
+    tv = tr.total_variation(solution.policy, tr.closed_form(ref, reward, beta).policy)
+    assert not solution.converged
+    assert tv.max() > 0.1 and solution.residual >= tv.max()  # far away, and it says so
+    assert solution.info["gradient_norm"] < solution.residual  # what fooled the old test
+
+
+def test_exact_gradient_ascends_monotonically_towards_the_optimum():
+    tree, ref, reward = demo_problem()
+    optimum = tr.closed_form(ref, reward, DEMO_BETA).objective().mean()
+    with pytest.warns(PolicyGradientWarning):  # 400 steps do not reach tol = 1e-4
+        solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="exact")
+    history = solution.history["objective"]
+    assert optimum - history[-1] < 1e-3 * (optimum - history[0])
+    assert np.all(np.diff(history) >= 0)  # Armijo line search: monotone ascent
+    assert history[-1] <= optimum + 1e-12
+    # the history's gap is the independent J(pi*) - J(pi) (largest over prompts)
+    per_prompt = tr.closed_form(ref, reward, DEMO_BETA).objective() - solution.objective()
+    np.testing.assert_allclose(
+        solution.history["objective_gap"][-1], per_prompt.max(), rtol=1e-6, atol=1e-15
+    )
+    # a looser tolerance is met and stops the run early, certified
+    loose = tr.policy_gradient(ref, reward, DEMO_BETA, method="exact", tol=0.05)
+    assert loose.converged and loose.info["stop"] == "certified"
+    assert loose.info["steps_taken"] < solution.info["steps_taken"]
+
+
+def test_a_certified_start_takes_no_step():
+    # a reward that is constant per prompt: pi_ref is already optimal (P* = P_ref)
+    tree, ref, _ = demo_problem()
+    reward = np.repeat([1.0, -2.0], tree.leaves_per_prompt)
+    for method in ("natural", "exact", "reinforce", "ppo"):
+        solution = tr.policy_gradient(ref, reward, 0.3, method=method)
+        assert solution.converged and solution.info["steps_taken"] == 0
+
+
+# ---------------------------------------------------------------------------- sampled methods
+@pytest.mark.parametrize("method", ["reinforce", "ppo"])
+def test_sampled_methods_improve_towards_the_optimum(method):
+    tree, ref, reward = demo_problem()
+    optimum = tr.closed_form(ref, reward, DEMO_BETA).objective().mean()
+    solution = _quiet(method, ref, reward, DEMO_BETA, seed=0)
+    history = solution.history["objective"]
+    start_gap, end_gap = optimum - history[0], optimum - history[-1]
+    assert end_gap < 0.1 * start_gap  # most of the way there
+    assert history[-1] <= optimum + 1e-12
+    assert solution.converged  # stops at its certificate (tol 0.05 in total variation)
+    with pytest.warns(PolicyGradientWarning):
+        again = tr.policy_gradient(ref, reward, DEMO_BETA, method=method, seed=0, steps=5)
+    np.testing.assert_array_equal(again.history["objective"], history[:6])  # seeded
+
+
+@pytest.mark.parametrize("method", ["reinforce", "ppo"])
+@pytest.mark.parametrize("tol", [None, 1e-3])
+def test_sampled_defaults_never_end_below_the_reference_over_a_beta_sweep(method, tol):
+    # issue 10: with a fixed step 2.0, PPO and REINFORCE fell to J = -294 and -519 at
+    # beta = 100 (optimum 0.327). The default step now scales with the problem; every run
+    # must end at least as good as pi_ref (J(pi_ref) = E_ref[r]) and never diverge. With the
+    # default tol, pi_ref is already certified at beta >= 10 (no step is taken); tol = 1e-3
+    # makes every run step (150 steps, warning that it is not certified, or until certified).
+    tree, ref, reward = demo_problem()
+    for beta in SWEEP_BETAS:
+        start = tr.objective(ref, ref, reward, beta).mean()
+        optimum = tr.closed_form(ref, reward, beta).objective().mean()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            solution = tr.policy_gradient(
+                ref, reward, beta, method=method, seed=1, tol=tol, steps=150
+            )
+        diverged = any(issubclass(w.category, DivergenceWarning) for w in caught)
+        final = solution.objective().mean()
+        assert not diverged, f"beta={beta}: {[str(w.message) for w in caught]}"
+        assert final >= start - 1e-12, f"beta={beta}: J = {final} < J(pi_ref) = {start}"
+        assert final <= optimum + 1e-12
+        if tol is not None:  # it moved, and towards the optimum
+            assert solution.converged or solution.info["steps_taken"] == 150
+            assert optimum - final < 0.5 * (optimum - start)
+        # and at every step, not only the last: never below the start by the whole room
+        assert solution.history["objective"].min() >= start - (optimum - start) - 1e-12
+
+
+@pytest.mark.parametrize("method", ["reinforce", "ppo"])
+def test_divergence_is_detected_and_reported(method):
+    tree, ref, reward = demo_problem()
+    # the old fixed default step 2.0 at beta = 20 (issue 10: J fell to -36.6); a tight tol
+    # so that the run steps (pi_ref is within the default tol of the optimum at beta = 20)
+    with pytest.warns(DivergenceWarning, match="diverged"):
+        solution = tr.policy_gradient(
+            ref, reward, 20.0, method=method, lr=2.0, steps=100, tol=1e-6
+        )
+    assert not solution.converged
+    assert solution.info["stop"] in ("objective fell", "non-finite logits")
+    assert np.all(np.isfinite(solution.objective()))  # the last finite iterate comes back
+    # an overflowing step: the logits stop being finite, the last finite iterate is returned
+    with pytest.warns(DivergenceWarning):
+        blown = tr.policy_gradient(ref, reward, 1.0, method=method, lr=1e308, steps=10, tol=1e-6)
+    assert not blown.converged and np.all(np.isfinite(blown.objective()))
+
+
+# ----------------------------------------------------------------------------------- inputs
+def test_policy_gradient_bad_arguments():
+    tree, ref, reward = demo_problem()
+    with pytest.raises(ValueError, match="method must be one of"):
+        tr.policy_gradient(ref, reward, 1.0, method="adam")
+    with pytest.raises(ValueError, match="lr"):
+        tr.policy_gradient(ref, reward, 1.0, lr=-1.0)
+    for tol in (np.inf, 0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="tol"):
+            tr.policy_gradient(ref, reward, 1.0, tol=tol)
+    with pytest.raises(TypeError, match="tol"):
+        tr.policy_gradient(ref, reward, 1.0, tol="small")
+    with pytest.raises(ValueError, match="beta"):  # 1/beta overflows: named, not "lr"
+        tr.policy_gradient(ref, reward, 1e-320)
+    with pytest.raises(ValueError, match="steps"):
+        tr.policy_gradient(ref, reward, 1.0, steps=-1)
+    with pytest.raises(ValueError, match="clip"):
+        tr.policy_gradient(ref, reward, 1.0, method="ppo", clip=1.5)
+    with pytest.raises(TypeError, match="ref"):
+        tr.policy_gradient(reward, reward, 1.0)
+    with pytest.raises(TypeError, match="init"):
+        tr.policy_gradient(ref, reward, 1.0, init=reward)
+
+
+def test_init_outside_the_reference_support_is_refused_and_inside_is_used():
+    # ref never says "b" first, and at the (unreached) state "b" it only says "a"
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy(
+        tree, [np.array([[0.0, -np.inf]]), np.array([[np.log(0.3), np.log(0.7)], [0.0, -np.inf]])]
+    )
+    reward = np.array([0.0, 1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="init"):
+        tr.policy_gradient(ref, reward, 1.0, init=tr.Policy.uniform(tree))
+    # an init whose row at the unreached state "b" only says "b" (which ref forbids there)
+    # changes no generation's probability: ref's row stands in, and the run is exact
+    init = tr.Policy(
+        tree, [np.array([[0.0, -np.inf]]), np.array([[np.log(0.5), np.log(0.5)], [-np.inf, 0.0]])]
+    )
+    solution = tr.policy_gradient(ref, reward, 1.0, init=init)
+    assert solution.converged
+    np.testing.assert_allclose(
+        solution.history["objective"][0], tr.objective(init, ref, reward, 1.0).mean(), rtol=1e-14
+    )
+    assert np.array_equal(solution.policy.log_probs[1][1], ref.log_probs[1][1])
