@@ -122,3 +122,15 @@ def test_objective_rejects_bad_reward():
     other = tr.Policy.uniform(tr.TokenTree(["a", "b"], 2))
     with pytest.raises(ValueError, match="same TokenTree"):
         tr.kl_divergence(policy, other)
+
+
+def test_kl_of_far_apart_policies_is_finite_without_overflow_warnings():
+    # log-probabilities of -1e100 (finite, probability 0 in float64): the Taylor-series
+    # branch must not be evaluated where it is not used (d^6 would overflow). By hand,
+    # KL = sum p log(p/q) = 1 * (0 - (-1e100)) + 0 = 1e100.
+    tree = tr.TokenTree(["a", "b"], 1)
+    far = np.array([[0.0, -1e100]])
+    p = tr.Policy.from_logits(tree, [far])
+    q = tr.Policy.from_logits(tree, [far[:, ::-1].copy()])
+    np.testing.assert_allclose(tr.kl_divergence(p, q), 1e100, rtol=1e-12)
+    np.testing.assert_allclose(tr.kl_divergence(p, q, method="leaves"), 1e100, rtol=1e-12)

@@ -46,8 +46,10 @@ def _kl_terms(log_p: np.ndarray, log_q: np.ndarray, axis: int) -> tuple[np.ndarr
     d = np.zeros_like(log_p)  # log p - log q where both are positive
     np.subtract(log_p, log_q, out=d, where=both)
     p, q = np.exp(log_p), np.exp(log_q)  # 0 where the log is -inf
-    series = q * d * d * (0.5 + d * (1 / 3 + d * (1 / 8 + d * (1 / 30 + d / 144))))
-    terms = np.where(np.abs(d) < SERIES_BELOW, series, p * (d - 1.0) + q)
+    small = np.abs(d) < SERIES_BELOW
+    x = np.where(small, d, 0.0)  # the series only where it is used (no overflow elsewhere)
+    series = q * x * x * (0.5 + x * (1 / 3 + x * (1 / 8 + x * (1 / 30 + x / 144))))
+    terms = np.where(small, series, p * (d - 1.0) + q)
     # p = 0: the term is q; p > 0 = q: +inf, reported by `infinite`
     terms = np.where(both, terms, np.where(on_support, 0.0, q))
     return terms.sum(axis=axis), np.asarray(infinite)
