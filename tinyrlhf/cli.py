@@ -147,9 +147,9 @@ def _counts(example: str, maximum: int | None = None) -> Callable[[str], list[in
             values = []
         bad = [value for value in values if value < 1 or (maximum and value > maximum)]
         if not values or bad:
-            bound = f" and <= {maximum:.0e}" if maximum else ""
+            bound = f" up to {maximum:.0e}" if maximum else ""
             raise argparse.ArgumentTypeError(
-                f"must be integers >= 1{bound}, comma-separated like {example}; got {text!r}"
+                f"must be positive integers{bound}, comma-separated like {example}; got {text!r}"
             )
         return values
 
