@@ -242,7 +242,7 @@ def test_cli_bon(capsys):
     out = capsys.readouterr().out
     assert "log n-(n-1)/n" in out and "k3/loss/token" in out and "forward KL" in out
     assert main(["bon", "--n", "1,x"]) == 2
-    assert "--n must be positive integers" in capsys.readouterr().err
+    assert "argument --n: must be positive integers" in capsys.readouterr().err
 
 
 def test_policy_keeps_the_reference_zeros_and_plots_check_shapes():

@@ -206,3 +206,106 @@ def test_python_dash_m_runs_the_same_cli():
         timeout=120,
     )
     assert "agreement with closed_form" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["demo", "--beta", "1e-300"], "--beta"),  # valid float, too small for the reward
+        (["demo", "--tokens", ""], "--tokens"),
+        (["demo", "--prompts", ""], "--prompts"),
+        (["demo", "--prompts", "p,p"], "--prompts"),
+        (["demo", "--horizon", "60"], "--horizon"),  # 3^60 leaves: over any memory budget
+        (["pipeline", "--sizes", "0"], "--sizes"),
+        (["pipeline", "--sizes", ""], "--sizes"),
+        (["pipeline", "--sizes", "10000000000000"], "--sizes"),  # memory budget of the pairs
+        (["pipeline", "--l2", "-1"], "--l2"),
+        (["pipeline", "--beta", "1e-300"], "--beta"),
+        (["bon", "--n", "0"], "--n"),
+        (["bon", "--n", ""], "--n"),
+        (["bon", "--n", str(10**20)], "--n"),
+        (["bon", "--horizon", "60"], "--horizon"),
+        (["notebooks", "--dir", "no-such-folder"], "--dir"),
+        (["notebooks", "--timeout", "0"], "--timeout"),
+    ],
+)
+def test_every_argument_error_comes_before_output_and_names_the_flag(capsys, argv, flag):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith(f"tinyrlhf {argv[0]}: error: argument {flag}: "), last
+    # no Python-internal names or advice
+    assert "Traceback" not in captured.err
+    for internal in ("ns must", "sizes[i]", "('',)", "tokens must hold", "beta="):
+        assert internal not in last
+
+
+def test_figures_out_that_is_a_file_is_refused_before_drawing(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["figures", "--out", str(blocker / "sub"), "--small"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "argument --out:" in captured.err
+
+
+def test_printed_method_labels_are_accepted_as_aliases(capsys):
+    argv = ["demo", "--horizon", "2", "--methods"]
+    assert main([*argv, "soft_value_iteration,policy_gradient[natural]"]) == 0
+    by_label = capsys.readouterr().out
+    assert main([*argv, "soft_vi,natural"]) == 0
+    by_name = capsys.readouterr().out
+    headers = lambda text: re.findall(r"^\[(.+)\]  \(", text, re.M)  # noqa: E731
+    assert (
+        headers(by_label)
+        == headers(by_name)
+        == ["soft_value_iteration", "policy_gradient[natural]"]
+    )
+    assert _table_rows(by_label) == _table_rows(by_name)  # same solvers, same objectives
+    assert "[soft_value_iteration]" in by_label and "[policy_gradient[natural]]" in by_label
+    # help lists the canonical names
+    parser = cli.build_parser()
+    demo = parser._subparsers._group_actions[0].choices["demo"]
+    assert ",".join(cli.DEMO_METHODS) in " ".join(demo.format_help().split())
+
+
+def test_agreement_heading_follows_what_ran(capsys):
+    # exact solvers only: no sentence about sampled methods or tolerances
+    assert main(["demo", "--methods", "closed_form,soft_vi", "--horizon", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "REINFORCE" not in out and "tolerance" not in out and "float precision" in out
+    # natural converges: it is named as within tolerance, nothing stopped short
+    assert main(["demo", "--methods", "closed_form,natural", "--horizon", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "policy_gradient[natural]: stopped within tolerance" in out
+    assert "SHORT" not in out and "plain (exact) gradient ascent is slow" not in out
+
+
+def test_unconverged_methods_are_named_and_the_slow_note_appears(capsys):
+    # {a, b}^16: 65,536 leaves per prompt; plain gradient ascent stops on its step budget
+    # (converged = False; its warning is printed as a note, not raised)
+    argv = ["demo", "--tokens", "a,b", "--horizon", "16", "--methods", "closed_form,exact"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "converged = False" in out  # the premise of this test
+    assert "policy_gradient[exact]: stopped SHORT of tolerance" in out
+    assert "stopped within tolerance" not in out
+    assert "plain (exact) gradient ascent is slow" in out
+
+
+def test_large_beta_explains_zero_steps(capsys):
+    # at beta = 100 pi_ref is already within REINFORCE's tolerance of the optimum
+    assert main(["demo", "--beta", "100"]) == 0
+    out = capsys.readouterr().out
+    blocks = {
+        m.group(1): m.group(2) for m in re.finditer(r"^\[(\S+)\].*\n((?:  .*\n)+)", out, re.M)
+    }
+    for method in ("policy_gradient[reinforce]", "policy_gradient[ppo]"):
+        assert "steps             = 0, converged = True" in blocks[method]
+        bound = re.search(
+            r"already within tol of the optimum: TV bound (\S+) <= tol ([^,\s]+)", blocks[method]
+        )
+        assert float(bound.group(1)) <= float(bound.group(2))
+    assert "already within tol" not in blocks["policy_gradient[natural]"]  # it took steps
+    assert "plain (exact) gradient ascent is slow" not in out  # exact converged here
+    assert "lambda*" in out and "beta (1 - log Z)" in out and "b(1-logZ)" not in out

@@ -9,8 +9,10 @@ Subcommands:
     bench     time the exact solvers against the unavoidable work (runs benchmarks/run.py)
     docs      build the documentation site into --out (needs the docs extra)
 
-Every argument is checked before anything is printed; errors are one line on stderr naming
-the flag (exit status 2); Ctrl-C stops with one line (exit status 130), and a closed pipe
+Every argument is checked before anything is printed (checks that need several flags, such
+as ``--beta`` against the reward or the tree against the memory budget, run in each
+subcommand's ``prepare`` step); an argument error is reported as argparse reports one, the
+usage and then one line naming the flag (exit status 2); Ctrl-C stops with one line (exit status 130), and a closed pipe
 (``tinyrlhf demo | head -1``) ends the command quietly.
 """
 
@@ -32,9 +34,23 @@ from . import __version__, examples
 from .agreement import check_agreement
 from .docsite import add_command as add_docs_command
 from .solvers import Solution, closed_form, policy_gradient, soft_value_iteration
+from .validation import MAX_REWARD_OVER_BETA, check_problem
 
 #: Demo solvers in the order they run (cheap ones first), by their ``--methods`` names.
 DEMO_METHODS = ("closed_form", "soft_vi", "natural", "exact", "reinforce", "ppo")
+#: The labels the demo prints (``Solution.method``), also accepted by ``--methods``.
+METHOD_LABELS = {
+    "closed_form": "closed_form",
+    "soft_vi": "soft_value_iteration",
+    **{name: f"policy_gradient[{name}]" for name in ("natural", "exact", "reinforce", "ppo")},
+}
+#: ``--methods`` spellings: the canonical names and the printed labels.
+METHOD_ALIASES = {
+    **{name: name for name in DEMO_METHODS},
+    **{label: name for name, label in METHOD_LABELS.items()},
+}
+#: Largest ``--n`` (best-of-n draws): the exact formulas take n as a 64-bit integer.
+MAX_DRAWS = 10**18
 #: Seconds a solver may run before a progress line appears on stderr.
 PROGRESS_AFTER = 1.0
 #: Exit status after Ctrl-C (128 + SIGINT, the shell's convention).
@@ -82,21 +98,87 @@ def _positive_float(text: str) -> float:
 
 
 def _methods(text: str) -> list[str]:
-    """An argparse type: comma-separated demo methods (or ``all``), run in cheap-first order."""
+    """An argparse type: comma-separated demo methods (or ``all``), run in cheap-first order.
+
+    Each method may be given by its name (``soft_vi``) or by the label the demo prints
+    (``soft_value_iteration``, ``policy_gradient[natural]``).
+    """
     words = _split_words(text)
     if words == ["all"]:
         return list(DEMO_METHODS)
-    unknown = [word for word in words if word not in DEMO_METHODS]
+    unknown = [word for word in words if word not in METHOD_ALIASES]
     if unknown or not words:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {unknown or text!r}; choose from {', '.join(DEMO_METHODS)} or all"
+            f"unknown method(s) {unknown or text!r}; choose from {','.join(DEMO_METHODS)} or all"
         )
-    return [method for method in DEMO_METHODS if method in words]
+    chosen = {METHOD_ALIASES[word] for word in words}
+    return [method for method in DEMO_METHODS if method in chosen]
+
+
+def _names(kind: str, example: str) -> Callable[[str], list[str]]:
+    """An argparse type: a non-empty list of distinct names, comma- or space-separated."""
+
+    def parse(text: str) -> list[str]:
+        words = _split_words(text)
+        if not words:
+            raise argparse.ArgumentTypeError(
+                f"needs at least one {kind}, got {text!r}; e.g. {example}"
+            )
+        repeated = sorted({word for word in words if words.count(word) > 1})
+        if repeated:
+            raise argparse.ArgumentTypeError(
+                f"{kind}s must be distinct; {', '.join(map(repr, repeated))} appear(s) more "
+                f"than once in {text!r}"
+            )
+        return words
+
+    parse.__name__ = f"list of {kind}s"
+    return parse
+
+
+def _counts(example: str, maximum: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse type: a non-empty list of integers >= 1 (<= ``maximum``), comma-separated."""
+
+    def parse(text: str) -> list[int]:
+        words = _split_words(text)
+        try:
+            values = [int(word) for word in words]
+        except ValueError:
+            values = []
+        bad = [value for value in values if value < 1 or (maximum and value > maximum)]
+        if not values or bad:
+            bound = f" up to {maximum:.0e}" if maximum else ""
+            raise argparse.ArgumentTypeError(
+                f"must be positive integers{bound}, comma-separated like {example}; got {text!r}"
+            )
+        return values
+
+    parse.__name__ = "list of integers"
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    """An argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
+    return value
+
+
+class FlagError(ValueError):
+    """An argument found wrong after parsing (it needs the other flags); names its flag."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"argument {flag}: {message}")
 
 
 def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokens",
+        type=_names("token", "--tokens a,b,c"),
         default=",".join(examples.DEMO_TOKENS),
         help="token alphabet, comma- or space-separated (default: %(default)s)",
     )
@@ -108,6 +190,7 @@ def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prompts",
+        type=_names("prompt", "--prompts p or --prompts 'x,y'"),
         default=",".join(examples.DEMO_PROMPTS),
         help="prompts, comma- or space-separated (default: %(default)s)",
     )
@@ -125,16 +208,37 @@ def _add_problem_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _demo_problem(args: argparse.Namespace, command: str):
-    """The problem of the flags, built (and so checked) before anything is printed."""
-    tokens = _split_words(args.tokens)
-    if len(tokens) == 1:
+def _prepare_problem(args: argparse.Namespace) -> None:
+    """Build the problem of the flags into ``args.problem``, checked before anything is printed.
+
+    Raises:
+        FlagError: the tree does not fit in memory (``--horizon``), or ``--beta`` is too small
+            for the demo reward (``reward / beta`` overflows float64).
+    """
+    try:
+        tree, ref, reward = examples.demo_problem(
+            args.tokens, args.horizon, args.prompts, seed=args.seed
+        )
+    except (ValueError, MemoryError) as error:  # the memory budget of the tree
+        raise FlagError("--horizon", str(error)) from None
+    try:
+        check_problem(ref, reward, args.beta)
+    except ValueError:
+        largest = float(np.abs(reward).max())
+        raise FlagError(
+            "--beta",
+            f"{args.beta:g} is too small for the demo reward (max |reward| = {largest:.3g}): "
+            f"reward / beta overflows float64; use --beta {largest / MAX_REWARD_OVER_BETA:.3g} "
+            "or larger",
+        ) from None
+    if len(args.tokens) == 1:
         print(
-            f"tinyrlhf {command}: warning: --tokens {args.tokens!r} is a one-token alphabet "
-            f"{tokens}: every generation is the same; give two or more tokens, e.g. --tokens a,b",
+            f"tinyrlhf {args.command}: warning: --tokens {','.join(args.tokens)!r} is a one-token "
+            f"alphabet {args.tokens}: "
+            "every generation is the same; give two or more tokens, e.g. --tokens a,b",
             file=sys.stderr,
         )
-    return examples.demo_problem(tokens, args.horizon, _split_words(args.prompts), seed=args.seed)
+    args.problem = tree, ref, reward
 
 
 # --------------------------------------------------------------------------------- demo
@@ -191,7 +295,7 @@ def _print_solution(solution: Solution, notes: list[str]) -> None:
     print(f"[{solution.method}]  ({solution.wall_time * 1e3:.1f} ms)")
     if solution.log_partition is not None:
         print(f"  log Z(s0)         = {solution.log_partition}")
-        print(f"  lambda* = b(1-logZ) = {solution.lagrange_multiplier}")
+        print(f"  lambda*           = {solution.lagrange_multiplier}  (beta (1 - log Z))")
     if solution.history is not None:
         print(
             f"  steps             = {solution.info['steps_taken']}, converged = "
@@ -200,6 +304,11 @@ def _print_solution(solution: Solution, notes: list[str]) -> None:
     print(f"  objective J(pi)   = {solution.objective()}")
     print(f"  KL(pi || pi_ref)  = {solution.kl()}")
     print(f"  E_pi[r]           = {solution.expected_reward()}")
+    if solution.history is not None and solution.info["steps_taken"] == 0 and solution.converged:
+        print(
+            "  the reference is already within tol of the optimum: "
+            f"TV bound {solution.residual:.2g} <= tol {solution.tolerance:g}, so no step was taken"
+        )
     for note in notes:
         print(f"  note: {note}")
     sys.stdout.flush()
@@ -223,8 +332,7 @@ def _print_demo_header(args: argparse.Namespace, tree) -> None:
 def _print_demo_summary(solutions: list[Solution], args: argparse.Namespace) -> None:
     if len(solutions) >= 2:
         print()
-        print(f"agreement with {solutions[0].method} (REINFORCE and PPO learn from sampled")
-        print("generations: they stop within their tolerance, not at float precision):")
+        print(_agreement_heading(solutions))
         print(check_agreement(*solutions))
     by_method = {solution.method: solution for solution in solutions}
     closed, soft = by_method.get("closed_form"), by_method.get("soft_value_iteration")
@@ -232,7 +340,8 @@ def _print_demo_summary(solutions: list[Solution], args: argparse.Namespace) -> 
         gap = np.max(np.abs(soft.values[0] - args.beta * closed.log_partition))
         print()
         print(f"V_0 = beta log Z: max |V_0 - beta log Z| = {gap:.2e}")
-    if "policy_gradient[exact]" in by_method:
+    exact = by_method.get("policy_gradient[exact]")
+    if exact is not None and not exact.converged:
         print(
             "note: plain (exact) gradient ascent is slow at deep, rarely visited states because "
             "the\n      gradient carries the occupancy d_pi(s); the natural gradient divides it "
@@ -241,10 +350,37 @@ def _print_demo_summary(solutions: list[Solution], args: argparse.Namespace) -> 
         )
 
 
+def _agreement_heading(solutions: list[Solution]) -> str:
+    """The sentence above the agreement table, true of the solvers that actually ran.
+
+    Iterative solvers (those with a history) stop at their tolerance, not at float
+    precision; the heading says so only when some ran, and names those that stopped short
+    of their tolerance (``converged`` False).
+    """
+    iterative = [solution.method for solution in solutions if solution.history is not None]
+    short = [
+        solution.method
+        for solution in solutions
+        if solution.history is not None and not solution.converged
+    ]
+    converged = [method for method in iterative if method not in short]
+    heading = f"agreement with {solutions[0].method}"
+    lines = []
+    if converged:
+        lines.append(f"  {', '.join(converged)}: stopped within tolerance (TV bound <= tol),")
+        lines.append("    so they agree to that tolerance, not necessarily to float precision")
+    if short:
+        lines.append(f"  {', '.join(short)}: stopped SHORT of tolerance (converged = False),")
+        lines.append("    so differences there include the unfinished optimisation")
+    if not lines:
+        return heading + " (exact solvers: they agree to float precision):"
+    return "\n".join([heading + ":", *lines])
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Solve the demo problem by each of ``--methods``, printing each as it finishes."""
     np.set_printoptions(precision=6, suppress=True)
-    tree, ref, reward = _demo_problem(args, "demo")
+    tree, ref, reward = args.problem
     _print_demo_header(args, tree)
     start = time.perf_counter()
     solutions = []
@@ -263,7 +399,7 @@ def run_notebooks(args: argparse.Namespace) -> int:
     """List the classroom notebooks, or re-execute them in place with ``--execute``."""
     from . import notebooks
 
-    paths = notebooks.find_notebooks(args.paths, args.dir)
+    paths = args.notebook_paths
     if not args.execute:
         print(f"{'notebook':<40} {'cells run':>10} {'figures':>8} {'errors':>7} {'size':>9}")
         for path in paths:
@@ -274,18 +410,12 @@ def run_notebooks(args: argparse.Namespace) -> int:
             )
         print("re-execute them in place with: tinyrlhf notebooks --execute")
         return 0
-    if not args.timeout > 0:
-        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     total = 0.0
     for path in paths:
         print(f"executing {path} ...", end=" ", flush=True)
         start = time.perf_counter()
         try:
             notebooks.execute_notebook(path, timeout=args.timeout)
-        except ImportError as error:
-            print()
-            print(f"tinyrlhf notebooks: error: {error}", file=sys.stderr)
-            return 2
         except Exception as error:  # a failing cell: report it, keep the stored notebook
             print("FAILED")
             print(f"tinyrlhf notebooks: {path} failed (not written):\n{error}", file=sys.stderr)
@@ -295,6 +425,31 @@ def run_notebooks(args: argparse.Namespace) -> int:
         print(f"{seconds:.1f} s")
     print(f"executed {len(paths)} notebook(s) in {total:.1f} s; outputs stored in place")
     return 0
+
+
+def _prepare_notebooks(args: argparse.Namespace) -> None:
+    """Find the notebooks (and, for ``--execute``, the test extra) before anything is printed."""
+    from . import notebooks
+
+    try:
+        args.notebook_paths = notebooks.find_notebooks(args.paths, args.dir)
+    except ValueError as error:
+        raise FlagError("paths" if args.paths else "--dir", str(error)) from None
+    if args.execute:
+        try:
+            notebooks._require_extra()
+        except ImportError as error:
+            raise FlagError("--execute", str(error)) from None
+
+
+def _prepare_figures(args: argparse.Namespace) -> None:
+    """Create (and check) the output folder before anything is drawn."""
+    from .figures import _check_out_dir
+
+    try:
+        _check_out_dir(args.out)
+    except ValueError as error:
+        raise FlagError("--out", str(error).replace("out_dir", "folder", 1)) from None
 
 
 def run_figures(args: argparse.Namespace) -> int:
@@ -318,14 +473,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from .bradley_terry import DEFAULT_L2
     from .pipeline import preference_pipeline
 
-    try:
-        sizes = [int(word) for word in _split_words(args.sizes)]
-    except ValueError:
-        raise ValueError(
-            f"--sizes must be positive integers like 100,1000; got {args.sizes!r}"
-        ) from None
+    sizes = args.sizes
     l2 = DEFAULT_L2 if args.l2 is None else args.l2
-    tree, ref, reward = _demo_problem(args, "pipeline")
+    tree, ref, reward = args.problem
     print(
         "tinyrlhf pipeline: r -> sampled preferences (Bradley-Terry) -> r_hat (penalized MLE, "
         f"l2 = {l2:g})\n"
@@ -348,16 +498,24 @@ def run_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_pipeline(args: argparse.Namespace) -> None:
+    """The problem and the largest dataset, checked against the memory budget up front."""
+    from .preferences import check_pair_count
+
+    _prepare_problem(args)
+    try:
+        check_pair_count(max(args.sizes), "max(--sizes)")
+    except ValueError as error:
+        raise FlagError("--sizes", str(error)) from None
+
+
 def run_bon(args: argparse.Namespace) -> int:
     """Best-of-n vs RLHF at equal KL on the demo problem, then the KL-penalty report."""
     from .best_of_n import best_of_n_curve
     from .kl_penalty import kl_penalty_report
 
-    try:
-        ns = [int(word) for word in _split_words(args.n)]
-    except ValueError:
-        raise ValueError(f"--n must be positive integers like 1,4,16; got {args.n!r}") from None
-    tree, ref, reward = _demo_problem(args, "bon")
+    ns = args.n
+    tree, ref, reward = args.problem
     start = time.perf_counter()
     curve = best_of_n_curve(ref, reward, ns)
     print("best-of-n from pi_ref under r (exact, ties uniform) vs the RLHF optimum at equal KL")
@@ -397,9 +555,26 @@ def run_bench(args: argparse.Namespace) -> int:
     dependencies are reported before anything runs.
     """
     import subprocess
+
+    command = [sys.executable, str(_benchmark_script())]
+    if args.quick:
+        command.append("--quick")
+    if args.output is not None:
+        command += ["--output", args.output]
+    if args.figure is not None:
+        command += ["--figure", args.figure]
+    return subprocess.run(command, check=False).returncode
+
+
+def _benchmark_script():
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    return Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+def _prepare_bench(args: argparse.Namespace) -> None:
+    """The benchmark script and its optional dependencies, checked before it starts."""
+    script = _benchmark_script()
     if not script.is_file():
         raise ValueError(
             f"the benchmark suite ships with the source checkout and {script} is missing; "
@@ -411,14 +586,6 @@ def run_bench(args: argparse.Namespace) -> int:
             f"the benchmark needs {', '.join(missing)} (the Bradley-Terry comparison), which is "
             "not installed: pip install -e '.[test]' (or pip install choix)"
         )
-    command = [sys.executable, str(script)]
-    if args.quick:
-        command.append("--quick")
-    if args.output is not None:
-        command += ["--output", args.output]
-    if args.figure is not None:
-        command += ["--figure", args.figure]
-    return subprocess.run(command, check=False).returncode
 
 
 # ------------------------------------------------------------------------------- parser
@@ -434,7 +601,7 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
         help="comma-separated solvers, run cheap ones first: "
         f"{','.join(DEMO_METHODS)} (default: all)",
     )
-    demo.set_defaults(handler=run_demo)
+    demo.set_defaults(handler=run_demo, prepare=_prepare_problem, subparser=demo)
 
 
 def _add_notebooks_parser(commands: argparse._SubParsersAction) -> None:
@@ -454,9 +621,12 @@ def _add_notebooks_parser(commands: argparse._SubParsersAction) -> None:
         '(needs the test extra: pip install -e ".[test]")',
     )
     notebooks.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds per cell (default: %(default)s)"
+        "--timeout",
+        type=_positive_float,
+        default=600.0,
+        help="seconds per cell (default: %(default)s)",
     )
-    notebooks.set_defaults(handler=run_notebooks)
+    notebooks.set_defaults(handler=run_notebooks, prepare=_prepare_notebooks, subparser=notebooks)
 
 
 def _add_figures_parser(commands: argparse._SubParsersAction) -> None:
@@ -466,7 +636,7 @@ def _add_figures_parser(commands: argparse._SubParsersAction) -> None:
         "--small", action="store_true", help="a quick, coarse version (for tests)"
     )
     figures.add_argument("--animations", action="store_true", help="also write the GIFs")
-    figures.set_defaults(handler=run_figures)
+    figures.set_defaults(handler=run_figures, prepare=_prepare_figures, subparser=figures)
 
 
 def _add_pipeline_parser(commands: argparse._SubParsersAction) -> None:
@@ -476,13 +646,17 @@ def _add_pipeline_parser(commands: argparse._SubParsersAction) -> None:
     _add_problem_arguments(pipeline)
     pipeline.add_argument(
         "--sizes",
+        type=_counts("100,1000"),
         default="100,1000,10000,100000",
         help="numbers of sampled pairs, comma-separated (default: %(default)s)",
     )
     pipeline.add_argument(
-        "--l2", type=float, default=None, help="ridge coefficient of the fit (default: 1)"
+        "--l2",
+        type=_nonnegative_float,
+        default=None,
+        help="ridge coefficient of the fit, >= 0 (default: 1)",
     )
-    pipeline.set_defaults(handler=run_pipeline)
+    pipeline.set_defaults(handler=run_pipeline, prepare=_prepare_pipeline, subparser=pipeline)
 
 
 def _add_bon_parser(commands: argparse._SubParsersAction) -> None:
@@ -491,9 +665,12 @@ def _add_bon_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_problem_arguments(bon)
     bon.add_argument(
-        "--n", default="1,2,4,16,64,256,1024", help="numbers of draws (default: %(default)s)"
+        "--n",
+        type=_counts("1,4,16", MAX_DRAWS),
+        default="1,2,4,16,64,256,1024",
+        help="numbers of draws, comma-separated (default: %(default)s)",
     )
-    bon.set_defaults(handler=run_bon)
+    bon.set_defaults(handler=run_bon, prepare=_prepare_problem, subparser=bon)
 
 
 def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -514,7 +691,7 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="scaling plot (default: benchmarks/scaling.png, full run)",
     )
-    bench.set_defaults(handler=run_bench)
+    bench.set_defaults(handler=run_bench, prepare=_prepare_bench, subparser=bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,6 +738,15 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Report ``message`` as argparse reports a bad argument (usage, then one line); 2."""
+    try:
+        parser.error(message)
+    except SystemExit as exit_request:
+        return int(exit_request.code)
+    return 2  # pragma: no cover  (argparse.error always exits)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse's own 0 or 2 included)."""
     parser = build_parser()
@@ -573,6 +759,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _check_environment()
+        if getattr(args, "prepare", None) is not None:
+            args.prepare(args)  # every check that needs several flags: before any output
+    except FlagError as error:
+        return _usage_error(args.subparser, str(error))
+    except (ValueError, TypeError, OverflowError, MemoryError) as error:
+        print(f"tinyrlhf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, OverflowError, MemoryError) as error:
         print(f"tinyrlhf {args.command}: error: {error}", file=sys.stderr)
