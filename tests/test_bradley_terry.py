@@ -1,6 +1,8 @@
 """The Bradley-Terry fit: derivatives, recovery from the population, optimality,
 identifiability diagnostics (components, Ford/Hunter existence), and choix."""
 
+import warnings
+
 import choix
 import numpy as np
 import pytest
@@ -356,7 +358,10 @@ def test_converged_is_exactly_the_residual_test():
     tree = tr.TokenTree(["a", "b", "c"], 2)
     prefs = tr.sample_preferences(tree, 3.0 * rng.normal(size=tree.n_leaves), 500, seed=rng)
     for max_iter, l2 in ((1, 0.5), (100, 0.5), (100, 1e-3)):
-        fit = tr.fit_bradley_terry(tree, prefs, l2=l2, max_iter=max_iter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", tr.PreferenceOptimizationWarning)
+            fit = tr.fit_bradley_terry(tree, prefs, l2=l2, max_iter=max_iter)
+        assert (len(caught) == 1) == (not fit.converged)  # a warning exactly when uncertified
         gradient = tr.bradley_terry_gradient(tree, prefs, fit.reward, l2=l2)
         informative = prefs.chosen != prefs.rejected
         pair_weight = np.bincount(
@@ -371,3 +376,14 @@ def test_converged_is_exactly_the_residual_test():
         np.testing.assert_allclose(fit.residual, expected, rtol=1e-6, atol=1e-14)
         assert fit.converged == (fit.residual <= fit.tolerance)
         assert fit.converged == (max_iter > 1)
+
+
+def test_an_uncertified_fit_warns():
+    # one Newton step from r = 0 cannot reach the optimum of a population with spread-out
+    # rewards (found by the audit: converged=False came without a warning)
+    tree = tr.TokenTree(["a", "b", "c"], 3)
+    reward = np.random.default_rng(0).normal(size=tree.n_leaves) * 5
+    prefs = tr.population_preferences(tree, reward)
+    with pytest.warns(tr.PreferenceOptimizationWarning, match="not certified"):
+        fit = tr.fit_bradley_terry(tree, prefs, l2=0.0, max_iter=1)
+    assert not fit.converged and fit.residual > fit.tolerance

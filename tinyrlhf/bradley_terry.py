@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -292,6 +293,11 @@ def bradley_terry_hessian(
     return sparse.csr_array(hessian)
 
 
+class PreferenceOptimizationWarning(UserWarning):
+    """A preference fit (:func:`fit_bradley_terry`, :func:`tinyrlhf.fit_policy_to_preferences`)
+    stopped with ``residual > tolerance``: its answer is not certified."""
+
+
 # -------------------------------------------------------------------------------- the fit
 def fit_bradley_terry(
     tree: TokenTree,
@@ -324,6 +330,10 @@ def fit_bradley_terry(
         TypeError: bad argument types.
         ValueError: bad arguments; or ``l2 = 0`` while the maximum-likelihood estimate does
             not exist (the message names the group of leaves that never loses).
+
+    Warns:
+        PreferenceOptimizationWarning: the fit stopped with ``residual > tol``
+            (``converged`` is False).
     """
     start = time.perf_counter()
     chosen, rejected, weight = _pairs(tree, prefs)
@@ -336,6 +346,14 @@ def fit_bradley_terry(
     fit = minimize_pairwise(
         tree.n_leaves, chosen, rejected, weight, BRADLEY_TERRY, l2=l2, tol=tol, max_iter=max_iter
     )
+    if not fit.converged:
+        warnings.warn(
+            f"fit_bradley_terry stopped after {fit.n_iter} Newton step(s) with residual "
+            f"{fit.residual:.3g} > tol = {tol:g}: the fit is not certified; raise max_iter "
+            "(or l2, if the comparison graph is nearly disconnected)",
+            PreferenceOptimizationWarning,
+            stacklevel=2,
+        )
     margin = fit.reward[chosen] - fit.reward[rejected]
     return BradleyTerryFit(
         reward=fit.reward,

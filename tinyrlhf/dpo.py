@@ -100,6 +100,7 @@ from scipy.special import expit, log_expit, logsumexp
 from .bradley_terry import (
     BRADLEY_TERRY,
     PairwiseLoss,
+    PreferenceOptimizationWarning,
     _comparison_graph,
     fit_bradley_terry,
     minimize_pairwise,
@@ -130,10 +131,6 @@ MULTIPLIER_TOL = 1e-10
 
 class BoundaryOptimumWarning(UserWarning):
     """The DPO loss has no minimizer: some completions are driven to probability 0."""
-
-
-class PreferenceOptimizationWarning(UserWarning):
-    """:func:`fit_policy_to_preferences` stopped with ``residual > tolerance``."""
 
 
 def _ipo_loss(beta: float) -> PairwiseLoss:
@@ -307,7 +304,9 @@ def _solve(tree, prefs, graph, boundary, loss, beta, l2, tol, steps) -> _Fit:
     if boundary:
         return _boundary_fit(graph, chosen, rejected, weight, tol, steps)
     if loss == "dpo":  # DPO is the Bradley-Terry fit of r = beta u (and its certificate)
-        bt = fit_bradley_terry(tree, prefs, l2=l2, tol=tol, max_iter=steps)
+        with warnings.catch_warnings():  # reported once, by fit_policy_to_preferences
+            warnings.simplefilter("ignore", PreferenceOptimizationWarning)
+            bt = fit_bradley_terry(tree, prefs, l2=l2, tol=tol, max_iter=steps)
         return _Fit(np.array(bt.reward), bt.residual, bt.n_iter, "fit_bradley_terry")
     if loss == "ipo":  # the same Newton with IPO's loss
         ipo = minimize_pairwise(
