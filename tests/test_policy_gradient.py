@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import approx_fprime
+from scipy.special import logsumexp
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
@@ -285,3 +286,42 @@ def test_init_outside_the_reference_support_is_refused_and_inside_is_used():
         solution.history["objective"][0], tr.objective(init, ref, reward, 1.0).mean(), rtol=1e-14
     )
     assert np.array_equal(solution.policy.log_probs[1][1], ref.log_probs[1][1])
+
+
+def test_certificate_counts_rounding_in_the_normalization():
+    # Found by the audit: tied rewards with r/beta ~ 1e7; the natural policy's leaf
+    # probabilities sum to 1 + 2.4e-10 (logits ~ 1e7), so a Pinsker bound between the raw
+    # arrays claimed TV <= 1e-10 with residual 0 while the true TV was 1.2e-10. The exact
+    # optimum here is computed independently with the rewards shifted by their maximum.
+    tree = tr.TokenTree(["a", "b"], 3)
+    ref = tr.Policy.from_logits(
+        tree,
+        [
+            np.array([[-0.1694204691129334, -1.8588862209033552]]),
+            np.array(
+                [
+                    [-0.007270453323898576, -4.927569658145496],
+                    [-0.020830218620581684, -3.8817475585891414],
+                ]
+            ),
+            np.array(
+                [
+                    [-3.210997380473927, -0.041151613880433514],
+                    [-0.028921178172688272, -3.5576068813832475],
+                    [-1.753122966542438, -0.19023127602028955],
+                    [-1.5913092584101918, -0.2277275356299607],
+                ]
+            ),
+        ],
+    )
+    low, high = 3003.9741492744165, 6007.948298548833
+    r = np.array([low, 0.0, high, 0.0, low, low, 0.0, high])
+    beta = 0.0005423277448656749
+    weight = ref.leaf_log_probs() + (r - r.max()) / beta
+    p_true = np.exp(weight - logsumexp(weight))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tr.PolicyGradientWarning)
+        natural = tr.policy_gradient(ref, r, beta, method="natural")
+    tv = 0.5 * np.abs(natural.policy.leaf_probs() - p_true).sum()
+    assert tv <= natural.residual + 1e-15  # the certificate bounds the true distance
+    assert natural.converged == (natural.residual <= natural.tolerance)

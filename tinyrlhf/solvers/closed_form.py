@@ -55,10 +55,17 @@ def optimal_leaf_log_probs(
     """
     ref, reward, beta = check_problem(ref, reward, beta)
     tree = ref.tree
-    # log P_ref(xi) + r(xi)/beta, one row per prompt: (n_prompts, A**H)
-    log_weight = (ref.leaf_log_probs() + reward / beta).reshape(tree.n_prompts, -1)
-    log_z = logsumexp(log_weight, axis=1)  # (n_prompts,)
-    return (log_weight - log_z[:, None]).reshape(-1), log_z
+    # log P_ref(xi) + (r(xi) - m)/beta with m = max r per prompt, one row per prompt
+    # (n_prompts, A**H): the shift keeps the best leaves' weights near 0, so subtracting the
+    # log normalizer loses no digits when r/beta is huge (log Z adds m/beta back)
+    shift = reward.reshape(tree.n_prompts, -1).max(axis=1)  # m: (n_prompts,)
+    log_weight = (
+        ref.leaf_log_probs().reshape(tree.n_prompts, -1)
+        + (reward.reshape(tree.n_prompts, -1) - shift[:, None]) / beta
+    )
+    log_z_shifted = logsumexp(log_weight, axis=1)  # (n_prompts,)
+    log_p_star = (log_weight - log_z_shifted[:, None]).reshape(-1)
+    return log_p_star, log_z_shifted + shift / beta
 
 
 def closed_form(ref: Policy, reward: np.ndarray, beta: float) -> Solution:

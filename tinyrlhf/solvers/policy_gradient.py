@@ -165,12 +165,18 @@ class _Iterate:
     mean_objective: float  # J averaged over prompts (what the methods ascend)
     kl: np.ndarray | None = None  # KL(pi || pi_ref) per prompt
     kl_to_optimum: np.ndarray | None = None  # KL(P_pi || P*) per prompt
+    mass_error: np.ndarray | None = None  # (|sum P_pi - 1| + |sum P* - 1|) / 2 per prompt
     gradient: list[np.ndarray] | None = None  # dJ/dtheta per level
 
     @property
     def residual(self) -> float:
-        """The certificate: ``max_p sqrt(KL(P_pi || P*) / 2)`` >= max TV (Pinsker)."""
-        return float(np.sqrt(0.5 * np.max(self.kl_to_optimum)))
+        """The certificate: ``max_p sqrt(KL(P_pi || P*) / 2) + mass error`` >= max TV.
+
+        Pinsker's inequality between the two leaf distributions renormalized, plus half of
+        each one's distance from total mass 1 (the total variation to its own
+        renormalization), so rounding in either normalization cannot fake a certificate."""
+        assert self.kl_to_optimum is not None and self.mass_error is not None
+        return float(np.max(np.sqrt(0.5 * self.kl_to_optimum) + self.mass_error))
 
 
 @dataclass(frozen=True)
@@ -218,18 +224,33 @@ def _kl_to_optimum(problem: _Problem, it: _Iterate) -> np.ndarray:
     (the second form where ``d >= -1``, so nothing overflows); a leaf ``pi`` never reaches
     contributes ``P*``. The added ``- P_pi + P*`` sum to 0 (both are normalized).
     """
+    tree = problem.tree
+    # renormalize both per prompt (their sums differ from 1 by rounding; _mass_error adds it)
+    log_mass = np.log(_per_prompt(tree, it.p)).repeat(tree.leaves_per_prompt)
+    log_mass_star = np.log(_per_prompt(tree, problem.p_star)).repeat(tree.leaves_per_prompt)
+    p = it.p / np.exp(log_mass)
+    p_star = problem.p_star / np.exp(log_mass_star)
     reached = it.log_p > -np.inf
     d = np.zeros_like(it.log_p)  # 0 where pi never goes (and P_pi = 0 there)
-    np.subtract(it.log_p, problem.log_p_star, out=d, where=reached)
+    np.subtract(it.log_p - log_mass, problem.log_p_star - log_mass_star, out=d, where=reached)
     near = reached & (d >= -1.0)
     terms = d - 1.0
-    terms *= it.p
-    terms += problem.p_star  # P_pi (d - 1) + P*; P* where P_pi = 0
+    terms *= p
+    terms += p_star  # P_pi (d - 1) + P*; P* where P_pi = 0
     near_factor = np.negative(d)
     np.expm1(near_factor, out=near_factor, where=near)  # expm1(-d), only where d >= -1
     near_factor += d
-    np.multiply(it.p, near_factor, out=terms, where=near)  # P_pi (d + expm1(-d))
-    return _per_prompt(problem.tree, terms)
+    np.multiply(p, near_factor, out=terms, where=near)  # P_pi (d + expm1(-d))
+    return _per_prompt(tree, terms)
+
+
+def _mass_error(problem: _Problem, it: _Iterate) -> np.ndarray:
+    """``(|sum P_pi - 1| + |sum P* - 1|) / 2`` per prompt: the total variation between each
+    computed leaf distribution and its renormalization (float rounding at huge ``r/beta``)."""
+    tree = problem.tree
+    return 0.5 * (
+        np.abs(_per_prompt(tree, it.p) - 1.0) + np.abs(_per_prompt(tree, problem.p_star) - 1.0)
+    )
 
 
 def _certify(problem: _Problem, it: _Iterate) -> _Iterate:
@@ -238,6 +259,7 @@ def _certify(problem: _Problem, it: _Iterate) -> _Iterate:
         it,
         kl=_per_prompt(problem.tree, it.p * it.log_ratio),
         kl_to_optimum=_kl_to_optimum(problem, it),
+        mass_error=_mass_error(problem, it),
         gradient=sequence_score_gradient(it.policy, it.coefficient),
     )
 
@@ -597,7 +619,7 @@ def _warn_if_uncertified(
             f"{steps} stopped ({stop}) with a total-variation bound {it.residual:.3g} above "
             f"tol={problem.tolerance:.3g} (objective gap "
             f"{problem.beta * float(np.max(it.kl_to_optimum)):.3g}): not certified optimal; "
-            "raise steps or tol, or use method='natural'",
+            "raise steps or tol" + ("" if method == "natural" else ", or use method='natural'"),
             PolicyGradientWarning,
             stacklevel=3,
         )
