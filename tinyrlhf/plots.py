@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
 from .policy import Policy
@@ -30,6 +31,8 @@ MAX_TREE_LEAVES = 32
 MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 #: Default ``(marker, colour)`` of the points marked on a landscape.
 POINT_STYLES = (("o", "white"), ("X", "red"), ("*", "orange"), ("s", "cyan"), ("D", "magenta"))
+#: Hatch of the :func:`plot_kl_penalty` bars whose combination has no interior fixed point.
+UNSTATIONARY_HATCH = "//"
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -171,7 +174,8 @@ def plot_token_tree(
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
     # the legend says what each colour is: the numbers of each policy (square markers) and
-    # the edges, drawn in the last policy's colour with width following its pi(a|s)
+    # the edges, drawn in the last policy's colour with width following its pi(a|s). The
+    # legend writes the action as "token": a letter could be a token name on the tree.
     last = list(policies)[-1]
     ax.legend(
         handles=[
@@ -179,8 +183,8 @@ def plot_token_tree(
             Line2D([], [], color=colors[-1], alpha=0.45, lw=4),
         ],
         labels=[
-            *(f"numbers: {label}(a | s)" for label in policies),
-            f"edges: width ∝ {last}(a | s)",
+            *(f"numbers: {label}(token | s)" for label in policies),
+            f"edges: width ∝ {last}(token | s)",
         ],
         loc="upper right",
         fontsize=9,
@@ -683,11 +687,31 @@ def plot_best_of_n(
     left.set_xlabel("KL(π ‖ π_ref)  [nats]")
     left.set_ylabel("E_π[r]")
     left.set_title("reward against KL: best-of-n vs the KL-regularized optimum")
-    right.semilogx(n, kl, "o-", color="C3", ms=4, label="exact KL(best-of-n ‖ π_ref)")
+    # the curves coincide in places (a verifier's KL plateaus where best-of-n's does; many
+    # distinct leaves follow the bound): each has its own line style and marker; the exact
+    # KL is drawn on top with hollow circles, through which the filled markers below show,
+    # and the dashed bound on top of all lets the curves under it show between its dashes
+    right.semilogx(
+        n,
+        kl,
+        "o-",
+        color="C3",
+        ms=7,
+        mfc="none",
+        mew=1.3,
+        zorder=4,
+        label="exact KL(best-of-n ‖ π_ref)",
+    )
+    extra_styles = (("s", "--"), ("^", "-."), ("v", ":"), ("D", (0, (5, 1, 1, 1))))
     for k, (label, values) in enumerate((extra_kl or {}).items()):
-        right.semilogx(n, values, "s-", ms=3, color=f"C{k}", label=label)
+        marker, style = extra_styles[k % len(extra_styles)]
+        right.semilogx(
+            n, values, marker=marker, ls=style, ms=4, color=f"C{k}", zorder=3, label=label
+        )
     if kl_bound is not None:
-        right.semilogx(n, kl_bound, color="black", ls="--", label="log n − (n−1)/n")
+        right.semilogx(
+            n, kl_bound, color="black", ls="--", lw=1.2, zorder=5, label="log n − (n−1)/n"
+        )
     right.set_xlabel("n (draws)")
     right.set_ylabel("KL  [nats]")
     right.set_title("the 'exact' formula is an upper bound")
@@ -756,7 +780,7 @@ def plot_kl_penalty(
                 positions[k],
                 values[k],
                 color=colours[optimizes[k]],
-                hatch=None if stationary[k] else "//",
+                hatch=None if stationary[k] else UNSTATIONARY_HATCH,
                 edgecolor="0.2",
                 linewidth=0.5,
             )
@@ -773,8 +797,20 @@ def plot_kl_penalty(
         ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=8)
         ax.set_title(title)
         ax.grid(alpha=0.3, axis="y")
-    handles = [Line2D([], [], color=colours[kind], lw=8, label=kind) for kind in kinds]
-    handles.append(Line2D([], [], color="none", label="hatched: no interior fixed point"))
+    # legend swatches drawn like the bars: filled by what they optimize, and one hatched
+    handles = [
+        Patch(facecolor=colours[kind], edgecolor="0.2", linewidth=0.5, label=kind)
+        for kind in kinds
+    ]
+    handles.append(
+        Patch(
+            facecolor="white",
+            edgecolor="0.2",
+            linewidth=0.5,
+            hatch=UNSTATIONARY_HATCH,
+            label="hatched: no interior fixed point",
+        )
+    )
     right.legend(handles=handles, fontsize=8)
     return left.figure
 
@@ -860,7 +896,8 @@ def plot_training_dynamics(
 
     Args:
         success: label -> ``(steps + 1, n_prompts)`` expected reward per prompt.
-        targets: ``(n_prompts,)`` the target's expected reward per prompt (dotted lines).
+        targets: ``(n_prompts,)`` the target's expected reward per prompt (black lines, in
+            the legend as "π*: <prompt>").
         prompts: prompt names (one line style each).
         residuals: label -> ``(steps + 1,)`` norm of the expected update.
         tolerance: the stopping tolerance (a dotted line).
@@ -878,8 +915,18 @@ def plot_training_dynamics(
                 ls=styles[p % len(styles)],
                 label=f"{label}: {name}",
             )
-    for p, target in enumerate(np.asarray(targets)):
-        reward_ax.axhline(target, color="black", lw=0.8, ls=styles[p % len(styles)], alpha=0.5)
+    # the targets in black, one line style per prompt like the curves, drawn on top of them
+    # (a run that reaches its target disappears under it) and named in the legend
+    for p, (target, name) in enumerate(zip(np.asarray(targets), prompts, strict=True)):
+        reward_ax.axhline(
+            target,
+            color="black",
+            lw=1.6,
+            ls=styles[p % len(styles)],
+            alpha=0.85,
+            zorder=4,
+            label=f"π*: {name}",
+        )
     reward_ax.set_xscale("symlog", linthresh=10)
     reward_ax.set_xlim(left=0)
     reward_ax.set_xlabel("step (linear to 10, then log)")
