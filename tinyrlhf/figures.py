@@ -38,6 +38,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import examples, plots
+from .bradley_terry import fit_bradley_terry
 from .divergences import expected_reward, kl_divergence
 from .expected_training import (
     ExpectedTrainingWarning,
@@ -51,6 +52,7 @@ from .kl_estimators import ESTIMATORS, kl_estimator_report
 from .nash import rlhf_versus_minimax
 from .overoptimization import OveroptimizationCurve, overoptimization_curve
 from .policy import Policy
+from .preferences import sample_preferences
 from .projections import Projection, kl_landscape, project_all, saddle_point
 from .solvers import closed_form, policy_gradient, soft_value_iteration
 from .solvers.policy_gradient import PolicyGradientWarning
@@ -271,12 +273,8 @@ def figure_convergence(config: FigureConfig) -> Figure:
     return fig
 
 
-def figure_reward_fit(config: FigureConfig) -> Figure | None:
+def figure_reward_fit(config: FigureConfig) -> Figure:
     """(g) Bradley-Terry fits from preference datasets of several sizes, against the truth."""
-    try:
-        from . import fit_bradley_terry, sample_preferences  # built by the preferences issue
-    except ImportError:
-        return None
     tree, _, reward = _sweep_problem()
     # rewards are identified up to a constant per prompt: compare centred versions
     centred = reward - reward.reshape(tree.n_prompts, -1).mean(axis=1).repeat(
