@@ -303,3 +303,18 @@ def test_bad_input():
         fixed(ref, reward[:3], 1.0, estimator="k1", placement="loss")
     with pytest.raises(ValueError, match="tol"):
         fixed(ref, reward, 1.0, estimator="k1", placement="loss", tol=0.0)
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_numerical_route_with_a_zero_probability_token_gives_no_runtime_warning(estimator):
+    # pi_ref(b | a) = 0: the leaf "ab" is off the support (z = log q = -inf there); the suite's
+    # filterwarnings=error turns an -inf - -inf RuntimeWarning into a failure
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy.from_logits(tree, [np.zeros((1, 2)), np.array([[0.0, -np.inf], [0.0, 0.0]])])
+    reward = np.array([1.0, 0.0, 0.5, 0.0])
+    with pytest.warns(KLPenaltyWarning, match="probability 0"):
+        fixed = tr.kl_penalty_fixed_point(
+            ref, reward, 0.5, estimator=estimator, placement="reward"
+        )
+    assert not fixed.converged
+    assert fixed.policy.leaf_probs()[1] == 0.0  # the reference's zero is kept

@@ -504,7 +504,7 @@ def _numerical_leaves(
 
     z = log_q.copy()
     for k in range(max_steps):
-        worst = float((z - log_q)[support].min())
+        worst = float((z[support] - log_q[support]).min())  # masked first: -inf - -inf off it
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 direction = centered(z)
