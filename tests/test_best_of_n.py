@@ -261,3 +261,16 @@ def test_policy_keeps_the_reference_zeros_and_plots_check_shapes():
         plot_best_of_n([1, 2], [0.0], [0.0, 1.0], ([0.0], [0.0]))
     with pytest.raises(ValueError, match="align"):
         plot_kl_penalty(["k1/loss/token"], [], np.zeros(1), np.zeros(1), [True])
+
+
+def test_a_rare_low_score_generation_gives_no_runtime_warning():
+    # the low-score class has q = e^-40 / (1 + e^-40): its tail above is 1.0 in float; the
+    # suite's filterwarnings=error turns a log1p(-1) divide warning into a failure
+    tree = tr.TokenTree(["a", "b"], 1)
+    ref = tr.Policy.from_logits(tree, [np.array([[-40.0, 0.0]])])
+    result = best_of_n(ref, np.array([0.0, 1.0]), 2)
+    # best of 2 picks "a" only when both draws are "a": P(a) = q(a)^2 (derived, independent)
+    log_qa = -40.0 - np.logaddexp(-40.0, 0.0)
+    log_p = result.policy.leaf_log_probs()
+    np.testing.assert_allclose(log_p[0], 2 * log_qa, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(log_p[1]), 1.0, rtol=1e-15)

@@ -317,24 +317,23 @@ def test_history_and_certificate():
     np.testing.assert_allclose(history["success"], history["expected_reward"])
     assert run.converged == (run.residual <= run.tolerance)
     assert run.residual == history["residual"][-1]
-    np.testing.assert_allclose(
-        run.residual,
-        np.sqrt(
-            sum(
-                np.sum(g**2)
-                for g in tr.expected_update(
-                    run.policy,
-                    reward,
-                    estimator="dapo",
-                    group_size=4,
-                    beta=0.1,
-                    ref=ref,
-                    **K1_REWARD,
-                ).gradient
-            )
-        ),
-        rtol=1e-12,
+    # residual = Frank-Wolfe gap of the expected update (update_residual): sum over states of
+    # max_a g(s, a)/pi(a|s); it bounds ||E[g_hat]|| <= 2 residual
+    update = tr.expected_update(
+        run.policy,
+        reward,
+        estimator="dapo",
+        group_size=4,
+        beta=0.1,
+        ref=ref,
+        **K1_REWARD,
+    ).gradient
+    gap = sum(
+        np.max(g / np.exp(log_pi), axis=1).sum()
+        for g, log_pi in zip(update, run.policy.log_probs, strict=True)
     )
+    np.testing.assert_allclose(run.residual, gap, rtol=1e-12)
+    assert np.sqrt(sum(np.sum(g**2) for g in update)) <= 2 * run.residual
     assert history["kl"][0] == 0.0
     with pytest.warns(ExpectedTrainingWarning, match="not a certified stationary point"):
         short = tr.train_expected(ref, reward, estimator="grpo", group_size=4, lr=1.0, steps=1)
@@ -387,3 +386,20 @@ def test_bad_input_names_the_argument():
             tr.train_expected(ref, reward, **{**base, **override})
     with pytest.raises(ValueError, match="reward"):
         tr.train_expected(ref, np.full(tree.n_leaves, np.nan), **base)
+
+
+def test_a_plateau_is_not_certified():
+    # pi_ref(b) = e^-40/(1 + e^-40) ~ 4e-18 at the root and only completions starting with "b"
+    # succeed: ||E[g_hat]|| ~ 4e-18 (weighted by pi(b)) passed tol at step 0 with E[r] ~ 4e-18.
+    # The KKT residual sees the root's advantage of "b": d(root) (E[r | b] - E[r]) = 1 - 4e-18
+    # (the states below have constant rewards: advantage 0), so training must not certify
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy.from_logits(
+        tree, [np.array([[0.0, -40.0]]), np.array([[0.0, -1.0], [0.0, -1.0]])]
+    )
+    reward = np.array([0.0, 0.0, 1.0, 1.0])
+    with pytest.warns(ExpectedTrainingWarning, match="not a certified stationary point"):
+        run = tr.train_expected(ref, reward, estimator="rloo", group_size=4, lr=1.0, steps=50)
+    assert not run.converged
+    q_b = np.exp(-40.0 - np.logaddexp(0.0, -40.0))
+    np.testing.assert_allclose(run.history["residual"][0], 1.0 - q_b, rtol=1e-9)

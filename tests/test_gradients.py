@@ -5,7 +5,12 @@ import pytest
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
-from tinyrlhf.gradients import gradient_norm, sequence_score_gradient, token_score_gradient
+from tinyrlhf.gradients import (
+    gradient_norm,
+    sequence_score_gradient,
+    token_score_gradient,
+    update_residual,
+)
 
 
 def _problem(seed):
@@ -199,3 +204,34 @@ def test_kl_term_names_are_checked():
         kl_term("k1", "loss", "batch")
     with pytest.raises(TypeError, match="estimator"):
         kl_term(3)
+
+
+@pytest.mark.parametrize("peaked", [False, True])
+def test_update_residual_is_the_frank_wolfe_gap(peaked):
+    # J(pi) = sum_xi P(xi) C(xi) / n_prompts is linear in each pi(.|s) with the others fixed, so
+    # the Frank-Wolfe gap of grad J is sum_s max_a [J(pi with pi(.|s) = onehot(a)) - J(pi)]:
+    # computed here by evaluating J on the modified policies (no gradients involved)
+    tree, _, rng = _problem(2)
+    logits = [
+        rng.normal(size=t.shape) * (20.0 if peaked else 1.0)
+        for t in tr.Policy.random(tree, seed=rng).log_probs
+    ]
+    pi = tr.Policy.from_logits(tree, logits)
+    coefficients = rng.normal(size=tree.n_leaves)
+
+    def value(policy):
+        return float((policy.leaf_probs() * coefficients).sum() / tree.n_prompts)
+
+    gap = 0.0
+    for h, table in enumerate(pi.log_probs):
+        for s in range(table.shape[0]):
+            best = 0.0
+            for a in range(table.shape[1]):
+                tables = [t.copy() for t in pi.log_probs]
+                tables[h][s] = np.where(np.arange(table.shape[1]) == a, 0.0, -np.inf)
+                best = max(best, value(tr.Policy.from_logits(tree, tables)) - value(pi))
+            gap += best
+    gradient = sequence_score_gradient(pi, coefficients)
+    residual = update_residual(pi, gradient)
+    np.testing.assert_allclose(residual, gap, rtol=1e-9, atol=1e-14)
+    assert gradient_norm(gradient) <= 2 * residual + 1e-15

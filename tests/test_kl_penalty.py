@@ -197,9 +197,10 @@ def test_k1_in_the_loss_has_no_interior_fixed_point():
     for level in ("sequence", "token"):  # E[grad log P] = 0
         gradient = kl_penalty_gradient(policy, ref, kl_term("k1", "loss", level))
         assert tr.gradients.gradient_norm(gradient) < 1e-15
-        fixed = tr.kl_penalty_fixed_point(
-            ref, reward, 0.7, estimator="k1", placement="loss", level=level
-        )
+        with pytest.warns(KLPenaltyWarning, match="no interior"):  # converged=False warns
+            fixed = tr.kl_penalty_fixed_point(
+                ref, reward, 0.7, estimator="k1", placement="loss", level=level
+            )
         assert not fixed.stationary and not fixed.converged and "no interior" in fixed.reason
         assert fixed.optimizes == "nothing in expectation"
         # where E[r]-ascent heads: P_ref restricted to the best generations
@@ -303,3 +304,93 @@ def test_bad_input():
         fixed(ref, reward[:3], 1.0, estimator="k1", placement="loss")
     with pytest.raises(ValueError, match="tol"):
         fixed(ref, reward, 1.0, estimator="k1", placement="loss", tol=0.0)
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_numerical_route_with_a_zero_probability_token_gives_no_runtime_warning(estimator):
+    # pi_ref(b | a) = 0: the leaf "ab" is off the support (z = log q = -inf there); the suite's
+    # filterwarnings=error turns an -inf - -inf RuntimeWarning into a failure
+    tree = tr.TokenTree(["a", "b"], 2)
+    ref = tr.Policy.from_logits(tree, [np.zeros((1, 2)), np.array([[0.0, -np.inf], [0.0, 0.0]])])
+    reward = np.array([1.0, 0.0, 0.5, 0.0])
+    with pytest.warns(KLPenaltyWarning, match="probability 0"):
+        fixed = tr.kl_penalty_fixed_point(
+            ref, reward, 0.5, estimator=estimator, placement="reward"
+        )
+    assert not fixed.converged
+    assert fixed.policy.leaf_probs()[1] == 0.0  # the reference's zero is kept
+
+
+def independent_forward_kl(q, r, beta):
+    """The auditor's independent k3-in-the-loss fixed point (one prompt): ``P = beta q/(t + gap)``,
+    ``gap = max r - r``, ``sum P = 1`` solved for ``s = log t`` by scipy's brentq on
+    ``g(s) = log sum beta q/(e^s + gap)`` (bracket: ``g(log(beta q_top)) >= 0 >= g(log beta)``)."""
+    from scipy.optimize import brentq
+
+    gap = r.max() - r
+
+    def g(s):
+        return np.log((beta * q / (np.exp(s) + gap)).sum())
+
+    low, high = np.log(beta * q[gap == 0].sum()) - 1e-9, np.log(beta) + 1e-9
+    s = brentq(g, low, high, xtol=1e-15, rtol=1e-15, maxiter=1000)
+    return beta * q / (np.exp(s) + gap)
+
+
+def check_k3_loss_against_independent(logits, reward, beta):
+    """One-token tree (both levels are then the same problem): TV to the independent solution
+    <= 1e-9 whenever converged, a KLPenaltyWarning whenever not."""
+    tree = tr.TokenTree([str(k) for k in range(len(logits))], 1)
+    ref = tr.Policy.from_logits(tree, [np.asarray(logits, dtype=float)[None, :]])
+    expected = independent_forward_kl(ref.leaf_probs(), reward, beta)
+    for level in ("sequence", "token"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fixed = tr.kl_penalty_fixed_point(
+                ref, reward, beta, estimator="k3", placement="loss", level=level
+            )
+        warned = any(issubclass(w.category, KLPenaltyWarning) for w in caught)
+        assert fixed.converged == (fixed.residual <= fixed.tolerance)
+        if fixed.converged:
+            assert 0.5 * np.abs(fixed.policy.leaf_probs() - expected).sum() <= 1e-9
+        else:
+            assert warned
+
+
+@pytest.mark.parametrize("logit", [-50.0, -60.0, -106.0])
+def test_k3_loss_with_a_rare_best_generation(logit):
+    # q(b) = e^logit/(1 + e^logit): lambda - max r ~ beta q(b) is below the float spacing of
+    # max r = 1, so a lambda-parametrized solve collapses P_b to ~0 (was P_b = 2e-14 at -106)
+    reward, beta = np.array([0.0, 1.0]), 0.01
+    check_k3_loss_against_independent([0.0, logit], reward, beta)
+    tree = tr.TokenTree(["a", "b"], 1)
+    ref = tr.Policy.from_logits(tree, [np.array([[0.0, logit]])])
+    for level in ("sequence", "token"):
+        fixed = tr.kl_penalty_fixed_point(
+            ref, reward, beta, estimator="k3", placement="loss", level=level
+        )
+        assert fixed.converged and fixed.policy.leaf_probs()[1] > 0.98  # P_b = 1 - beta here
+
+
+def test_k3_loss_residual_is_not_fooled_at_the_boundary():
+    # the old collapsed answer P = (1 - 2e-14, 2e-14) had ||U|| = 3e-14 (weighted by P); the
+    # scale-free residual sees r + beta q/P spread by ~1 there
+    from tinyrlhf.kl_penalty import forward_kl_stationarity
+
+    log_q = np.array([[0.0, -106.0]]) - np.logaddexp(0.0, -106.0)
+    collapsed = np.log(np.array([[1.0 - 2e-14, 2e-14]]))
+    reward = np.array([[0.0, 1.0]])
+    assert forward_kl_stationarity(collapsed, log_q, reward, 0.01)[0] > 0.1
+    true = np.log(independent_forward_kl(np.exp(log_q[0]), reward[0], 0.01))[None, :]
+    assert forward_kl_stationarity(true, log_q, reward, 0.01)[0] < 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    logits=st.lists(st.floats(-40.0, 40.0), min_size=2, max_size=5),
+    seed=st.integers(0, 2**31 - 1),
+    beta=st.floats(1e-3, 2.0),
+)
+def test_k3_loss_on_peaked_references(logits, seed, beta):
+    reward = np.random.default_rng(seed).normal(size=len(logits))
+    check_k3_loss_against_independent(logits, reward, beta)

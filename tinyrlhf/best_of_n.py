@@ -186,7 +186,9 @@ def _class_weights(
     log_f_below = np.logaddexp.accumulate(log_qc)
     q_c = np.exp(log_qc)
     tail_above = np.concatenate([np.cumsum(q_c[::-1])[::-1][1:], [0.0]])  # q(s > s_c)
-    log_f = np.where(log_f_below < np.log(0.5), log_f_below, np.log1p(-tail_above))
+    upper = log_f_below >= np.log(0.5)  # there tail_above <= 1/2: log1p is accurate and finite
+    log_f = log_f_below.copy()
+    log_f[upper] = np.log1p(-tail_above[upper])
     # x = q(c)/F_c; the bracket is F_c^n (1 - (1 - x)^n) = F_c^n (-expm1(n log1p(-x)))
     log_x = np.minimum(log_qc - log_f, 0.0)
     with np.errstate(divide="ignore"):  # log1p(-1) = -inf for the lowest class (F_{-1} = 0)

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from .divergences import entropy, expected_reward, kl_divergence
-from .gradients import gradient_norm, sequence_score_gradient
+from .gradients import sequence_score_gradient, update_residual
 from .group_relative import (
     check_estimator,
     check_kl_options,
@@ -55,7 +55,7 @@ from .validation import (
 )
 
 UPDATES = ("gradient", "natural")
-#: Default stopping tolerance on the norm of the expected update.
+#: Default stopping tolerance on the KKT residual of the expected update (update_residual).
 DEFAULT_TOL = 1e-8
 
 
@@ -279,8 +279,13 @@ def train_expected(
     - ``reset_every=k``: after every ``k`` steps the reference of the KL term becomes the
       current policy (``history["kl"]`` stays measured against the original ``ref``).
 
-    Stops at a certified stationary point: ``residual = ||E[g_hat]||`` (Euclidean norm over
-    all logits of the expected update, KL term included, at the returned policy) and
+    Stops at a certified stationary point: ``residual`` is the KKT (Frank-Wolfe) residual of
+    the expected update ``g = E[g_hat]`` (KL term included) at the returned policy,
+    :func:`tinyrlhf.gradients.update_residual`: ``sum_s (d(s)/n_prompts) max_a A(s, a)`` over
+    the tokens ``pi`` can pick, with the per-token advantage ``A = g n_prompts / (d pi)``. It
+    is not weighted by ``pi(a|s)``, so a plateau (a reached token with tiny ``pi`` and a
+    positive advantage) is not certified, while tokens with tiny ``pi`` and negative advantage
+    (a boundary optimum) do not block convergence; it bounds ``||g|| <= 2 residual``.
     ``converged`` iff ``residual <= tol``; otherwise warns :class:`ExpectedTrainingWarning`.
 
     Args:
@@ -399,7 +404,7 @@ def train_expected(
         return [t - np.max(t, axis=1, keepdims=True) for t in theta]
 
     weights, gradient = expected_gradient(policy, kl_ref)
-    residual = gradient_norm(gradient)
+    residual = update_residual(policy, gradient)
     record(policy, residual)
     steps_taken = 0
     diverged = False
@@ -421,7 +426,7 @@ def train_expected(
             new_ref = new_policy
         with np.errstate(over="ignore", invalid="ignore"):
             new_weights, new_gradient = expected_gradient(new_policy, new_ref)
-        new_residual = gradient_norm(new_gradient)
+        new_residual = update_residual(new_policy, new_gradient)
         if not np.isfinite(new_residual):
             diverged = True
             break
@@ -441,7 +446,7 @@ def train_expected(
     elif not converged:
         warnings.warn(
             f"train_expected stopped after {steps_taken} step(s) with residual "
-            f"||E[g_hat]|| = {residual:.3g} > tol = {tol:.3g}: not a certified stationary "
+            f"(KKT gap of E[g_hat]) {residual:.3g} > tol = {tol:.3g}: not a certified stationary "
             "point; raise steps or lr, or loosen tol",
             ExpectedTrainingWarning,
             stacklevel=2,

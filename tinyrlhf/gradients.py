@@ -82,3 +82,42 @@ def token_score_gradient(policy: Policy, token_coefficients: list[np.ndarray]) -
 def gradient_norm(gradient: list[np.ndarray]) -> float:
     """Euclidean norm of a per-level gradient (all levels as one vector)."""
     return float(np.sqrt(sum(float(np.vdot(table, table)) for table in gradient)))
+
+
+def update_residual(policy: Policy, gradient: list[np.ndarray]) -> float:
+    """Stationarity (KKT) residual of ascent along ``gradient`` on the product of simplices.
+
+    A logit update has the form ``g(s, a) = d(s) pi(a|s) A(s, a) / n_prompts`` with the
+    per-token advantage ``A(s, a) = c(s, a) - sum_b pi(b|s) c(s, b)`` (module docstring), i.e.
+    it is the logit image of the field ``d(s) c(s, a) / n_prompts`` on ``pi(.|s)``. Ascent on
+    ``pi(.|s)`` in its simplex is stationary (KKT) iff every token ``pi`` can pick has
+    ``A(s, a) <= 0`` wherever ``d(s) > 0``: then ``pi(.|s)`` puts mass only on the best tokens
+    (``A = 0``), and the others may keep a tiny ``pi`` with ``A < 0``. The residual is the
+    Frank-Wolfe gap of the field,
+
+        res = max_{pi'} <field, pi' - pi> = sum_s (d(s) / n_prompts) max_{a: pi(a|s) > 0} A(s, a)
+            = sum_s max_{a: pi(a|s) > 0} g(s, a) / pi(a|s)      (>= 0: the pi-mean of A is 0)
+
+    (for ``g = grad J`` the first-order optimality gap of ``J``, Frank & Wolfe 1956). Unlike
+    ``||g||`` it is not weighted by ``pi(a|s)``: a reached token with a tiny probability and a
+    positive advantage (a plateau) keeps it large, while a tiny ``pi`` with a negative
+    advantage (a boundary optimum) adds nothing. It bounds the norm: ``sum_a pi |A| <=
+    2 max_a A`` per state, so ``||g|| <= ||g||_1 <= 2 res``. Tokens whose ``pi`` underflows to
+    0 (or is ``-inf``) are not read.
+
+    Args:
+        policy: the softmax policy ``pi`` the update was evaluated at.
+        gradient: ``H`` arrays ``(level_size(h), A)``: the update w.r.t. the logits (rows sum
+            to 0), e.g. from :func:`sequence_score_gradient`.
+
+    Returns:
+        The residual ``>= 0`` (NaN when ``gradient`` is not finite).
+    """
+    total = 0.0
+    for log_pi, g in zip(policy.log_probs, gradient, strict=True):
+        pi = np.exp(log_pi)
+        picked = pi > 0
+        advantage = np.divide(g, pi, out=np.full(g.shape, -np.inf), where=picked)  # d A / n
+        advantage[~picked & ~np.isfinite(g)] = np.nan  # a non-finite update stays visible
+        total += float(np.maximum(advantage.max(axis=1), 0.0).sum())
+    return total

@@ -25,7 +25,8 @@ prompt's support (``M(s o a) - pi(a|s) M(s) = 0`` at every state makes every sub
 - ``k3`` loss: ``phi = 1 - q/P``: ``D = KL(pi_ref || pi)`` (**forward KL**); stationary iff
   ``r + beta q/P = lambda``, i.e. ``P = beta q / (lambda - r)`` with ``lambda > max r`` fixed by
   ``sum_xi beta q / (lambda - r) = 1`` (decreasing in ``lambda`` from ``inf`` to at most 1 at
-  ``lambda = max r + beta``: one 1-D root).
+  ``lambda = max r + beta``: one 1-D root, solved for ``log(lambda - max r)``, which can lie far
+  below the float spacing of ``max r`` when the best generation is rare).
 - ``k1`` loss: ``phi = 1``: ``G = E[grad log P] = 0``, **nothing in expectation**: the update
   is ``grad E[r]``, with no interior stationary point unless ``r`` is constant on a prompt.
 - ``k2`` reward: ``phi = u^2/2``: ``D = E_pi[u^2/2] - KL(pi || pi_ref)`` (solve
@@ -61,7 +62,12 @@ dependence on ``pi``; they too are stationary for no objective and are solved nu
 ``theta_s += lr U_s / d(s)`` (natural-gradient-like; at sequence level the same flow in leaf
 logits), then polished by Powell's hybrid method (``scipy.optimize.root``) on the free
 logits. The certificate ``residual`` is ``||U||`` (Euclidean, all levels, gradient of the mean
-over prompts) at the answer, ``converged`` iff ``residual <= tolerance``. If some generation's
+over prompts) at the answer, ``converged`` iff ``residual <= tolerance``. ``||U||`` weights
+each generation by its probability and vanishes near the simplex boundary, so for ``k3`` in
+the loss (closed form and backward induction) the residual is the larger of ``||U||`` and the
+scale-free stationarity residual :func:`forward_kl_stationarity` (spread of
+``r + beta q/P``, or ``Q + beta pi_ref/pi`` per state, relative to ``1 + |lambda|``). Every
+result with ``converged=False`` warns (:class:`KLPenaltyWarning`), on every route. If some generation's
 probability falls :data:`COLLAPSE_LOG_RATIO` nats below the reference's on the way, training
 is heading to the boundary: the result says ``stationary=False`` with the reason.
 
@@ -101,7 +107,7 @@ _GRID = np.array(np.meshgrid(np.linspace(-4.0, -0.05, 9), np.linspace(-4.0, -0.0
 
 
 class KLPenaltyWarning(UserWarning):
-    """The numerical fixed point was not certified (``converged=False``)."""
+    """The fixed point was not certified (``converged=False``), on any route."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,7 +247,8 @@ def kl_penalty_fixed_point(
             elementwise as a trainer applies it.
         placement: ``"reward"`` (detached) or ``"loss"`` (differentiated).
         level: ``"sequence"`` or ``"token"``.
-        tol: tolerance on the certificate ``residual = ||U||`` at the answer.
+        tol: tolerance on the certificate ``residual`` (``||U||`` at the answer; for ``k3``
+            in the loss the larger of ``||U||`` and :func:`forward_kl_stationarity`).
         max_steps: integration steps of the numerical route.
 
     Returns:
@@ -253,7 +260,8 @@ def kl_penalty_fixed_point(
             returning the wrong shape or NaN.
 
     Warns:
-        KLPenaltyWarning: a numerical fixed point that is not certified.
+        KLPenaltyWarning: whenever ``converged`` is False (any route: an uncertified
+            numerical point, no interior fixed point, a closed form that fails its check).
     """
     start = time.perf_counter()
     ref, reward, beta = check_problem(ref, reward, beta)
@@ -284,13 +292,18 @@ def kl_penalty_fixed_point(
         how = "numerical"
     with np.errstate(over="ignore", invalid="ignore"):  # a collapsing iterate may overflow
         residual = gradient_norm(penalized_update(policy, ref, reward, beta, term))
+    if shape == "-exp(-u)" and how != "numerical":  # k3 loss: also the scale-free condition
+        stationarity = _forward_kl_residual(
+            policy, ref, reward, beta * slope, token=term.level == "token"
+        )
+        residual = max(residual, stationarity)
     residual = residual if np.isfinite(residual) else float("inf")
     converged = bool(residual <= tol) and stationary
     if how == "numerical" and stationary and not converged:
         stationary = False
         reason = reason or f"the polished point has ||U|| = {residual:.2e} > tol = {tol:g}"
 
-    if how == "numerical" and not converged:
+    if not converged:
         warnings.warn(
             f"{term.name}: no certified fixed point: {reason or f'||U|| = {residual:.2e} > {tol:g}'}",
             KLPenaltyWarning,
@@ -336,32 +349,105 @@ def _constant_on_support(ref: Policy, reward: np.ndarray) -> bool:
 def _forward_kl_rows(log_q: np.ndarray, values: np.ndarray, beta: float) -> np.ndarray:
     """Rows of ``P = beta q / (lambda - v)`` with ``sum P = 1``, ``lambda > max v`` (log P).
 
-    ``h(lambda) = sum beta q / (lambda - v)`` decreases from ``inf`` (the best value has
-    ``q > 0``) to ``<= 1`` at ``lambda = max v + beta``: the root is bracketed; bisection in
-    the gap ``lambda - max v`` (100 halvings: the bracket shrinks below float resolution).
+    Parametrized by ``t = lambda - max v > 0`` and ``gap = max v - v >= 0`` (exact in float),
+    ``P = beta q / (t + gap)``, so ``lambda`` is never formed: when the best value's ``q`` is
+    tiny, ``t ~ beta q(best)`` lies far below the float spacing of ``max v``. The root of
+
+        g(s) = log sum_v beta q / (e^s + gap)                           (decreasing in s)
+
+    is bracketed by ``s_low = log(beta q_top)`` (``q_top``: the mass of the best values, where
+    ``g >= 0``) and ``s_high = log beta`` (``t + gap >= beta``, so ``g <= log sum q = 0``) and
+    found by bisection in ``s = log t``, all in log space (``log(e^s + gap)`` by
+    ``logaddexp``), until the bracket stops shrinking (at most 2000 halvings).
 
     Args:
         log_q: ``(m, K)`` log-probabilities, rows normalized, ``-inf`` allowed.
         values: ``(m, K)`` finite values (read where ``q > 0``).
         beta: ``> 0``.
     """
-    q = np.exp(log_q)
-    support = q > 0
+    support = log_q > -np.inf
     top = np.where(support, values, -np.inf).max(axis=1, keepdims=True)  # (m, 1)
-    # gap = lambda - max v in (0, beta]: h(lambda) >= beta q_top/gap - 1 > 0 at small gaps
-    low, high = np.zeros_like(top), np.full_like(top, beta)
-    deficit = np.where(support, top - values, 0.0)  # max v - v >= 0
-    for _ in range(100):
-        middle = 0.5 * (low + high)
-        total = np.sum(
-            np.where(support, beta * q / (middle + deficit), 0.0), axis=1, keepdims=True
-        )
-        above = total > 1.0  # lambda too small
-        low, high = np.where(above, middle, low), np.where(above, high, middle)
-    gap = 0.5 * (low + high)
+    gap = np.where(support, top - values, 0.0)  # max v - v >= 0, exactly 0 at the best
     with np.errstate(divide="ignore"):
-        log_p = np.where(support, np.log(beta) + log_q - np.log(gap + deficit), -np.inf)
+        log_gap = np.log(gap)  # -inf at the best values
+    log_weight = np.where(support, np.log(beta) + log_q, -np.inf)  # log(beta q)
+    best = support & (gap == 0.0)
+    low = logsumexp(np.where(best, log_weight, -np.inf), axis=1, keepdims=True)  # g(low) >= 0
+    high = np.full_like(low, np.log(beta))  # g(high) <= 0
+
+    def g(s: np.ndarray) -> np.ndarray:
+        return logsumexp(log_weight - np.logaddexp(s, log_gap), axis=1, keepdims=True)
+
+    for _ in range(2000):
+        middle = 0.5 * (low + high)
+        if np.all((middle == low) | (middle == high)):
+            break
+        above = g(middle) > 0.0  # sum P > 1: t too small
+        low, high = np.where(above, middle, low), np.where(above, high, middle)
+    log_t = 0.5 * (low + high)
+    log_p = np.where(support, log_weight - np.logaddexp(log_t, log_gap), -np.inf)
     return log_p - logsumexp(log_p, axis=1, keepdims=True)  # remove the bisection's rounding
+
+
+def forward_kl_stationarity(
+    log_pi: np.ndarray, log_q: np.ndarray, values: np.ndarray, beta: float
+) -> np.ndarray:
+    """Scale-free residual of the ``k3``-in-the-loss stationarity condition, per row.
+
+    The condition is ``v + beta q/P = lambda`` (constant) on the support of ``q`` with
+    ``sum P = 1``. ``||U||`` weights each generation by ``P`` and vanishes at the simplex
+    boundary, so a collapsed ``P`` can pass it; this residual does not:
+
+        res = ptp_{q > 0}(v + beta q/P) / (1 + |lambda|) + |sum P - 1|,
+
+    with ``lambda = max_{q > 0}(v + beta q/P)`` and ``beta q/P = exp(log beta + log q - log P)``
+    (``inf`` where ``P = 0 < q``, and where ``P > 0 = q``).
+
+    Args:
+        log_pi: ``(m, K)`` log P per row.
+        log_q: ``(m, K)`` log q per row.
+        values: ``(m, K)`` finite values (rewards, or ``Q`` at token level).
+        beta: ``> 0``.
+
+    Returns:
+        ``(m,)`` residuals ``>= 0`` (``inf`` when the support is wrong).
+    """
+    support = log_q > -np.inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = np.exp(np.log(beta) + log_q - log_pi)  # beta q / P
+        multiplier = np.where(support, values + ratio, np.nan)
+        largest = np.nanmax(multiplier, axis=1)
+        spread = largest - np.nanmin(multiplier, axis=1)
+        res = spread / (1.0 + np.abs(largest)) + np.abs(np.exp(logsumexp(log_pi, axis=1)) - 1.0)
+    leaked = np.any(~support & (log_pi > -np.inf), axis=1)  # mass where q = 0
+    return np.where(np.isfinite(res) & ~leaked, res, np.inf)
+
+
+def _forward_kl_residual(
+    policy: Policy, ref: Policy, reward: np.ndarray, beta: float, *, token: bool
+) -> float:
+    """Max over prompts (sequence) or states (token: ``v = Q`` under ``policy``) of
+    :func:`forward_kl_stationarity`."""
+    tree = ref.tree
+    if not token:
+        shape = (tree.n_prompts, -1)
+        return float(
+            forward_kl_stationarity(
+                policy.leaf_log_probs().reshape(shape),
+                ref.leaf_log_probs().reshape(shape),
+                reward.reshape(shape),
+                beta,
+            ).max()
+        )
+    worst, value = 0.0, reward
+    for h in range(tree.horizon - 1, -1, -1):
+        q_table = value.reshape(-1, tree.n_tokens)
+        log_pi = policy.log_probs[h]
+        worst = max(
+            worst, float(forward_kl_stationarity(log_pi, ref.log_probs[h], q_table, beta).max())
+        )
+        value = np.sum(np.exp(log_pi) * np.where(log_pi > -np.inf, q_table, 0.0), axis=1)
+    return worst
 
 
 def _forward_kl_sequence(ref: Policy, reward: np.ndarray, beta: float) -> Policy:
@@ -504,7 +590,7 @@ def _numerical_leaves(
 
     z = log_q.copy()
     for k in range(max_steps):
-        worst = float((z - log_q)[support].min())
+        worst = float((z[support] - log_q[support]).min())  # masked first: -inf - -inf off it
         with np.errstate(over="ignore", invalid="ignore"):
             try:
                 direction = centered(z)

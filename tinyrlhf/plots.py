@@ -899,7 +899,8 @@ def plot_training_dynamics(
         targets: ``(n_prompts,)`` the target's expected reward per prompt (black lines, in
             the legend as "π*: <prompt>").
         prompts: prompt names (one line style each).
-        residuals: label -> ``(steps + 1,)`` norm of the expected update.
+        residuals: label -> ``(steps + 1,)`` certificate of the expected update
+            (:func:`tinyrlhf.gradients.update_residual`, the KKT gap).
         tolerance: the stopping tolerance (a dotted line).
         axes: two Axes.
     """
@@ -939,7 +940,7 @@ def plot_training_dynamics(
         residual_ax.axhline(tolerance, color="0.4", ls=":", label="tolerance")
     residual_ax.set_yscale("log")
     residual_ax.set_xlabel("step")
-    residual_ax.set_ylabel("‖E[ĝ]‖  (residual)")
+    residual_ax.set_ylabel("KKT gap of E[ĝ]  (residual)")
     for ax in (reward_ax, residual_ax):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, ncol=2 if ax is reward_ax else 1)
