@@ -346,71 +346,12 @@ class Preferences:
         # inside a JSON string, which str.splitlines() would wrongly split on
         for line_number, raw in enumerate(data.split(b"\n"), start=1):
             where = f"{name}:{line_number}"
-            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
-                    f"{error.start + 1}); JSON lines files are UTF-8"
-                ) from None
+            line = _decode_jsonl_line(raw, line_number, where)
             if not line.strip(_JSON_WHITESPACE):
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{where}: bad JSON ({error.msg} at column {error.colno})"
-                ) from None
-            except RecursionError:
-                raise ValueError(f"{where}: JSON nested too deeply to read") from None
-            except ValueError as error:  # e.g. an integer literal of more than 4300 digits
-                raise ValueError(f"{where}: unreadable JSON value ({error})") from None
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{where}: expected a JSON object with keys 'prompt', 'chosen', 'rejected', "
-                    f"got {type(record).__name__}"
-                )
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in record:
-                    raise ValueError(
-                        f"{where}: missing key {key!r} (each line needs 'prompt', 'chosen' "
-                        "and 'rejected')"
-                    )
-                if not isinstance(record[key], str):
-                    raise ValueError(
-                        f"{where}: {key!r} must be a string, got {type(record[key]).__name__} "
-                        "(tinyrlhf reads TRL's standard preference format, not the "
-                        "conversational one)"
-                    )
-            p = prompt_ids.get(record["prompt"])
-            if p is None:
-                raise ValueError(
-                    f"{where}: unknown prompt {record['prompt']!r}; the tree's prompts are "
-                    f"{tree.prompts}"
-                )
-            pair = []
-            for key in ("chosen", "rejected"):
-                completion = record[key]
-                offset = leaf_offsets.get(completion)
-                if offset is None:
-                    offset = _completion_offset(tree, completion, f"{where}: {key!r}")
-                    leaf_offsets[completion] = offset
-                pair.append(p * tree.leaves_per_prompt + offset)
-            weight = record.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise ValueError(
-                    f"{where}: 'weight' must be a number, got {type(weight).__name__}"
-                )
-            try:
-                weight = float(weight)
-            except OverflowError:  # an integer beyond float64
-                weight = math.inf
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(
-                    f"{where}: 'weight' must be finite and >= 0, got {_short_repr(record['weight'])}"
-                )
+            record = _parse_preference_record(line, where)
+            p, pair = _record_pair(tree, record, where, prompt_ids, leaf_offsets)
+            weight = _record_weight(record, where)
             prompts.append(p)
             chosen.append(pair[0])
             rejected.append(pair[1])
@@ -421,6 +362,90 @@ class Preferences:
             np.array(rejected, dtype=np.int64),
             np.array(weights, dtype=np.float64),
         )
+
+
+# ------------------------------------------------------------------------------ reading
+def _decode_jsonl_line(raw: bytes, line_number: int, where: str) -> str:
+    """One line of a JSON lines file as text (a UTF-8 byte order mark on line 1 skipped)."""
+    if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+            f"{error.start + 1}); JSON lines files are UTF-8"
+        ) from None
+
+
+def _parse_preference_record(line: str, where: str) -> dict:
+    """A JSON object with string ``"prompt"``, ``"chosen"`` and ``"rejected"``."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as error:  # e.g. an integer literal of more than 4300 digits
+        raise ValueError(f"{where}: unreadable JSON value ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{where}: expected a JSON object with keys 'prompt', 'chosen', 'rejected', "
+            f"got {type(record).__name__}"
+        )
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in record:
+            raise ValueError(
+                f"{where}: missing key {key!r} (each line needs 'prompt', 'chosen' and 'rejected')"
+            )
+        if not isinstance(record[key], str):
+            raise ValueError(
+                f"{where}: {key!r} must be a string, got {type(record[key]).__name__} "
+                "(tinyrlhf reads TRL's standard preference format, not the "
+                "conversational one)"
+            )
+    return record
+
+
+def _record_pair(
+    tree: TokenTree,
+    record: dict,
+    where: str,
+    prompt_ids: dict[str, int],
+    leaf_offsets: dict[str, int],
+) -> tuple[int, list[int]]:
+    """The prompt index and the ``[chosen, rejected]`` leaf indices of a checked record
+    (``leaf_offsets`` caches each completion's offset within its prompt)."""
+    p = prompt_ids.get(record["prompt"])
+    if p is None:
+        raise ValueError(
+            f"{where}: unknown prompt {record['prompt']!r}; the tree's prompts are {tree.prompts}"
+        )
+    pair = []
+    for key in ("chosen", "rejected"):
+        completion = record[key]
+        offset = leaf_offsets.get(completion)
+        if offset is None:
+            offset = _completion_offset(tree, completion, f"{where}: {key!r}")
+            leaf_offsets[completion] = offset
+        pair.append(p * tree.leaves_per_prompt + offset)
+    return p, pair
+
+
+def _record_weight(record: dict, where: str) -> float:
+    """The record's ``"weight"`` (default 1): a finite number ``>= 0``."""
+    weight = record.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"{where}: 'weight' must be a number, got {type(weight).__name__}")
+    try:
+        weight = float(weight)
+    except OverflowError:  # an integer beyond float64
+        weight = math.inf
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(
+            f"{where}: 'weight' must be finite and >= 0, got {_short_repr(record['weight'])}"
+        )
+    return weight
 
 
 # ------------------------------------------------------------------------------ sampling
