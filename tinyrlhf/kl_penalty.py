@@ -264,7 +264,8 @@ def kl_penalty_fixed_point(
     optimizes, stationary_for = classify(term)
     shape, slope = coefficient_shape(term)
     sequence_or_summed = term.level == "sequence" or term.placement == "reward"
-    stationary, reason, info = True, "", {}
+    stationary, reason = True, ""
+    info: dict = {}
     if shape == "u" and sequence_or_summed:  # reverse KL with coefficient a beta
         policy, how = closed_form(ref, reward, beta * slope).policy, "closed form"
     elif shape == "constant":
@@ -646,6 +647,8 @@ def kl_penalty_report(ref: Policy, reward: np.ndarray, beta: float) -> KLPenalty
                     fixed = kl_penalty_fixed_point(
                         ref, reward, beta, estimator=estimator, placement=placement, level=level
                     )
+                # kl_penalty_fixed_point always sets both
+                assert fixed.term is not None and fixed.residual is not None
                 rows.append(
                     KLPenaltyRow(
                         name=fixed.term.name,
