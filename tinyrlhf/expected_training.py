@@ -221,7 +221,7 @@ def _check_clip(clip: object) -> tuple[float, float] | None:
     if isinstance(clip, (numbers.Real,)) and not isinstance(clip, bool):
         clip = (clip, clip)
     try:
-        eps_low, eps_high = (float(value) for value in clip)  # type: ignore[union-attr]
+        eps_low, eps_high = (float(value) for value in clip)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         raise TypeError(
             f"clip must be None, a number or a pair (eps_low, eps_high), got {clip!r}"
