@@ -33,6 +33,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy.special import expit, log_expit
@@ -287,7 +288,7 @@ class Preferences:
             IsADirectoryError: ``path`` is a directory.
             OSError: the directory is not writable, the disk is full, ...
         """
-        path = _check_path(path)
+        file_name = _check_path(path)
         self.check(tree)
         leaves, inverse = np.unique(
             np.concatenate([self.chosen, self.rejected]), return_inverse=True
@@ -306,7 +307,7 @@ class Preferences:
             if write_weight:
                 record["weight"] = float(self.weight[k])
             lines.append(json.dumps(record, ensure_ascii=False).translate(_ESCAPE_LINE_BREAKS))
-        _atomic_write_text(path, "".join(line + "\n" for line in lines))
+        _atomic_write_text(file_name, "".join(line + "\n" for line in lines))
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, tree: TokenTree) -> Preferences:
@@ -332,9 +333,9 @@ class Preferences:
             OSError: the file cannot be read.
         """
         tree = check_tree(tree)
-        path = _check_path(path)
-        name = os.fsdecode(path)
-        with open(path, "rb") as handle:
+        file_name = _check_path(path)
+        name = os.fsdecode(file_name)
+        with open(file_name, "rb") as handle:
             data = handle.read()
         prompts: list[int] = []
         chosen: list[int] = []
@@ -653,7 +654,7 @@ def _prompt_indices(
     if prompt is None:
         return rng.integers(0, tree.n_prompts, size=n, dtype=np.int64)
     if isinstance(prompt, (str, numbers.Integral, np.integer)) and not isinstance(prompt, bool):
-        return np.full(n, tree.prompt_index(prompt), dtype=np.int64)
+        return np.full(n, tree.prompt_index(cast("str | int", prompt)), dtype=np.int64)
     array = np.asarray(prompt)
     if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(
@@ -703,7 +704,7 @@ def _sample_distinct_pairs(
     ``every_prompt``: the prompts were drawn uniformly, so every prompt must admit a pair.
     """
     leaves = tree.leaves_per_prompt
-    n = prompts.shape[0]
+    n: int = prompts.shape[0]
     base = prompts * leaves  # (n,) first leaf of each pair's prompt
     if policy is None:  # uniform, no eos: y_1 uniform, y_2 uniform on the L - 1 other leaves
         if n and leaves < 2:
