@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -60,7 +61,7 @@ from .tree import TokenTree
 #: Resolution of the PNGs.
 DPI = 150
 #: Matplotlib settings for every figure (svg.hashsalt makes SVG ids reproducible too).
-STYLE = {
+STYLE: dict[Any, Any] = {  # matplotlib rcParams (its stubs key them by a Literal)
     "svg.hashsalt": "tinyrlhf",
     "font.size": 10,
     "axes.titlesize": 11,
