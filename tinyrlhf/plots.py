@@ -10,6 +10,7 @@ solvers and :mod:`tinyrlhf.figures`, which assembles the committed set.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -30,6 +31,12 @@ MAX_TREE_LEAVES = 32
 MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 #: Default ``(marker, colour)`` of the points marked on a landscape.
 POINT_STYLES = (("o", "white"), ("X", "red"), ("*", "orange"), ("s", "cyan"), ("D", "magenta"))
+
+
+def _figure_of(ax: Axes) -> Figure:
+    """The figure that holds ``ax``, typed as the ``Figure`` the ``plot_*`` functions return
+    (matplotlib types ``Axes.figure`` as ``Figure | SubFigure``; a no-op at run time)."""
+    return cast(Figure, ax.figure)
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -110,7 +117,11 @@ def plot_token_tree(
         )  # (A**(h+1), 2 ends, 2 coordinates)
         ax.add_collection(
             LineCollection(
-                segments, linewidths=0.6 + 5.0 * width, colors=colors[-1], alpha=0.45, zorder=1
+                cast("Sequence[np.ndarray]", segments),  # (A**(h+1), 2, 2): one row per segment
+                linewidths=0.6 + 5.0 * width,
+                colors=colors[-1],
+                alpha=0.45,
+                zorder=1,
             )
         )
         # labels at 55% of the way down each edge: the token, then each policy's pi(a|s)
@@ -185,7 +196,7 @@ def plot_token_tree(
         loc="upper right",
         fontsize=9,
     )
-    return ax.figure
+    return _figure_of(ax)
 
 
 # ----------------------------------------------------------------------- distributions
@@ -223,7 +234,7 @@ def plot_leaf_distributions(
     ax.set_ylabel("P(ξ | s₀)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=9)
-    return ax.figure
+    return _figure_of(ax)
 
 
 # --------------------------------------------------------------------------- landscapes
@@ -281,7 +292,7 @@ def plot_kl_landscape(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_aspect("equal")
-    return ax.figure
+    return _figure_of(ax)
 
 
 # -------------------------------------------------------------------------------- sweeps
@@ -323,7 +334,7 @@ def plot_beta_path(
         ax.set_xlabel("β (KL coefficient)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return reward_ax.figure
+    return _figure_of(reward_ax)
 
 
 def plot_frontier(
@@ -377,7 +388,7 @@ def plot_frontier(
     ax.set_ylabel("E_π[r]")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_convergence(
@@ -408,7 +419,7 @@ def plot_convergence(
     ax.set_ylabel("J(π*) − J(π_t)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_reward_fit(
@@ -446,7 +457,7 @@ def plot_reward_fit(
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("fitted reward r̂")
     panels[0].legend(fontsize=8, loc="upper left")
-    return panels[0].figure
+    return _figure_of(panels[0])
 
 
 # ------------------------------------------------------------ beyond the lecture (issue 7)
@@ -527,7 +538,7 @@ def plot_preference_game(
         rates_ax.set_title("win rate against the RLHF optimum")
         rates_ax.grid(alpha=0.3)
         rates_ax.legend(fontsize=8)
-    return matrix_ax.figure
+    return _figure_of(matrix_ax)
 
 
 def plot_kl_estimators(
@@ -556,7 +567,7 @@ def plot_kl_estimators(
     n_curves = len(means)
     spacing = 0.12  # between two markers of one curve: a fraction of the axes diagonal
     for k, label in enumerate(means):
-        style = {
+        style: dict[str, Any] = {
             "color": f"C{k % 3}",
             "ls": "-" if k < 3 else "--",
             "lw": 1.0 + 1.5 * (n_curves - 1 - k) / max(n_curves - 1, 1),
@@ -579,7 +590,7 @@ def plot_kl_estimators(
         ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return mean_ax.figure
+    return _figure_of(mean_ax)
 
 
 def plot_overoptimization(
@@ -638,7 +649,7 @@ def plot_overoptimization(
         ax.set_xlabel("√KL(π ‖ π_ref)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return true_ax.figure
+    return _figure_of(true_ax)
 
 
 def plot_best_of_n(
@@ -694,7 +705,7 @@ def plot_best_of_n(
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return left.figure
+    return _figure_of(left)
 
 
 def plot_best_of_n_proxy(
@@ -725,7 +736,7 @@ def plot_best_of_n_proxy(
     ax.set_ylabel("true reward E_π[r]")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_kl_penalty(
@@ -776,7 +787,7 @@ def plot_kl_penalty(
     handles = [Line2D([], [], color=colours[kind], lw=8, label=kind) for kind in kinds]
     handles.append(Line2D([], [], color="none", label="hatched: no interior fixed point"))
     right.legend(handles=handles, fontsize=8)
-    return left.figure
+    return _figure_of(left)
 
 
 # ------------------------------------------------------- RL with verifiable rewards
@@ -807,7 +818,7 @@ def plot_difficulty_bias(
     ax.set_ylabel("update / ∇P(success)  (log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_length_bias(
@@ -844,7 +855,7 @@ def plot_length_bias(
     for ax in (weight_ax, length_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return weight_ax.figure
+    return _figure_of(weight_ax)
 
 
 def plot_training_dynamics(
@@ -896,7 +907,7 @@ def plot_training_dynamics(
     for ax in (reward_ax, residual_ax):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, ncol=2 if ax is reward_ax else 1)
-    return reward_ax.figure
+    return _figure_of(reward_ax)
 
 
 def plot_entropy_dynamics(
@@ -937,4 +948,4 @@ def plot_entropy_dynamics(
     for ax in (entropy_ax, change_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return entropy_ax.figure
+    return _figure_of(entropy_ax)
