@@ -21,6 +21,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -69,6 +70,7 @@ def draw_optimum(ax: Axes, ref: Policy, reward: np.ndarray, beta: float) -> Poli
         pi*_beta, the closed-form optimum.
     """
     star = closed_form(ref, reward, beta)
+    assert star.log_partition is not None  # the closed form always sets it
     ax.clear()
     plots.plot_token_tree(
         ref.tree,
@@ -236,7 +238,7 @@ def make_animations(out_dir: str | os.PathLike, *, small: bool = False) -> list[
     from .figures import STYLE, _check_out_dir
 
     out = _check_out_dir(out_dir)
-    sizes = {
+    sizes: dict[str, dict[str, Any]] = {
         "beta_sweep.gif": {"betas": SWEEP_BETAS[::11]} if small else {},
         "policy_gradient.gif": {"frames": 3} if small else {},
     }

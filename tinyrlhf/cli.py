@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import numpy as np
 
@@ -249,7 +250,7 @@ def _progress(label: str) -> Iterator[None]:
     otherwise); the line is cleared when the block ends."""
     done = threading.Event()
     tty = sys.stderr.isatty()
-    shown = []
+    shown: list[str] = []
 
     def report() -> None:
         start = time.perf_counter()
@@ -292,6 +293,7 @@ def _solve(method: str, ref, reward: np.ndarray, beta: float, seed: int):
 
 
 def _print_solution(solution: Solution, notes: list[str]) -> None:
+    assert solution.wall_time is not None  # every solver times itself
     print(f"[{solution.method}]  ({solution.wall_time * 1e3:.1f} ms)")
     if solution.log_partition is not None:
         print(f"  log Z(s0)         = {solution.log_partition}")
@@ -337,6 +339,8 @@ def _print_demo_summary(solutions: list[Solution], args: argparse.Namespace) -> 
     by_method = {solution.method: solution for solution in solutions}
     closed, soft = by_method.get("closed_form"), by_method.get("soft_value_iteration")
     if closed is not None and soft is not None:
+        # both solvers always set these
+        assert soft.values is not None and closed.log_partition is not None
         gap = np.max(np.abs(soft.values[0] - args.beta * closed.log_partition))
         print()
         print(f"V_0 = beta log Z: max |V_0 - beta log Z| = {gap:.2e}")
@@ -743,7 +747,7 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     try:
         parser.error(message)
     except SystemExit as exit_request:
-        return int(exit_request.code)
+        return int(cast(int, exit_request.code))  # argparse exits with status 2
     return 2  # pragma: no cover  (argparse.error always exits)
 
 

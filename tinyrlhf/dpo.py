@@ -387,6 +387,7 @@ def _policy(
     probability 0 (the boundary limit), whose rows the closed form under ``r`` fills where
     no leaf below is left."""
     solution = closed_form(ref, reward, beta)
+    assert solution.leaf_log_probs is not None  # the closed form always sets it
     if dominated is None or dominated.size == 0:
         return solution.policy, solution.leaf_log_probs
     tree = ref.tree
@@ -615,8 +616,9 @@ def _ratio_test(
     direction: np.ndarray,
     weight: np.ndarray,
     unbounded: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Move along ``direction`` (full step unless ``unbounded``) until the first bound."""
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Move along ``direction`` (full step unless ``unbounded``) until the first bound;
+    ``(alpha, state, blocked)``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(
             direction < 0,

@@ -221,7 +221,7 @@ def _check_clip(clip: object) -> tuple[float, float] | None:
     if isinstance(clip, (numbers.Real,)) and not isinstance(clip, bool):
         clip = (clip, clip)
     try:
-        eps_low, eps_high = (float(value) for value in clip)  # type: ignore[union-attr]
+        eps_low, eps_high = (float(value) for value in clip)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         raise TypeError(
             f"clip must be None, a number or a pair (eps_low, eps_high), got {clip!r}"
@@ -235,6 +235,298 @@ def _check_clip(clip: object) -> tuple[float, float] | None:
 
 def _is_binary(reward: np.ndarray) -> bool:
     return bool(np.all((reward == 0.0) | (reward == 1.0)))
+
+
+@dataclass(frozen=True)
+class _TrainingSetup:
+    """The checked arguments of :func:`train_expected`, read by its step functions."""
+
+    ref: Policy
+    reward: np.ndarray
+    estimator: str
+    group_size: int
+    eps: float
+    beta: float
+    term: KLTerm | None
+    lr: float
+    steps: int
+    update: str
+    tol: float
+    reset_every: int | None
+    epochs: int
+    clip: tuple[float, float] | None
+
+    @property
+    def use_kl(self) -> bool:
+        """Whether the update carries the KL term (a term and ``beta > 0``)."""
+        return self.term is not None and self.beta > 0
+
+
+def _check_training(
+    ref: Policy,
+    reward: np.ndarray,
+    estimator: str,
+    group_size: int,
+    eps: float,
+    beta: float,
+    kl_estimator: object,
+    kl_placement: str,
+    kl_level: str,
+    lr: float,
+    steps: int,
+    update: str,
+    tol: float,
+    reset_every: int | None,
+    epochs: int,
+    clip: float | tuple[float, float] | None,
+) -> _TrainingSetup:
+    """Validate :func:`train_expected`'s arguments (messages name the argument)."""
+    ref = check_policy(ref, "ref")
+    reward = check_leaf_array(ref.tree, reward, "reward")
+    estimator, group_size = check_estimator(estimator, group_size)
+    eps = check_nonnegative(eps, "eps")
+    beta, term = check_kl_options(beta, kl_estimator, kl_placement, kl_level)
+    lr = check_nonnegative(lr, "lr", allow_zero=False)
+    steps = check_positive_int(steps, "steps", minimum=0)
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    tol = check_tolerance(tol)
+    if reset_every is not None:
+        reset_every = check_positive_int(reset_every, "reset_every")
+    epochs = check_positive_int(epochs, "epochs")
+    checked_clip = _check_clip(clip)
+    if update == "natural" and (epochs > 1 or checked_clip is not None):
+        raise ValueError(
+            "epochs > 1 and clip apply to update='gradient' only (the clipped surrogate is "
+            "ascended by plain gradient steps); use update='gradient'"
+        )
+    return _TrainingSetup(
+        ref=ref,
+        reward=reward,
+        estimator=estimator,
+        group_size=group_size,
+        eps=eps,
+        beta=beta,
+        term=term,
+        lr=lr,
+        steps=steps,
+        update=update,
+        tol=tol,
+        reset_every=reset_every,
+        epochs=epochs,
+        clip=checked_clip,
+    )
+
+
+def _minus_kl(
+    setup: _TrainingSetup, gradient: list[np.ndarray], current: Policy, kl_ref: Policy
+) -> list[np.ndarray]:
+    """``gradient - beta grad KL(current || kl_ref)`` when the update carries a KL term."""
+    if setup.term is None or not setup.beta > 0:
+        return gradient
+    kl_grad = kl_penalty_gradient(current, kl_ref, setup.term)
+    return [g - setup.beta * k for g, k in zip(gradient, kl_grad, strict=True)]
+
+
+def _expected_gradient(
+    setup: _TrainingSetup, current: Policy, kl_ref: Policy
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Leaf weights ``w_pi`` and the exact expected update ``E[g_hat]`` (KL term included)."""
+    weights, _ = leaf_weights(current, setup.reward, setup.estimator, setup.group_size, setup.eps)
+    gradient = sequence_score_gradient(current, weights)
+    return weights, _minus_kl(setup, gradient, current, kl_ref)
+
+
+def _clipped_step(
+    setup: _TrainingSetup, theta: list[np.ndarray], old: Policy, kl_ref: Policy
+) -> list[np.ndarray]:
+    """``epochs`` ascent steps on the clipped surrogate around ``pi_old = old``."""
+    tree = old.tree
+    prob = old.leaf_probs()
+    options = (setup.reward, setup.estimator, setup.group_size, setup.eps)
+    positive, _ = leaf_weights(old, *options, "positive")
+    negative, _ = leaf_weights(old, *options, "negative")
+    positive_sums = tree.subtree_sums(prob * positive)  # M+ per level
+    negative_sums = tree.subtree_sums(prob * negative)  # M- per level
+    for _epoch in range(setup.epochs):
+        surrogate = _clipped_gradient(theta, old, positive_sums, negative_sums, setup.clip)
+        if setup.use_kl:
+            if not all(np.all(t < np.inf) & ~np.any(np.isnan(t)) for t in theta):
+                break  # diverged: the caller sees the non-finite logits
+            now = Policy.from_logits(tree, theta)
+            surrogate = _minus_kl(setup, surrogate, now, kl_ref)
+        theta = [t + setup.lr * g for t, g in zip(theta, surrogate, strict=True)]
+    return theta
+
+
+@dataclass(frozen=True)
+class _TrainingState:
+    """Logits, policy, KL reference and the expected update at that policy."""
+
+    theta: list[np.ndarray]
+    policy: Policy
+    kl_ref: Policy
+    weights: np.ndarray
+    gradient: list[np.ndarray]
+    residual: float
+
+
+def _update_logits(setup: _TrainingSetup, state: _TrainingState) -> list[np.ndarray]:
+    """One update of the logits (see :func:`train_expected`); returns row-centred logits."""
+    theta = state.theta
+    if setup.update == "natural":
+        direction = _natural_direction(
+            state.policy, state.weights, state.kl_ref, setup.term, setup.beta
+        )
+        theta = [t + setup.lr * d for t, d in zip(theta, direction, strict=True)]
+    elif setup.epochs == 1 and setup.clip is None:
+        theta = [t + setup.lr * g for t, g in zip(theta, state.gradient, strict=True)]
+    else:
+        theta = _clipped_step(setup, theta, state.policy, state.kl_ref)
+    # keep logits centred per row (softmax is shift invariant; avoids drift)
+    return [t - np.max(t, axis=1, keepdims=True) for t in theta]
+
+
+def _initial_state(setup: _TrainingSetup) -> _TrainingState:
+    """``pi = pi_ref`` with its expected update."""
+    ref = setup.ref
+    weights, gradient = _expected_gradient(setup, ref, ref)
+    theta = [np.array(table) for table in ref.log_probs]
+    return _TrainingState(theta, ref, ref, weights, gradient, update_residual(ref, gradient))
+
+
+def _next_state(
+    setup: _TrainingSetup, state: _TrainingState, step: int, allowed: list[np.ndarray]
+) -> _TrainingState | None:
+    """The state after update ``step`` (0-based), or None if it diverged (a logit left or
+    entered the support ``allowed``, or the next expected update is not finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        theta = _update_logits(setup, state)
+    if not all(
+        np.array_equal(np.isfinite(t), mask) for t, mask in zip(theta, allowed, strict=True)
+    ):
+        return None
+    policy = Policy.from_logits(setup.ref.tree, theta)
+    kl_ref = state.kl_ref
+    if setup.reset_every is not None and (step + 1) % setup.reset_every == 0:
+        kl_ref = policy
+    with np.errstate(over="ignore", invalid="ignore"):
+        weights, gradient = _expected_gradient(setup, policy, kl_ref)
+    residual = update_residual(policy, gradient)
+    if not np.isfinite(residual):
+        return None
+    return _TrainingState(theta, policy, kl_ref, weights, gradient, residual)
+
+
+#: Keys of ``train_expected``'s history recorded at every entry.
+_HISTORY_KEYS = (
+    "expected_reward",
+    "prompt_expected_reward",
+    "kl",
+    "entropy",
+    "depth_entropy",
+    "mean_length",
+    "residual",
+)
+
+
+class _History:
+    """The per-entry measurements of a :func:`train_expected` run."""
+
+    def __init__(self, ref: Policy, reward: np.ndarray) -> None:
+        self.ref = ref
+        self.reward = reward
+        self.lengths = completion_lengths(ref.tree).astype(np.float64)
+        self.records: dict[str, list] = {key: [] for key in _HISTORY_KEYS}
+
+    def record(self, current: Policy, residual: float) -> None:
+        """Append the measurements of ``current``."""
+        records = self.records
+        per_prompt = expected_reward(current, self.reward)
+        records["expected_reward"].append(float(per_prompt.mean()))
+        records["prompt_expected_reward"].append(per_prompt)
+        records["kl"].append(float(kl_divergence(current, self.ref).mean()))
+        records["entropy"].append(float(entropy(current).mean()))
+        records["depth_entropy"].append(depth_entropy(current).mean(axis=0))
+        mean_length = (current.leaf_probs() @ self.lengths) / current.tree.n_prompts
+        records["mean_length"].append(float(mean_length))
+        records["residual"].append(residual)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The records as arrays over entries (plus ``"success"`` for 0/1 rewards)."""
+        history = {key: np.asarray(values) for key, values in self.records.items()}
+        if _is_binary(self.reward):
+            history["success"] = history["expected_reward"].copy()
+        return history
+
+
+def _run_training(
+    setup: _TrainingSetup, state: _TrainingState, history: _History
+) -> tuple[_TrainingState, int, bool]:
+    """Update until certified, diverged or out of steps: ``(state, steps_taken, diverged)``."""
+    allowed = [np.isfinite(table) for table in setup.ref.log_probs]
+    for step in range(setup.steps):
+        if state.residual <= setup.tol:
+            return state, step, False
+        new_state = _next_state(setup, state, step, allowed)
+        if new_state is None:
+            return state, step, True
+        state = new_state
+        history.record(state.policy, state.residual)
+    return state, setup.steps, False
+
+
+def _warn_uncertified(
+    setup: _TrainingSetup, residual: float, steps_taken: int, diverged: bool
+) -> None:
+    """Warn :class:`ExpectedTrainingWarning` unless ``residual <= tol`` (at the caller of
+    :func:`train_expected`: ``stacklevel=3``)."""
+    if diverged:
+        warnings.warn(
+            f"train_expected diverged at step {steps_taken + 1}: the update made a logit or "
+            f"the next update non-finite (lr = {setup.lr:g} is too large for this problem); returning the last "
+            "finite policy; lower lr",
+            ExpectedTrainingWarning,
+            stacklevel=3,
+        )
+    elif not residual <= setup.tol:
+        warnings.warn(
+            f"train_expected stopped after {steps_taken} step(s) with residual "
+            f"(KKT gap of E[g_hat]) {residual:.3g} > tol = {setup.tol:.3g}: not a certified stationary "
+            "point; raise steps or lr, or loosen tol",
+            ExpectedTrainingWarning,
+            stacklevel=3,
+        )
+
+
+def _training_solution(
+    setup: _TrainingSetup,
+    state: _TrainingState,
+    history: _History,
+    steps_taken: int,
+    start: float,
+) -> Solution:
+    """The :class:`tinyrlhf.Solution` of :func:`train_expected`."""
+    arrays = history.arrays()
+    return Solution(
+        policy=state.policy,
+        method=f"train_expected[{setup.estimator}, G={setup.group_size}, {setup.update}]",
+        reference=setup.ref,
+        reward=setup.reward,
+        beta=setup.beta,
+        history=arrays,
+        converged=state.residual <= setup.tol,
+        residual=state.residual,
+        tolerance=setup.tol,
+        wall_time=time.perf_counter() - start,
+        info={
+            "steps_taken": steps_taken,
+            "lr": setup.lr,
+            "kl_term": None if setup.term is None else setup.term.name,
+            "leaf_weights": state.weights,
+            "final_reference": state.kl_ref,
+        },
+    )
 
 
 def train_expected(
@@ -315,164 +607,30 @@ def train_expected(
             steps, update, tol, reset_every, epochs or clip (messages name the argument).
     """
     start = time.perf_counter()
-    ref = check_policy(ref, "ref")
-    tree = ref.tree
-    reward = check_leaf_array(tree, reward, "reward")
-    estimator, group_size = check_estimator(estimator, group_size)
-    eps = check_nonnegative(eps, "eps")
-    beta, term = check_kl_options(beta, kl_estimator, kl_placement, kl_level)
-    lr = check_nonnegative(lr, "lr", allow_zero=False)
-    steps = check_positive_int(steps, "steps", minimum=0)
-    if update not in UPDATES:
-        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
-    tol = check_tolerance(tol)
-    if reset_every is not None:
-        reset_every = check_positive_int(reset_every, "reset_every")
-    epochs = check_positive_int(epochs, "epochs")
-    clip = _check_clip(clip)
-    if update == "natural" and (epochs > 1 or clip is not None):
-        raise ValueError(
-            "epochs > 1 and clip apply to update='gradient' only (the clipped surrogate is "
-            "ascended by plain gradient steps); use update='gradient'"
-        )
-    use_kl = term is not None and beta > 0
-    binary = _is_binary(reward)
-    lengths = completion_lengths(tree).astype(np.float64)
-    theta = [np.array(table) for table in ref.log_probs]
-    policy, kl_ref = ref, ref
-    records: dict[str, list] = {
-        key: []
-        for key in (
-            "expected_reward",
-            "prompt_expected_reward",
-            "kl",
-            "entropy",
-            "depth_entropy",
-            "mean_length",
-            "residual",
-        )
-    }
-
-    def expected_gradient(current: Policy, kl_ref: Policy) -> tuple[np.ndarray, list[np.ndarray]]:
-        weights, _ = leaf_weights(current, reward, estimator, group_size, eps)
-        gradient = sequence_score_gradient(current, weights)
-        if use_kl:
-            kl_grad = kl_penalty_gradient(current, kl_ref, term)  # type: ignore[arg-type]
-            gradient = [g - beta * k for g, k in zip(gradient, kl_grad, strict=True)]
-        return weights, gradient
-
-    def record(current: Policy, residual: float) -> None:
-        per_prompt = expected_reward(current, reward)
-        records["expected_reward"].append(float(per_prompt.mean()))
-        records["prompt_expected_reward"].append(per_prompt)
-        records["kl"].append(float(kl_divergence(current, ref).mean()))
-        records["entropy"].append(float(entropy(current).mean()))
-        records["depth_entropy"].append(depth_entropy(current).mean(axis=0))
-        records["mean_length"].append(float((current.leaf_probs() @ lengths) / tree.n_prompts))
-        records["residual"].append(residual)
-
-    def _step(
-        theta: list[np.ndarray],
-        policy: Policy,
-        weights: np.ndarray,
-        gradient: list[np.ndarray],
-        kl_ref: Policy,
-    ) -> list[np.ndarray]:
-        """One update of the logits (see the docstring); returns row-centred logits."""
-        if update == "natural":
-            direction = _natural_direction(policy, weights, kl_ref, term, beta)
-            theta = [t + lr * d for t, d in zip(theta, direction, strict=True)]
-        elif epochs == 1 and clip is None:
-            theta = [t + lr * g for t, g in zip(theta, gradient, strict=True)]
-        else:
-            old = policy
-            prob = old.leaf_probs()
-            positive, _ = leaf_weights(old, reward, estimator, group_size, eps, "positive")
-            negative, _ = leaf_weights(old, reward, estimator, group_size, eps, "negative")
-            positive_sums = tree.subtree_sums(prob * positive)  # M+ per level
-            negative_sums = tree.subtree_sums(prob * negative)  # M- per level
-            for _epoch in range(epochs):
-                surrogate = _clipped_gradient(theta, old, positive_sums, negative_sums, clip)
-                if use_kl:
-                    if not all(np.all(t < np.inf) & ~np.any(np.isnan(t)) for t in theta):
-                        break  # diverged: the caller sees the non-finite logits
-                    now = Policy.from_logits(tree, theta)
-                    kl_grad = kl_penalty_gradient(now, kl_ref, term)  # type: ignore[arg-type]
-                    surrogate = [g - beta * k for g, k in zip(surrogate, kl_grad, strict=True)]
-                theta = [t + lr * g for t, g in zip(theta, surrogate, strict=True)]
-        # keep logits centred per row (softmax is shift invariant; avoids drift)
-        return [t - np.max(t, axis=1, keepdims=True) for t in theta]
-
-    weights, gradient = expected_gradient(policy, kl_ref)
-    residual = update_residual(policy, gradient)
-    record(policy, residual)
-    steps_taken = 0
-    diverged = False
-    allowed = [np.isfinite(table) for table in ref.log_probs]
-    for step in range(steps):
-        if residual <= tol:
-            break
-        with np.errstate(over="ignore", invalid="ignore"):
-            new_theta = _step(theta, policy, weights, gradient, kl_ref)
-        if not all(
-            np.array_equal(np.isfinite(t), mask)
-            for t, mask in zip(new_theta, allowed, strict=True)
-        ):
-            diverged = True
-            break
-        new_policy = Policy.from_logits(tree, new_theta)
-        new_ref = kl_ref
-        if reset_every is not None and (step + 1) % reset_every == 0:
-            new_ref = new_policy
-        with np.errstate(over="ignore", invalid="ignore"):
-            new_weights, new_gradient = expected_gradient(new_policy, new_ref)
-        new_residual = update_residual(new_policy, new_gradient)
-        if not np.isfinite(new_residual):
-            diverged = True
-            break
-        theta, policy, kl_ref = new_theta, new_policy, new_ref
-        weights, gradient, residual = new_weights, new_gradient, new_residual
-        steps_taken = step + 1
-        record(policy, residual)
-    converged = residual <= tol
-    if diverged:
-        warnings.warn(
-            f"train_expected diverged at step {steps_taken + 1}: the update made a logit or "
-            f"the next update non-finite (lr = {lr:g} is too large for this problem); returning the last "
-            "finite policy; lower lr",
-            ExpectedTrainingWarning,
-            stacklevel=2,
-        )
-    elif not converged:
-        warnings.warn(
-            f"train_expected stopped after {steps_taken} step(s) with residual "
-            f"(KKT gap of E[g_hat]) {residual:.3g} > tol = {tol:.3g}: not a certified stationary "
-            "point; raise steps or lr, or loosen tol",
-            ExpectedTrainingWarning,
-            stacklevel=2,
-        )
-    history = {key: np.asarray(values) for key, values in records.items()}
-    if binary:
-        history["success"] = history["expected_reward"].copy()
-    return Solution(
-        policy=policy,
-        method=f"train_expected[{estimator}, G={group_size}, {update}]",
-        reference=ref,
-        reward=reward,
-        beta=beta,
-        history=history,
-        converged=converged,
-        residual=residual,
-        tolerance=tol,
-        wall_time=time.perf_counter() - start,
-        info={
-            "steps_taken": steps_taken,
-            "lr": lr,
-            "kl_term": None if term is None else term.name,
-            "leaf_weights": weights,
-            "final_reference": kl_ref,
-        },
+    setup = _check_training(
+        ref,
+        reward,
+        estimator,
+        group_size,
+        eps,
+        beta,
+        kl_estimator,
+        kl_placement,
+        kl_level,
+        lr,
+        steps,
+        update,
+        tol,
+        reset_every,
+        epochs,
+        clip,
     )
+    history = _History(setup.ref, setup.reward)
+    state = _initial_state(setup)
+    history.record(state.policy, state.residual)
+    state, steps_taken, diverged = _run_training(setup, state, history)
+    _warn_uncertified(setup, state.residual, steps_taken, diverged)
+    return _training_solution(setup, state, history, steps_taken, start)
 
 
 # ------------------------------------------------------------------------ demo problems

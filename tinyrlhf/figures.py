@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 import numpy as np
@@ -54,7 +55,7 @@ from .overoptimization import OveroptimizationCurve, overoptimization_curve
 from .policy import Policy
 from .preferences import sample_preferences
 from .projections import Projection, kl_landscape, project_all, saddle_point
-from .solvers import closed_form, policy_gradient, soft_value_iteration
+from .solvers import Solution, closed_form, policy_gradient, soft_value_iteration
 from .solvers.policy_gradient import PolicyGradientWarning
 from .sweeps import beta_path, reward_kl_frontier
 from .tree import TokenTree
@@ -62,7 +63,7 @@ from .tree import TokenTree
 #: Resolution of the PNGs.
 DPI = 150
 #: Matplotlib settings for every figure (svg.hashsalt makes SVG ids reproducible too).
-STYLE = {
+STYLE: dict[Any, Any] = {  # matplotlib rcParams (its stubs key them by a Literal)
     "svg.hashsalt": "tinyrlhf",
     "font.size": 10,
     "axes.titlesize": 11,
@@ -100,6 +101,12 @@ SMALL = FigureConfig(
     rlvr_steps=20,
     rlvr_points=9,
 )
+
+
+def _history(solution: Solution) -> dict[str, np.ndarray]:
+    """The ``history`` of an iterative solver's result (always set by those used here)."""
+    assert solution.history is not None
+    return solution.history
 
 
 def _sweep_problem() -> tuple[TokenTree, Policy, np.ndarray]:
@@ -168,7 +175,7 @@ def figure_kl_landscape(config: FigureConfig) -> Figure:
     forward_theta = _position_parameters(forward.policy)
     fig = Figure(figsize=(12.0, 5.2), layout="constrained")
     reverse_ax, forward_ax = fig.subplots(1, 2)
-    labels = {
+    labels: dict[str, Any] = {
         "xlabel": "θ₀ = logit of 'a' vs 'b' at depth 0",
         "ylabel": "θ₁ = logit of 'a' vs 'b' at depth 1",
     }
@@ -264,7 +271,7 @@ def figure_convergence(config: FigureConfig) -> Figure:
             solution = policy_gradient(
                 ref, reward, beta, method=method, steps=steps, seed=0, tol=1e-15
             )
-        gaps[method] = best - solution.history["objective"]
+        gaps[method] = best - _history(solution)["objective"]
     fig = plots.plot_convergence(gaps, floor=np.finfo(np.float64).eps * max(1.0, abs(best)))
     fig.axes[0].set_title(
         f"Policy gradient on the demo problem (β = {beta:g}): natural (soft policy iteration),\n"
@@ -339,9 +346,10 @@ def figure_kl_estimators(config: FigureConfig) -> Figure:
         for k in ESTIMATORS
     ]
     kl: list[float] = []
-    means: dict[str, list[float]] = {name: [] for name in names}
-    stds: dict[str, list[float]] = {name: [] for name in names}
-    errors: dict[str, list[float]] = {name: [] for name in names}
+    # lists of floats, read by plot_kl_estimators through np.asarray
+    means: dict[str, Any] = {name: [] for name in names}
+    stds: dict[str, Any] = {name: [] for name in names}
+    errors: dict[str, Any] = {name: [] for name in names}
     for beta in np.logspace(1.5, -1.0, config.n_betas):  # pi*_beta moves away from pi_ref
         report = kl_estimator_report(closed_form(ref, reward, float(beta)).policy, ref)
         kl.append(report.rows[0].kl)
@@ -407,7 +415,7 @@ def figure_best_of_n(config: FigureConfig) -> Figure:
 
     _, ref, reward = _sweep_problem()
     ns = 2 ** np.arange(0, 15 if config is FULL else 9)
-    curve = best_of_n_curve(ref, reward, ns)
+    curve = best_of_n_curve(ref, reward, cast("Sequence[int]", ns))  # ns: (k,) int array
     frontier = reward_kl_frontier(ref, reward, np.logspace(-2.5, 2.0, config.n_betas * 2))
     # a pass/fail verifier (passes iff r is the best reward) and 4096 equiprobable leaves
     verifier = (reward == reward.max()).astype(np.float64)
@@ -448,7 +456,7 @@ def figure_best_of_n_proxy(config: FigureConfig) -> Figure:
     curves = {}
     for size in sizes:
         r_hat = fit_bradley_terry(tree, prefs[:size], l2=DEFAULT_L2).reward
-        curve = best_of_n_curve(ref, r_hat, ns, reward=r_true)
+        curve = best_of_n_curve(ref, r_hat, cast("Sequence[int]", ns), reward=r_true)
         curves[f"best-of-n under r̂ ({size:,} pairs)"] = (
             curve.kl[:, 0],
             curve.expected_reward[:, 0],
@@ -494,7 +502,7 @@ def figure_kl_penalty(config: FigureConfig) -> Figure:
 
 # ----------------------------------------------------------- RL with verifiable rewards
 #: The KL term of the RLVR figures: k1 in the reward, sequence level (exact grad KL).
-RLVR_KL = {"kl_estimator": "k1", "kl_placement": "reward", "kl_level": "sequence"}
+RLVR_KL: dict[str, Any] = {"kl_estimator": "k1", "kl_placement": "reward", "kl_level": "sequence"}
 RLVR_BETA = 0.1
 
 
@@ -552,7 +560,7 @@ def figure_rlvr_length(config: FigureConfig) -> Figure:
                 steps=min(config.rlvr_steps, 400),
                 update="natural",
             )
-        mean_lengths[estimator] = run.history["mean_length"]
+        mean_lengths[estimator] = _history(run)["mean_length"]
     fig = plots.plot_length_bias(lengths, weights, mean_lengths)
     fig.suptitle(
         "Length bias on an eos tree (tokens a, b, $; reward 1 iff the completion contains "
@@ -583,8 +591,8 @@ def figure_rlvr_dynamics(config: FigureConfig) -> Figure:
                 tol=tol,
                 **RLVR_KL,
             )
-        success[estimator] = run.history["prompt_expected_reward"]
-        residuals[estimator] = run.history["residual"]
+        success[estimator] = _history(run)["prompt_expected_reward"]
+        residuals[estimator] = _history(run)["residual"]
     fig = plots.plot_training_dynamics(
         success, star.expected_reward(), tree.prompts, residuals, tolerance=tol
     )
@@ -600,7 +608,7 @@ def figure_rlvr_entropy(config: FigureConfig) -> Figure:
     """(q) Entropy collapse with and without the KL term; the covariance formula."""
     _, ref, reward = verifiable_problem()
     entropies = {}
-    runs = {
+    runs: dict[str, dict[str, Any]] = {
         "GRPO, no KL": {},
         f"GRPO, k1 in the reward, β = {RLVR_BETA:g}": {"beta": RLVR_BETA, **RLVR_KL},
         f"GRPO, k3 in the loss (per token), β = {RLVR_BETA:g}": {
@@ -622,7 +630,7 @@ def figure_rlvr_entropy(config: FigureConfig) -> Figure:
                 tol=1e-9,
                 **options,
             )
-        entropies[label] = run.history["entropy"]
+        entropies[label] = _history(run)["entropy"]
     update = expected_update(ref, reward, estimator="grpo", group_size=8)
     change = entropy_change(ref, update.gradient, 2.0)
     fig = plots.plot_entropy_dynamics(

@@ -467,45 +467,15 @@ def expected_update(
     estimator, group_size = check_estimator(estimator, group_size)
     eps = check_nonnegative(eps, "eps")
     beta, term = check_kl_options(beta, kl_estimator, kl_placement, kl_level)
-    use_kl = term is not None and beta > 0
-    if use_kl:
-        if ref is None:
-            raise ValueError("ref (pi_ref) is needed for a KL term with beta > 0; pass ref=")
-        check_policy(ref, "ref")
-        check_same_tree(policy, ref, ("policy", "ref"))
+    kl_ref = _kl_reference(policy, ref, term is not None and beta > 0)
     weights, compositions = leaf_weights(policy, reward, estimator, group_size, eps)
     reward_gradient = sequence_score_gradient(policy, weights)
-    gradient = reward_gradient
-    if use_kl:
-        kl_grad = kl_penalty_gradient(policy, ref, term)  # type: ignore[arg-type]
-        gradient = [g - beta * k for g, k in zip(reward_gradient, kl_grad, strict=True)]
-        true_gradient = policy_gradient_grad(policy, ref, reward, beta)  # type: ignore[arg-type]
-    else:
-        true_gradient = sequence_score_gradient(policy, reward)
-    reward_only = sequence_score_gradient(policy, reward) if use_kl else true_gradient
-    g_rows = _per_prompt(reward_gradient, tree.n_prompts)  # (P, dim)
-    t_rows = _per_prompt(reward_only, tree.n_prompts)
-    t_norms = (t_rows * t_rows).sum(axis=1)  # (P,)
-    dots = (g_rows * t_rows).sum(axis=1)
-    g_norms = (g_rows * g_rows).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        prompt_scale = np.where(t_norms > 0, dots / t_norms, np.nan)
-        both = np.sqrt(t_norms * g_norms)
-        prompt_cosine = np.where(both > 0, dots / both, np.nan)
-    flat_g, flat_t = (
-        np.concatenate([g.ravel() for g in gradient]),
-        np.concatenate([t.ravel() for t in true_gradient]),
+    gradient, true_gradient, reward_only = _kl_gradients(
+        policy, kl_ref, term, reward, beta, reward_gradient
     )
-    true_norm = float(np.sqrt(_dot(flat_t, flat_t)))
+    prompt_scale, prompt_cosine = _prompt_alignment(reward_gradient, reward_only, tree.n_prompts)
+    cosine, norm_ratio = _alignment(gradient, true_gradient)
     lengths = completion_lengths(tree)
-    prob = policy.leaf_probs()
-    prompts = tree.leaf_prompts()
-    slot = prompts * tree.horizon + (lengths - 1)  # (prompt, length) bin of each leaf
-    size = tree.n_prompts * tree.horizon
-    mass = np.bincount(slot, weights=prob, minlength=size)
-    weighted = np.bincount(slot, weights=prob * weights, minlength=size)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        length_weight = np.where(mass > 0, weighted / mass, np.nan)
     return ExpectedUpdate(
         estimator=estimator,
         group_size=group_size,
@@ -516,13 +486,87 @@ def expected_update(
         gradient=gradient,
         reward_gradient=reward_gradient,
         true_gradient=true_gradient,
-        cosine=_cosine(flat_g, flat_t),
-        norm_ratio=float(np.sqrt(_dot(flat_g, flat_g)) / true_norm)
-        if true_norm > 0
-        else float("nan"),
+        cosine=cosine,
+        norm_ratio=norm_ratio,
         prompt_scale=prompt_scale,
         prompt_cosine=prompt_cosine,
         lengths=lengths,
-        length_weight=length_weight.reshape(tree.n_prompts, tree.horizon),
+        length_weight=_length_weight(policy, weights, lengths),
         compositions=compositions,
     )
+
+
+def _kl_reference(policy: Policy, ref: Policy | None, use_kl: bool) -> Policy | None:
+    """``ref`` checked against ``policy`` when the update has a KL term, else None."""
+    if not use_kl:
+        return None
+    if ref is None:
+        raise ValueError("ref (pi_ref) is needed for a KL term with beta > 0; pass ref=")
+    check_policy(ref, "ref")
+    check_same_tree(policy, ref, ("policy", "ref"))
+    return ref
+
+
+def _kl_gradients(
+    policy: Policy,
+    kl_ref: Policy | None,
+    term: KLTerm | None,
+    reward: np.ndarray,
+    beta: float,
+    reward_gradient: list[np.ndarray],
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """``(E[g_hat], true gradient, grad E[r])`` from the reward part ``reward_gradient``:
+    the KL term's gradient (``beta``, ``term``, against ``kl_ref``) is subtracted when
+    ``kl_ref`` is given, and the true gradient is then that of ``E[r] - beta KL``."""
+    if kl_ref is None or term is None:
+        true_gradient = sequence_score_gradient(policy, reward)
+        return reward_gradient, true_gradient, true_gradient
+    kl_grad = kl_penalty_gradient(policy, kl_ref, term)
+    gradient = [g - beta * k for g, k in zip(reward_gradient, kl_grad, strict=True)]
+    true_gradient = policy_gradient_grad(policy, kl_ref, reward, beta)
+    return gradient, true_gradient, sequence_score_gradient(policy, reward)
+
+
+def _prompt_alignment(
+    reward_gradient: list[np.ndarray], reward_only: list[np.ndarray], n_prompts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, ``(scale, cosine)`` of the reward part against ``grad E[r]``, ``(P,)``
+    each (NaN where a gradient vanishes)."""
+    g_rows = _per_prompt(reward_gradient, n_prompts)  # (P, dim)
+    t_rows = _per_prompt(reward_only, n_prompts)
+    t_norms = (t_rows * t_rows).sum(axis=1)  # (P,)
+    dots = (g_rows * t_rows).sum(axis=1)
+    g_norms = (g_rows * g_rows).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prompt_scale = np.where(t_norms > 0, dots / t_norms, np.nan)
+        both = np.sqrt(t_norms * g_norms)
+        prompt_cosine = np.where(both > 0, dots / both, np.nan)
+    return prompt_scale, prompt_cosine
+
+
+def _alignment(gradient: list[np.ndarray], true_gradient: list[np.ndarray]) -> tuple[float, float]:
+    """``(cosine, norm ratio)`` of the expected update against the true gradient (the ratio
+    is NaN when the true gradient vanishes)."""
+    flat_g, flat_t = (
+        np.concatenate([g.ravel() for g in gradient]),
+        np.concatenate([t.ravel() for t in true_gradient]),
+    )
+    true_norm = float(np.sqrt(_dot(flat_t, flat_t)))
+    norm_ratio = (
+        float(np.sqrt(_dot(flat_g, flat_g)) / true_norm) if true_norm > 0 else float("nan")
+    )
+    return _cosine(flat_g, flat_t), norm_ratio
+
+
+def _length_weight(policy: Policy, weights: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``E[w(y) | prompt, |y|]``, ``(P, H)`` (NaN for lengths of probability 0)."""
+    tree = policy.tree
+    prob = policy.leaf_probs()
+    prompts = tree.leaf_prompts()
+    slot = prompts * tree.horizon + (lengths - 1)  # (prompt, length) bin of each leaf
+    size = tree.n_prompts * tree.horizon
+    mass = np.bincount(slot, weights=prob, minlength=size)
+    weighted = np.bincount(slot, weights=prob * weights, minlength=size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        length_weight = np.where(mass > 0, weighted / mass, np.nan)
+    return length_weight.reshape(tree.n_prompts, tree.horizon)

@@ -92,6 +92,7 @@ from .kl_terms import KL_ESTIMATORS, KL_LEVELS, KL_PLACEMENTS, KLTerm, kl_penalt
 from .policy import Policy
 from .solvers import closed_form
 from .solvers.solution import Solution
+from .tree import TokenTree
 from .validation import check_positive_int, check_problem, check_tolerance
 
 #: A generation whose log-probability falls this many nats below the reference's while
@@ -271,7 +272,8 @@ def kl_penalty_fixed_point(
     optimizes, stationary_for = classify(term)
     shape, slope = coefficient_shape(term)
     sequence_or_summed = term.level == "sequence" or term.placement == "reward"
-    stationary, reason, info = True, "", {}
+    stationary, reason = True, ""
+    info: dict = {}
     if shape == "u" and sequence_or_summed:  # reverse KL with coefficient a beta
         policy, how = closed_form(ref, reward, beta * slope).policy, "closed form"
     elif shape == "constant":
@@ -494,28 +496,62 @@ def _numerical(
     """Integrate (U) from ``pi_ref``, then polish with Powell's hybrid method."""
     if term.level == "sequence":
         return _numerical_leaves(ref, reward, beta, term, max_steps)
-    tree = ref.tree
     free = [table > -np.inf for table in ref.log_probs]  # logits training can move
+    problem = _FlowProblem(ref, reward, beta, term, free)
+    policy, theta, steps, stop = _integrate_flow(problem, max_steps)
+    if stop is not None:
+        return stop
+    return _polish(problem, policy, theta), True, "", {"steps": steps}
+
+
+@dataclass(frozen=True)
+class _FlowProblem:
+    """The problem :func:`_numerical` integrates, with the logits training can move."""
+
+    ref: Policy
+    reward: np.ndarray
+    beta: float
+    term: KLTerm
+    free: list[np.ndarray]  # per level, (level_size(h), A) bool: logits training can move
+
+    def update(self, policy: Policy) -> list[np.ndarray]:
+        """The expected update (U) at ``policy`` (:func:`penalized_update`)."""
+        return penalized_update(policy, self.ref, self.reward, self.beta, self.term)
+
+    def scaled_update(self, policy: Policy) -> list[np.ndarray]:
+        """(U) divided by the state occupancy ``d_pi(s) / n_prompts``, 0 on fixed logits."""
+        update = self.update(policy)
+        reach = policy.log_occupancies()
+        n_prompts = self.ref.tree.n_prompts
+        return [
+            np.where(mask, g * n_prompts / np.exp(reach[h])[:, None], 0.0)
+            for h, (g, mask) in enumerate(zip(update, self.free, strict=True))
+        ]
+
+
+def _integrate_flow(
+    problem: _FlowProblem, max_steps: int
+) -> tuple[Policy, list[np.ndarray], int, tuple[Policy, bool, str, dict] | None]:
+    """Euler steps of (U) from ``pi_ref`` until the scaled update settles.
+
+    Returns ``(policy, theta, steps, stop)``: ``stop`` is :func:`_numerical`'s result when the
+    flow collapsed or did not settle in ``max_steps`` steps, None when it settled after
+    ``steps`` evaluations of the update.
+    """
+    ref = problem.ref
+    tree = ref.tree
     theta = [
-        np.where(mask, table, -np.inf) for mask, table in zip(free, ref.log_probs, strict=True)
+        np.where(mask, table, -np.inf)
+        for mask, table in zip(problem.free, ref.log_probs, strict=True)
     ]
     log_q = ref.leaf_log_probs()
     on_support = log_q > -np.inf
-    step = 0.5 / max(1.0, beta)  # a stable step for the reward scale ~1 of these problems
-
-    def scaled_update(policy: Policy) -> list[np.ndarray]:
-        update = penalized_update(policy, ref, reward, beta, term)
-        reach = policy.log_occupancies()
-        return [
-            np.where(mask, g * tree.n_prompts / np.exp(reach[h])[:, None], 0.0)
-            for h, (g, mask) in enumerate(zip(update, free, strict=True))
-        ]
-
+    step = 0.5 / max(1.0, problem.beta)  # a stable step for the reward scale ~1 of these problems
     policy = ref
     for k in range(max_steps):
         with np.errstate(over="ignore", invalid="ignore"):
             try:
-                direction = scaled_update(policy)
+                direction = problem.scaled_update(policy)
             except ValueError:  # the estimator overflowed on a collapsing generation
                 direction = None
         collapsed = policy.leaf_log_probs()[on_support] - log_q[on_support]
@@ -524,47 +560,56 @@ def _numerical(
             or collapsed.min() < -COLLAPSE_LOG_RATIO
             or not all(np.isfinite(d).all() for d in direction)
         ):
-            return policy, False, _collapse_reason(float(collapsed.min()), k), {"steps": k}
+            reason = _collapse_reason(float(collapsed.min()), k)
+            return policy, theta, k, (policy, False, reason, {"steps": k})
         size = float(np.sqrt(sum(float(np.vdot(d, d)) for d in direction)))
         if size < SETTLED:
-            break
+            return policy, theta, k + 1, None
         theta = [t + step * d for t, d in zip(theta, direction, strict=True)]
         policy = Policy.from_logits(tree, theta)
-    else:
-        return policy, True, f"the flow did not settle in {max_steps} steps", {"steps": max_steps}
-    # polish: solve scaled_update = 0 on the free logits, the last free one of each row fixed
+    reason = f"the flow did not settle in {max_steps} steps"
+    return policy, theta, max_steps, (policy, True, reason, {"steps": max_steps})
+
+
+def _unpack_logits(
+    tree: TokenTree, theta: list[np.ndarray], pinned: list[np.ndarray], vector: np.ndarray
+) -> Policy:
+    """The policy with logits ``theta``, the ``pinned`` ones replaced by ``vector``."""
+    tables, offset = [], 0
+    for t, m in zip(theta, pinned, strict=True):
+        table = t.copy()
+        count = int(m.sum())
+        table[m] = vector[offset : offset + count]
+        tables.append(table)
+        offset += count
+    return Policy.from_logits(tree, tables)
+
+
+def _polish(problem: _FlowProblem, policy: Policy, theta: list[np.ndarray]) -> Policy:
+    """Solve ``scaled_update = 0`` with Powell's hybrid method from ``theta`` (on the free
+    logits, the last free one of each row fixed); keep the root only if its update is no
+    larger than ``policy``'s."""
+    tree = policy.tree
     pinned = []
-    for mask in free:
+    for mask in problem.free:
         keep = mask.copy()
         last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
         keep[np.arange(mask.shape[0]), last] = False
         pinned.append(keep)
     start = np.concatenate([t[m] for t, m in zip(theta, pinned, strict=True)])
 
-    def unpack(vector: np.ndarray) -> Policy:
-        tables, offset = [], 0
-        for t, m in zip(theta, pinned, strict=True):
-            table = t.copy()
-            count = int(m.sum())
-            table[m] = vector[offset : offset + count]
-            tables.append(table)
-            offset += count
-        return Policy.from_logits(tree, tables)
-
     def equations(vector: np.ndarray) -> np.ndarray:
-        direction = scaled_update(unpack(vector))
+        direction = problem.scaled_update(_unpack_logits(tree, theta, pinned, vector))
         return np.concatenate([d[m] for d, m in zip(direction, pinned, strict=True)])
 
     if start.size:
         with np.errstate(over="ignore", invalid="ignore"):
             solution = root(equations, start, method="hybr", options={"xtol": 1e-14})
         if np.isfinite(solution.x).all():
-            candidate = unpack(solution.x)
-            if gradient_norm(
-                penalized_update(candidate, ref, reward, beta, term)
-            ) <= gradient_norm(penalized_update(policy, ref, reward, beta, term)):
+            candidate = _unpack_logits(tree, theta, pinned, solution.x)
+            if gradient_norm(problem.update(candidate)) <= gradient_norm(problem.update(policy)):
                 policy = candidate
-    return policy, True, "", {"steps": k + 1}
+    return policy
 
 
 def _numerical_leaves(
@@ -688,6 +733,8 @@ def kl_penalty_report(ref: Policy, reward: np.ndarray, beta: float) -> KLPenalty
                     fixed = kl_penalty_fixed_point(
                         ref, reward, beta, estimator=estimator, placement=placement, level=level
                     )
+                # kl_penalty_fixed_point always sets both
+                assert fixed.term is not None and fixed.residual is not None
                 rows.append(
                     KLPenaltyRow(
                         name=fixed.term.name,

@@ -135,7 +135,7 @@ def kl_term(estimator: object, placement: object = "loss", level: object = "toke
         raise ValueError(f"placement must be one of {KL_PLACEMENTS}, got {placement!r}")
     if level not in KL_LEVELS:
         raise ValueError(f"level must be one of {KL_LEVELS}, got {level!r}")
-    return KLTerm(estimator, str(placement), str(level))  # type: ignore[arg-type]
+    return KLTerm(estimator, str(placement), str(level))
 
 
 def kl_penalty_values(policy: Policy, ref: Policy, term: KLTerm) -> np.ndarray:

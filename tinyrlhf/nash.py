@@ -301,51 +301,28 @@ def regularized_nash(
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
         raise ValueError(f"tol must be a positive real number, got {tol!r}")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
-    log_mu = _log(mu)  # (n,), -inf off the support
-    support = log_mu > -np.inf
-    # Cen et al.'s payoff A = B + tau (log mu 1^T - 1 log mu^T) on the support; eta = 1/(tau+|A|)
-    payoff = advantage[np.ix_(support, support)] + tau * (
-        log_mu[support][:, None] - log_mu[support][None, :]
-    )
-    eta = 1.0 / (tau + float(np.abs(payoff).max()))
-    anchor = eta * tau * np.where(support, log_mu, 0.0)  # eta tau log mu, 0 off the support
-    keep = 1.0 - eta * tau  # in (0, 1)
-
-    def step(log_pi: np.ndarray, opponent: np.ndarray) -> np.ndarray:
-        # log pi_t^{1 - eta tau} mu^{eta tau} exp(eta B opponent), normalized; -inf stays -inf
-        logits = np.where(support, keep * log_pi + anchor + eta * (advantage @ opponent), -np.inf)
-        return logits - logsumexp(logits)
-
-    log_pi = log_mu.copy()
+    game = _RegularizedGame.build(advantage, mu, tau)
+    log_pi = game.log_mu.copy()
     pi = mu.copy()
-    gap, bound = _certificate(advantage, log_mu, tau, pi)
+    gap, bound = game.certificate(pi)
     iterations = 0
     newton_steps = 0
-    use_newton = int(support.sum()) <= NEWTON_MAX_SIZE
-    sub_advantage = advantage[np.ix_(support, support)]  # B on the support: (m, m)
+    use_newton = int(game.support.sum()) <= NEWTON_MAX_SIZE
     while bound > tol and iterations < max_iter:
-        log_pi_bar = step(log_pi, pi)  # pibar_{t+1}
-        log_pi = step(log_pi, np.exp(log_pi_bar))  # pi_{t+1}
+        log_pi_bar = game.step(log_pi, pi)  # pibar_{t+1}
+        log_pi = game.step(log_pi, np.exp(log_pi_bar))  # pi_{t+1}
         pi = np.exp(log_pi)
-        gap, bound = _certificate(advantage, log_mu, tau, pi)
+        gap, bound = game.certificate(pi)
         iterations += 1
         # Safeguarded Newton acceleration: accepted only while it lowers the certified bound,
         # so PU's convergence guarantee is kept and the local rate becomes quadratic.
         while use_newton and bound > tol and iterations % NEWTON_EVERY == 0:
-            direction = _newton_direction(sub_advantage, log_mu[support], tau, log_pi[support])
-            accepted = False
-            for length in NEWTON_STEP_LENGTHS:  # damped: first length that lowers the bound
-                trial = np.full(n, -np.inf)
-                trial[support] = log_pi[support] + length * direction
-                trial[support] -= logsumexp(trial[support])
-                trial_gap, trial_bound = _certificate(advantage, log_mu, tau, np.exp(trial))
-                if trial_bound < bound:
-                    log_pi, pi, gap, bound = trial, np.exp(trial), trial_gap, trial_bound
-                    newton_steps += 1
-                    accepted = True
-                    break
-            if not accepted:
+            trial = game.newton_trial(log_pi, bound)
+            if trial is None:
                 break
+            log_pi, gap, bound = trial
+            pi = np.exp(log_pi)
+            newton_steps += 1
     converged = bool(bound <= tol)
     if not converged:
         warnings.warn(
@@ -364,6 +341,66 @@ def regularized_nash(
         converged=converged,
         tau=tau,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class _RegularizedGame:
+    """The regularized game of :func:`regularized_nash` and the pieces of its PU step."""
+
+    advantage: np.ndarray  # B = P - 1/2: (n, n)
+    log_mu: np.ndarray  # (n,), -inf off the support
+    support: np.ndarray  # (n,) bool
+    tau: float
+    eta: float  # step size 1 / (tau + |A|)
+    anchor: np.ndarray  # (n,) eta tau log mu, 0 off the support
+    keep: float  # 1 - eta tau, in (0, 1)
+
+    @classmethod
+    def build(cls, advantage: np.ndarray, mu: np.ndarray, tau: float) -> _RegularizedGame:
+        """The game with advantage ``B``, reference ``mu`` and strength ``tau``."""
+        log_mu = _log(mu)  # (n,), -inf off the support
+        support = log_mu > -np.inf
+        # Cen et al.'s payoff A = B + tau (log mu 1^T - 1 log mu^T) on the support;
+        # eta = 1/(tau+|A|)
+        payoff = advantage[np.ix_(support, support)] + tau * (
+            log_mu[support][:, None] - log_mu[support][None, :]
+        )
+        eta = 1.0 / (tau + float(np.abs(payoff).max()))
+        anchor = eta * tau * np.where(support, log_mu, 0.0)  # eta tau log mu, 0 off the support
+        return cls(advantage, log_mu, support, tau, eta, anchor, 1.0 - eta * tau)
+
+    def step(self, log_pi: np.ndarray, opponent: np.ndarray) -> np.ndarray:
+        """``log pi_t^{1 - eta tau} mu^{eta tau} exp(eta B opponent)``, normalized; -inf
+        stays -inf."""
+        logits = np.where(
+            self.support,
+            self.keep * log_pi + self.anchor + self.eta * (self.advantage @ opponent),
+            -np.inf,
+        )
+        return logits - logsumexp(logits)
+
+    def certificate(self, pi: np.ndarray) -> tuple[float, float]:
+        """``(exploitability, certified l1 bound)`` at ``pi`` (:func:`_certificate`)."""
+        return _certificate(self.advantage, self.log_mu, self.tau, pi)
+
+    def newton_trial(
+        self, log_pi: np.ndarray, bound: float
+    ) -> tuple[np.ndarray, float, float] | None:
+        """A damped Newton step from ``log_pi``: ``(log_pi, gap, bound)`` at the first length
+        of :data:`NEWTON_STEP_LENGTHS` that lowers the certified ``bound``, else None."""
+        support = self.support
+        sub_advantage = self.advantage[np.ix_(support, support)]  # B on the support: (m, m)
+        direction = _newton_direction(
+            sub_advantage, self.log_mu[support], self.tau, log_pi[support]
+        )
+        for length in NEWTON_STEP_LENGTHS:  # damped: first length that lowers the bound
+            trial = np.full(log_pi.shape[0], -np.inf)
+            trial[support] = log_pi[support] + length * direction
+            trial[support] -= logsumexp(trial[support])
+            trial_gap, trial_bound = self.certificate(np.exp(trial))
+            if trial_bound < bound:
+                return trial, trial_gap, trial_bound
+        return None
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +92,10 @@ def check_prediction(
         for value in (prediction, answer)
     )
     if numeric:
+        pair: tuple[Any, Any] = (prediction, answer)  # numbers or arrays (checked above)
         try:
-            right = np.shape(prediction) == np.shape(answer) and bool(
-                np.allclose(prediction, answer, rtol=rtol, atol=atol)
+            right = np.shape(pair[0]) == np.shape(pair[1]) and bool(
+                np.allclose(pair[0], pair[1], rtol=rtol, atol=atol)
             )
         except (TypeError, ValueError):
             right = False

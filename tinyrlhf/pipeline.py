@@ -32,8 +32,13 @@ from .bradley_terry import DEFAULT_L2, fit_bradley_terry
 from .deprecation import renamed_keywords
 from .divergences import expected_reward, kl_divergence
 from .policy import Policy
-from .preferences import check_pair_count, population_preferences, sample_preferences
-from .solvers import closed_form
+from .preferences import (
+    Preferences,
+    check_pair_count,
+    population_preferences,
+    sample_preferences,
+)
+from .solvers import Solution, closed_form
 from .tree import TokenTree
 from .validation import (
     check_beta,
@@ -143,10 +148,7 @@ def preference_pipeline(
     tree = ref.tree
     reward = check_leaf_array(tree, reward, "reward")
     beta = check_beta(beta)
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) == 0:
-        raise TypeError(f"sizes must be a non-empty sequence of integers, got {sizes!r}")
-    sizes = sorted(check_positive_int(size, "sizes[i]") for size in sizes)
-    check_pair_count(sizes[-1], "max(sizes)")
+    sizes = _check_sizes(sizes)
     if policy is not None:
         check_same_tree(ref, check_policy(policy, "policy"), ("ref", "policy"))
     rng = make_rng(seed)
@@ -161,34 +163,13 @@ def preference_pipeline(
     datasets = [(float(size), prefs[:size], l2) for size in sizes]
     if population:
         datasets.append((np.inf, population_preferences(tree, reward, policy=sampler), 0.0))
-
-    rows: dict[str, list] = {
-        key: []
-        for key in (
-            "reward_rmse", "kl", "regret", "expected_reward", "n_components",
-            "n_never_compared", "mle_exists", "converged", "fit_time", "rewards",
-        )
-    }  # fmt: skip
+    rows: dict[str, list] = {key: [] for key in _ROW_KEYS}
     support = ref.leaf_log_probs() > -np.inf  # the leaves pi_ref (hence pi*) can produce
     centered_true = _center_per_prompt(reward, tree, support)
     for _, data, fit_l2 in datasets:
-        start = time.perf_counter()
-        fit = fit_bradley_terry(tree, data, l2=fit_l2)
-        rows["fit_time"].append(time.perf_counter() - start)
-        learned = closed_form(ref, fit.reward, beta)
-        error = _center_per_prompt(fit.reward, tree, support) - centered_true
-        rows["reward_rmse"].append(float(np.sqrt(np.mean(error[support] ** 2))))
-        kl_to_optimum = kl_divergence(learned.policy, true.policy)  # from terms >= 0
-        rows["kl"].append(kl_to_optimum)
-        # J_r(pi*) - J_r(pi_hat*) = beta KL(pi_hat* || pi*) (the soft-RL identity, section 5):
-        # computed from the KL so that it cannot come out negative by cancellation
-        rows["regret"].append(beta * kl_to_optimum)
-        rows["expected_reward"].append(expected_reward(learned.policy, reward))
-        rows["n_components"].append(fit.n_components)
-        rows["n_never_compared"].append(fit.never_compared.size)
-        rows["mle_exists"].append(fit.mle_exists)
-        rows["converged"].append(fit.converged)
-        rows["rewards"].append(fit.reward)
+        row = _fit_row(ref, reward, beta, true, data, fit_l2, support, centered_true)
+        for key in _ROW_KEYS:
+            rows[key].append(row[key])
     return PipelineResult(
         sizes=np.array([size for size, _, _ in datasets]),
         beta=beta,
@@ -206,6 +187,57 @@ def preference_pipeline(
         fit_time=np.array(rows["fit_time"]),
         rewards=tuple(rows["rewards"]),
     )
+
+
+def _check_sizes(sizes: object) -> list[int]:
+    """The dataset sizes, sorted; the largest checked against the memory budget."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) == 0:
+        raise TypeError(f"sizes must be a non-empty sequence of integers, got {sizes!r}")
+    checked = sorted(check_positive_int(size, "sizes[i]") for size in sizes)
+    check_pair_count(checked[-1], "max(sizes)")
+    return checked
+
+
+#: The per-dataset measurements of :func:`preference_pipeline`.
+_ROW_KEYS = (
+    "reward_rmse", "kl", "regret", "expected_reward", "n_components",
+    "n_never_compared", "mle_exists", "converged", "fit_time", "rewards",
+)  # fmt: skip
+
+
+def _fit_row(
+    ref: Policy,
+    reward: np.ndarray,
+    beta: float,
+    true: Solution,
+    data: Preferences,
+    fit_l2: float,
+    support: np.ndarray,
+    centered_true: np.ndarray,
+) -> dict[str, object]:
+    """Fit Bradley-Terry to ``data``, solve RLHF under the fit and measure it against the
+    optimum ``true`` (one entry of each of :data:`_ROW_KEYS`)."""
+    tree = ref.tree
+    start = time.perf_counter()
+    fit = fit_bradley_terry(tree, data, l2=fit_l2)
+    fit_time = time.perf_counter() - start
+    learned = closed_form(ref, fit.reward, beta)
+    error = _center_per_prompt(fit.reward, tree, support) - centered_true
+    kl_to_optimum = kl_divergence(learned.policy, true.policy)  # from terms >= 0
+    return {
+        "fit_time": fit_time,
+        "reward_rmse": float(np.sqrt(np.mean(error[support] ** 2))),
+        "kl": kl_to_optimum,
+        # J_r(pi*) - J_r(pi_hat*) = beta KL(pi_hat* || pi*) (the soft-RL identity, section 5):
+        # computed from the KL so that it cannot come out negative by cancellation
+        "regret": beta * kl_to_optimum,
+        "expected_reward": expected_reward(learned.policy, reward),
+        "n_components": fit.n_components,
+        "n_never_compared": fit.never_compared.size,
+        "mle_exists": fit.mle_exists,
+        "converged": fit.converged,
+        "rewards": fit.reward,
+    }
 
 
 def format_pipeline(result: PipelineResult) -> str:

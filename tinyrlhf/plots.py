@@ -10,6 +10,7 @@ solvers and :mod:`tinyrlhf.figures`, which assembles the committed set.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -33,6 +34,12 @@ MARKERS = ("o", "s", "D", "^", "v", "P", "X")
 POINT_STYLES = (("o", "white"), ("X", "red"), ("*", "orange"), ("s", "cyan"), ("D", "magenta"))
 #: Hatch of the :func:`plot_kl_penalty` bars whose combination has no interior fixed point.
 UNSTATIONARY_HATCH = "//"
+
+
+def _figure_of(ax: Axes) -> Figure:
+    """The figure that holds ``ax``, typed as the ``Figure`` the ``plot_*`` functions return
+    (matplotlib types ``Axes.figure`` as ``Figure | SubFigure``; a no-op at run time)."""
+    return cast(Figure, ax.figure)
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -113,7 +120,11 @@ def plot_token_tree(
         )  # (A**(h+1), 2 ends, 2 coordinates)
         ax.add_collection(
             LineCollection(
-                segments, linewidths=0.6 + 5.0 * width, colors=colors[-1], alpha=0.45, zorder=1
+                cast("Sequence[np.ndarray]", segments),  # (A**(h+1), 2, 2): one row per segment
+                linewidths=0.6 + 5.0 * width,
+                colors=colors[-1],
+                alpha=0.45,
+                zorder=1,
             )
         )
         # labels at 55% of the way down each edge: the token, then each policy's pi(a|s)
@@ -189,7 +200,7 @@ def plot_token_tree(
         loc="upper right",
         fontsize=9,
     )
-    return ax.figure
+    return _figure_of(ax)
 
 
 # ----------------------------------------------------------------------- distributions
@@ -227,7 +238,7 @@ def plot_leaf_distributions(
     ax.set_ylabel("P(ξ | s₀)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=9)
-    return ax.figure
+    return _figure_of(ax)
 
 
 # --------------------------------------------------------------------------- landscapes
@@ -285,7 +296,7 @@ def plot_kl_landscape(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_aspect("equal")
-    return ax.figure
+    return _figure_of(ax)
 
 
 # -------------------------------------------------------------------------------- sweeps
@@ -327,7 +338,7 @@ def plot_beta_path(
         ax.set_xlabel("β (KL coefficient)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return reward_ax.figure
+    return _figure_of(reward_ax)
 
 
 def plot_frontier(
@@ -381,7 +392,7 @@ def plot_frontier(
     ax.set_ylabel("E_π[r]")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_convergence(
@@ -412,7 +423,7 @@ def plot_convergence(
     ax.set_ylabel("J(π*) − J(π_t)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_reward_fit(
@@ -450,7 +461,7 @@ def plot_reward_fit(
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("fitted reward r̂")
     panels[0].legend(fontsize=8, loc="upper left")
-    return panels[0].figure
+    return _figure_of(panels[0])
 
 
 # ------------------------------------------------------------ beyond the lecture (issue 7)
@@ -531,7 +542,7 @@ def plot_preference_game(
         rates_ax.set_title("win rate against the RLHF optimum")
         rates_ax.grid(alpha=0.3)
         rates_ax.legend(fontsize=8)
-    return matrix_ax.figure
+    return _figure_of(matrix_ax)
 
 
 def plot_kl_estimators(
@@ -560,7 +571,7 @@ def plot_kl_estimators(
     n_curves = len(means)
     spacing = 0.12  # between two markers of one curve: a fraction of the axes diagonal
     for k, label in enumerate(means):
-        style = {
+        style: dict[str, Any] = {
             "color": f"C{k % 3}",
             "ls": "-" if k < 3 else "--",
             "lw": 1.0 + 1.5 * (n_curves - 1 - k) / max(n_curves - 1, 1),
@@ -583,7 +594,7 @@ def plot_kl_estimators(
         ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return mean_ax.figure
+    return _figure_of(mean_ax)
 
 
 def plot_overoptimization(
@@ -642,7 +653,7 @@ def plot_overoptimization(
         ax.set_xlabel("√KL(π ‖ π_ref)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return true_ax.figure
+    return _figure_of(true_ax)
 
 
 def plot_best_of_n(
@@ -718,7 +729,7 @@ def plot_best_of_n(
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return left.figure
+    return _figure_of(left)
 
 
 def plot_best_of_n_proxy(
@@ -749,7 +760,7 @@ def plot_best_of_n_proxy(
     ax.set_ylabel("true reward E_π[r]")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_kl_penalty(
@@ -812,7 +823,7 @@ def plot_kl_penalty(
         )
     )
     right.legend(handles=handles, fontsize=8)
-    return left.figure
+    return _figure_of(left)
 
 
 # ------------------------------------------------------- RL with verifiable rewards
@@ -843,7 +854,7 @@ def plot_difficulty_bias(
     ax.set_ylabel("update / ∇P(success)  (log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return ax.figure
+    return _figure_of(ax)
 
 
 def plot_length_bias(
@@ -880,7 +891,7 @@ def plot_length_bias(
     for ax in (weight_ax, length_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return weight_ax.figure
+    return _figure_of(weight_ax)
 
 
 def plot_training_dynamics(
@@ -944,7 +955,7 @@ def plot_training_dynamics(
     for ax in (reward_ax, residual_ax):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, ncol=2 if ax is reward_ax else 1)
-    return reward_ax.figure
+    return _figure_of(reward_ax)
 
 
 def plot_entropy_dynamics(
@@ -985,4 +996,4 @@ def plot_entropy_dynamics(
     for ax in (entropy_ax, change_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return entropy_ax.figure
+    return _figure_of(entropy_ax)

@@ -33,6 +33,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy.special import expit, log_expit
@@ -287,7 +288,7 @@ class Preferences:
             IsADirectoryError: ``path`` is a directory.
             OSError: the directory is not writable, the disk is full, ...
         """
-        path = _check_path(path)
+        file_name = _check_path(path)
         self.check(tree)
         leaves, inverse = np.unique(
             np.concatenate([self.chosen, self.rejected]), return_inverse=True
@@ -306,7 +307,7 @@ class Preferences:
             if write_weight:
                 record["weight"] = float(self.weight[k])
             lines.append(json.dumps(record, ensure_ascii=False).translate(_ESCAPE_LINE_BREAKS))
-        _atomic_write_text(path, "".join(line + "\n" for line in lines))
+        _atomic_write_text(file_name, "".join(line + "\n" for line in lines))
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, tree: TokenTree) -> Preferences:
@@ -332,9 +333,9 @@ class Preferences:
             OSError: the file cannot be read.
         """
         tree = check_tree(tree)
-        path = _check_path(path)
-        name = os.fsdecode(path)
-        with open(path, "rb") as handle:
+        file_name = _check_path(path)
+        name = os.fsdecode(file_name)
+        with open(file_name, "rb") as handle:
             data = handle.read()
         prompts: list[int] = []
         chosen: list[int] = []
@@ -346,71 +347,12 @@ class Preferences:
         # inside a JSON string, which str.splitlines() would wrongly split on
         for line_number, raw in enumerate(data.split(b"\n"), start=1):
             where = f"{name}:{line_number}"
-            if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
-                    f"{error.start + 1}); JSON lines files are UTF-8"
-                ) from None
+            line = _decode_jsonl_line(raw, line_number, where)
             if not line.strip(_JSON_WHITESPACE):
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{where}: bad JSON ({error.msg} at column {error.colno})"
-                ) from None
-            except RecursionError:
-                raise ValueError(f"{where}: JSON nested too deeply to read") from None
-            except ValueError as error:  # e.g. an integer literal of more than 4300 digits
-                raise ValueError(f"{where}: unreadable JSON value ({error})") from None
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{where}: expected a JSON object with keys 'prompt', 'chosen', 'rejected', "
-                    f"got {type(record).__name__}"
-                )
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in record:
-                    raise ValueError(
-                        f"{where}: missing key {key!r} (each line needs 'prompt', 'chosen' "
-                        "and 'rejected')"
-                    )
-                if not isinstance(record[key], str):
-                    raise ValueError(
-                        f"{where}: {key!r} must be a string, got {type(record[key]).__name__} "
-                        "(tinyrlhf reads TRL's standard preference format, not the "
-                        "conversational one)"
-                    )
-            p = prompt_ids.get(record["prompt"])
-            if p is None:
-                raise ValueError(
-                    f"{where}: unknown prompt {record['prompt']!r}; the tree's prompts are "
-                    f"{tree.prompts}"
-                )
-            pair = []
-            for key in ("chosen", "rejected"):
-                completion = record[key]
-                offset = leaf_offsets.get(completion)
-                if offset is None:
-                    offset = _completion_offset(tree, completion, f"{where}: {key!r}")
-                    leaf_offsets[completion] = offset
-                pair.append(p * tree.leaves_per_prompt + offset)
-            weight = record.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise ValueError(
-                    f"{where}: 'weight' must be a number, got {type(weight).__name__}"
-                )
-            try:
-                weight = float(weight)
-            except OverflowError:  # an integer beyond float64
-                weight = math.inf
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(
-                    f"{where}: 'weight' must be finite and >= 0, got {_short_repr(record['weight'])}"
-                )
+            record = _parse_preference_record(line, where)
+            p, pair = _record_pair(tree, record, where, prompt_ids, leaf_offsets)
+            weight = _record_weight(record, where)
             prompts.append(p)
             chosen.append(pair[0])
             rejected.append(pair[1])
@@ -421,6 +363,90 @@ class Preferences:
             np.array(rejected, dtype=np.int64),
             np.array(weights, dtype=np.float64),
         )
+
+
+# ------------------------------------------------------------------------------ reading
+def _decode_jsonl_line(raw: bytes, line_number: int, where: str) -> str:
+    """One line of a JSON lines file as text (a UTF-8 byte order mark on line 1 skipped)."""
+    if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+            f"{error.start + 1}); JSON lines files are UTF-8"
+        ) from None
+
+
+def _parse_preference_record(line: str, where: str) -> dict:
+    """A JSON object with string ``"prompt"``, ``"chosen"`` and ``"rejected"``."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as error:  # e.g. an integer literal of more than 4300 digits
+        raise ValueError(f"{where}: unreadable JSON value ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{where}: expected a JSON object with keys 'prompt', 'chosen', 'rejected', "
+            f"got {type(record).__name__}"
+        )
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in record:
+            raise ValueError(
+                f"{where}: missing key {key!r} (each line needs 'prompt', 'chosen' and 'rejected')"
+            )
+        if not isinstance(record[key], str):
+            raise ValueError(
+                f"{where}: {key!r} must be a string, got {type(record[key]).__name__} "
+                "(tinyrlhf reads TRL's standard preference format, not the "
+                "conversational one)"
+            )
+    return record
+
+
+def _record_pair(
+    tree: TokenTree,
+    record: dict,
+    where: str,
+    prompt_ids: dict[str, int],
+    leaf_offsets: dict[str, int],
+) -> tuple[int, list[int]]:
+    """The prompt index and the ``[chosen, rejected]`` leaf indices of a checked record
+    (``leaf_offsets`` caches each completion's offset within its prompt)."""
+    p = prompt_ids.get(record["prompt"])
+    if p is None:
+        raise ValueError(
+            f"{where}: unknown prompt {record['prompt']!r}; the tree's prompts are {tree.prompts}"
+        )
+    pair = []
+    for key in ("chosen", "rejected"):
+        completion = record[key]
+        offset = leaf_offsets.get(completion)
+        if offset is None:
+            offset = _completion_offset(tree, completion, f"{where}: {key!r}")
+            leaf_offsets[completion] = offset
+        pair.append(p * tree.leaves_per_prompt + offset)
+    return p, pair
+
+
+def _record_weight(record: dict, where: str) -> float:
+    """The record's ``"weight"`` (default 1): a finite number ``>= 0``."""
+    weight = record.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"{where}: 'weight' must be a number, got {type(weight).__name__}")
+    try:
+        weight = float(weight)
+    except OverflowError:  # an integer beyond float64
+        weight = math.inf
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(
+            f"{where}: 'weight' must be finite and >= 0, got {_short_repr(record['weight'])}"
+        )
+    return weight
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -628,7 +654,7 @@ def _prompt_indices(
     if prompt is None:
         return rng.integers(0, tree.n_prompts, size=n, dtype=np.int64)
     if isinstance(prompt, (str, numbers.Integral, np.integer)) and not isinstance(prompt, bool):
-        return np.full(n, tree.prompt_index(prompt), dtype=np.int64)
+        return np.full(n, tree.prompt_index(cast("str | int", prompt)), dtype=np.int64)
     array = np.asarray(prompt)
     if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(
@@ -678,7 +704,7 @@ def _sample_distinct_pairs(
     ``every_prompt``: the prompts were drawn uniformly, so every prompt must admit a pair.
     """
     leaves = tree.leaves_per_prompt
-    n = prompts.shape[0]
+    n: int = prompts.shape[0]
     base = prompts * leaves  # (n,) first leaf of each pair's prompt
     if policy is None:  # uniform, no eos: y_1 uniform, y_2 uniform on the L - 1 other leaves
         if n and leaves < 2:

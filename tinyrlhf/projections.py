@@ -269,6 +269,15 @@ def _value_and_gradient(
     return value, family.logits_adjoint(tree, grad_logits)
 
 
+def _value_with_gradient(
+    target: Policy, family: Family, divergence: str, theta: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """:func:`_value_and_gradient` with the gradient (never None then)."""
+    value, gradient = _value_and_gradient(target, family, divergence, theta)
+    assert gradient is not None
+    return value, gradient
+
+
 def _occupancy(policy: Policy) -> list[np.ndarray]:
     """``d_h(s) / P`` for ``h = 0..H-1`` from one forward pass, ``(level_size(h),)`` each."""
     log_d = policy.log_occupancies()[:-1]
@@ -328,7 +337,7 @@ def _polish(
         The polished ``theta`` and its certificate.
     """
     tree = target.tree
-    value, gradient = _value_and_gradient(target, family, divergence, theta)
+    value, gradient = _value_with_gradient(target, family, divergence, theta)
     for _ in range(POLISH_STEPS):
         direction = _newton_direction(target, family, divergence, theta, gradient)
         residual = _log_change(family.policy(tree, theta), family.policy(tree, theta - direction))
@@ -339,7 +348,7 @@ def _polish(
         step = 1.0
         while step > np.finfo(np.float64).eps:
             trial = theta - step * direction
-            trial_value, trial_gradient = _value_and_gradient(target, family, divergence, trial)
+            trial_value, trial_gradient = _value_with_gradient(target, family, divergence, trial)
             if trial_value <= value - ARMIJO_C * step * decrement or (
                 trial_value <= value + resolution
                 and np.linalg.norm(trial_gradient) < np.linalg.norm(gradient)
@@ -369,7 +378,7 @@ def _newton_residual(target: Policy, family: Family, divergence: str, theta: np.
     the family's tangent space). Zero exactly at a stationary point; O(1) on a plateau where
     the logit-space gradient is tiny but the metric-scaled step is not."""
     tree = target.tree
-    _, gradient = _value_and_gradient(target, family, divergence, theta)
+    _, gradient = _value_with_gradient(target, family, divergence, theta)
     direction = _newton_direction(target, family, divergence, theta, gradient)
     return _log_change(family.policy(tree, theta), family.policy(tree, theta - direction))
 
@@ -598,7 +607,7 @@ def family_divergence(
         raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
     if divergence == "reverse":
         _check_support(target, family)
-    value, gradient = _value_and_gradient(target, family, divergence, theta)
+    value, gradient = _value_with_gradient(target, family, divergence, theta)
     return value, gradient
 
 
@@ -864,10 +873,15 @@ def _project(
         for k, optimum in enumerate(optima):
             if total_variation(pi, optimum.policy).max() < DISTINCT_OPTIMA_TV:
                 # the same optimum: keep the better-certified representative
-                keep = (pi, kl, theta, residual) if residual < optimum.residual else None
-                if keep is None:
+                keep: tuple[Policy, np.ndarray, np.ndarray | None, float]
+                if residual < optimum.residual:
+                    keep = (pi, kl, theta, residual)
+                else:
                     keep = (optimum.policy, optimum.kl, optimum.parameters, optimum.residual)
-                optima[k] = LocalOptimum(*keep[:3], optimum.n_starts + 1, keep[3], tol)
+                policy, divergence_value, parameters, kept_residual = keep
+                optima[k] = LocalOptimum(
+                    policy, divergence_value, parameters, optimum.n_starts + 1, kept_residual, tol
+                )
                 break
         else:
             optima.append(LocalOptimum(pi, kl, theta, 1, residual, tol))

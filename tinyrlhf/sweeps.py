@@ -165,6 +165,8 @@ def beta_path(ref: Policy, reward: np.ndarray, betas: np.ndarray | None = None) 
     }
     for beta in betas:  # one closed form per beta, each exact
         solution = closed_form(ref, reward, float(beta))
+        # the closed form always sets both
+        assert solution.log_partition is not None and solution.lagrange_multiplier is not None
         rows["expected_reward"].append(expected_reward(solution.policy, reward))
         rows["kl"].append(kl_divergence(solution.policy, ref))
         rows["entropy"].append(entropy(solution.policy))

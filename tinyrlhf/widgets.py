@@ -148,6 +148,7 @@ def beta_slider(
 
     def draw(beta: float) -> dict[str, Any]:
         star = closed_form(ref, reward, beta)
+        assert star.log_partition is not None  # the closed form always sets it
         draw_optimum(ax, ref, reward, beta)
         return {
             "beta": float(beta),

@@ -73,6 +73,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,8 +176,24 @@ class _Iterate:
         Pinsker's inequality between the two leaf distributions renormalized, plus half of
         each one's distance from total mass 1 (the total variation to its own
         renormalization), so rounding in either normalization cannot fake a certificate."""
-        assert self.kl_to_optimum is not None and self.mass_error is not None
-        return float(np.max(np.sqrt(0.5 * self.kl_to_optimum) + self.mass_error))
+        assert self.mass_error is not None
+        return float(np.max(np.sqrt(0.5 * self.certified.kl_to_optimum) + self.mass_error))
+
+    @property
+    def certified(self) -> _Certificate:
+        """``kl``, ``kl_to_optimum`` and ``gradient``, set by :func:`_certify` (only
+        certified iterates are asked for them)."""
+        assert self.kl is not None and self.kl_to_optimum is not None
+        assert self.gradient is not None
+        return _Certificate(self.kl, self.kl_to_optimum, self.gradient)
+
+
+class _Certificate(NamedTuple):
+    """The exact quantities :func:`_certify` adds to an :class:`_Iterate`."""
+
+    kl: np.ndarray  # KL(pi || pi_ref) per prompt
+    kl_to_optimum: np.ndarray  # KL(P_pi || P*) per prompt
+    gradient: list[np.ndarray]  # dJ/dtheta per level
 
 
 @dataclass(frozen=True)
@@ -325,9 +342,10 @@ def _exact_step(problem: _Problem, it: _Iterate, trial: float, _: _Settings) -> 
     Accepts the first ``t = trial / 2^k`` with ``J(theta + t g) >= J(theta) + c t |g|^2``;
     returns ``(None, t)`` when ``t`` falls below :data:`MIN_STEP` or ``g = 0`` (stalled).
     """
-    squared_norm = _norm(it.gradient) ** 2
+    gradient = it.certified.gradient
+    squared_norm = _norm(gradient) ** 2
     while squared_norm > 0 and trial >= MIN_STEP:
-        candidate = _evaluate(problem, _step_logits(it.theta, it.gradient, trial))
+        candidate = _evaluate(problem, _step_logits(it.theta, gradient, trial))
         if candidate.mean_objective >= it.mean_objective + ARMIJO_C * trial * squared_norm:
             return candidate, trial
         trial *= 0.5
@@ -557,9 +575,10 @@ def _record(
     history: dict[str, list[float]], problem: _Problem, it: _Iterate, step_size: float
 ) -> None:
     history["objective"].append(it.mean_objective)
-    history["kl"].append(float(it.kl.mean()))
-    history["grad_norm"].append(_norm(it.gradient))
-    history["objective_gap"].append(problem.beta * float(np.max(it.kl_to_optimum)))
+    certified = it.certified
+    history["kl"].append(float(certified.kl.mean()))
+    history["grad_norm"].append(_norm(certified.gradient))
+    history["objective_gap"].append(problem.beta * float(np.max(certified.kl_to_optimum)))
     history["tv_bound"].append(it.residual)
     history["step_size"].append(step_size)
 
@@ -618,7 +637,7 @@ def _warn_if_uncertified(
         warnings.warn(
             f"{steps} stopped ({stop}) with a total-variation bound {it.residual:.3g} above "
             f"tol={problem.tolerance:.3g} (objective gap "
-            f"{problem.beta * float(np.max(it.kl_to_optimum)):.3g}): not certified optimal; "
+            f"{problem.beta * float(np.max(it.certified.kl_to_optimum)):.3g}): not certified optimal; "
             "raise steps or tol" + ("" if method == "natural" else ", or use method='natural'"),
             PolicyGradientWarning,
             stacklevel=3,
@@ -708,8 +727,8 @@ def policy_gradient(
         info={
             "steps_taken": len(history["objective"]) - 1,
             "lr": lr,
-            "gradient_norm": _norm(it.gradient),
-            "objective_gap": problem.beta * it.kl_to_optimum,
+            "gradient_norm": _norm(it.certified.gradient),
+            "objective_gap": problem.beta * it.certified.kl_to_optimum,
             "stop": stop,
         },
     )
