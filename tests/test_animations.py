@@ -79,3 +79,18 @@ def test_cli_writes_figures_and_animations(tmp_path, capsys, monkeypatch):
     for name, _ in animations.ANIMATIONS:
         assert (tmp_path / name).read_bytes().startswith(GIF_SIGNATURE)
         assert name in out
+
+
+def test_training_dynamics_reach_pi_star_for_rloo_and_not_for_grpo():
+    # RLOO is unbiased, so with k1 in the reward its mean-field fixed point is the closed
+    # form pi* (issue 13); GRPO's standard-deviation scaling changes the fixed point. The
+    # last frame of the full animation (15 natural steps at a fifth of 1/beta) shows both.
+    ref, _ = animations.animation_problem()
+    reward = animations.verifier_reward(ref)
+    star = tr.closed_form(ref, reward, animations.DYNAMICS_BETA).policy
+    frames = animations.PG_FRAMES
+    rloo = animations.training_iterates(ref, reward, "rloo", frames)
+    grpo = animations.training_iterates(ref, reward, "grpo", frames)
+    assert rloo[0] is not None and len(rloo) == frames
+    assert tr.kl_divergence(rloo[-1], star)[0] < 1e-3 * tr.kl_divergence(ref, star)[0]
+    assert tr.kl_divergence(grpo[-1], star)[0] > 1e-2  # a different fixed point

@@ -1,6 +1,6 @@
 """Animated GIFs for class: ``tinyrlhf figures --animations``.
 
-Two animations of the lecture's section ④ (KL-regularized RL), drawn frame by frame with the
+Three animations of the lecture's section ④ and of its practice (KL-regularized RL), drawn frame by frame with the
 ordinary :mod:`tinyrlhf.plots` functions and written with matplotlib's ``PillowWriter``
 (Pillow comes with matplotlib; no new dependency):
 
@@ -8,6 +8,8 @@ ordinary :mod:`tinyrlhf.plots` functions and written with matplotlib's ``PillowW
                        P*(xi) ∝ P_ref(xi) exp(r(xi)/beta) moves from pi_ref to the best leaves
   policy_gradient.gif  the leaf distributions of the policy-gradient iterates (exact,
                        natural, REINFORCE, PPO) approaching the closed form pi*
+  training_dynamics.gif  exact mean-field training (tinyrlhf.train_expected) with a 0/1
+                       reward and k1 in the reward: RLOO reaches pi*, GRPO stops elsewhere
 
 Everything is computed by the package (closed form, policy gradient with ``init=``) on the
 small demo problem (tokens a, b; horizon 3; one prompt). Seeds are fixed, and GIFs carry no
@@ -31,6 +33,7 @@ from matplotlib.figure import Figure
 
 from . import examples, plots
 from .divergences import kl_divergence
+from .expected_training import ExpectedTrainingWarning, train_expected
 from .policy import Policy
 from .solvers import closed_form, policy_gradient
 
@@ -215,10 +218,97 @@ def convergence_animation(
     return path
 
 
+#: KL coefficient, group size and natural-gradient step of ``training_dynamics.gif``: a
+#: fifth of the step 1/beta at which RLOO is exact after H updates, so the motion shows.
+DYNAMICS_BETA = 0.1
+DYNAMICS_GROUP_SIZE = 4
+DYNAMICS_LR = 0.2 / DYNAMICS_BETA
+DYNAMICS_ESTIMATORS = ("rloo", "grpo")
+
+
+def verifier_reward(ref: Policy) -> np.ndarray:
+    """The 0/1 reward of ``training_dynamics.gif``: 1 for a completion containing ``ab``."""
+    return ref.tree.leaf_values(lambda prompt, tokens: float("ab" in "".join(tokens)))
+
+
+def training_iterates(
+    ref: Policy, reward: np.ndarray, estimator: str, frames: int
+) -> list[Policy]:
+    """``pi_t`` of exact mean-field training after ``t = 0..frames-1`` natural steps.
+
+    Each frame reruns :func:`tinyrlhf.train_expected` from ``pi_ref`` for ``t`` steps (it is
+    deterministic, so frame ``t`` is the ``t``-th iterate of one run).
+    """
+    iterates = []
+    for steps in range(frames):
+        with warnings.catch_warnings():
+            # a run cut after t steps is not meant to be stationary
+            warnings.simplefilter("ignore", ExpectedTrainingWarning)
+            solution = train_expected(
+                ref,
+                reward,
+                estimator=estimator,
+                group_size=DYNAMICS_GROUP_SIZE,
+                beta=DYNAMICS_BETA,
+                kl_estimator="k1",
+                kl_placement="reward",
+                kl_level="sequence",
+                lr=DYNAMICS_LR,
+                steps=steps,
+                update="natural",
+            )
+        iterates.append(solution.policy)
+    return iterates
+
+
+def training_dynamics_animation(
+    path: str | os.PathLike, *, frames: int = PG_FRAMES, dpi: int = DPI
+) -> Path:
+    """Write exact training dynamics of RLOO and GRPO (0/1 reward, k1 in the reward) as a GIF.
+
+    Two panels, each the leaf distribution of the current iterate against the KL-regularized
+    optimum ``P* ∝ P_ref e^{r/beta}``, titled with ``KL(pi_t ‖ pi*)``: RLOO is an unbiased
+    estimator of the gradient, so with k1 in the reward its fixed point is pi*; GRPO divides
+    by the group's standard deviation and stops at another policy.
+
+    Args:
+        path: the GIF to write.
+        frames: number of frames (frame 0 is pi_ref), >= 1.
+        dpi: resolution of the frames.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    ref, _ = animation_problem()
+    reward = verifier_reward(ref)
+    star = closed_form(ref, reward, DYNAMICS_BETA).policy
+    runs = {name: training_iterates(ref, reward, name, frames) for name in DYNAMICS_ESTIMATORS}
+    fig = Figure(figsize=(11.0, 3.6), layout="constrained")
+    axes = list(fig.subplots(1, len(runs)))
+    writer, saving = _writer_frames(fig, path, FPS, dpi)
+    with saving:
+        for frame in range(frames):
+            draw_iterates(
+                axes,
+                star,
+                {name: runs[name][frame] for name in runs},
+                dict.fromkeys(runs, frame),
+            )
+            fig.suptitle(
+                "Exact mean-field training, reward 1 if the completion contains 'ab' "
+                f"(β = {DYNAMICS_BETA:g}, k1 in the reward)\n"
+                "RLOO reaches π*; GRPO stops elsewhere"
+            )
+            writer.grab_frame()
+    return path
+
+
 #: (file name, writer) in the order of the lecture.
 ANIMATIONS = (
     ("beta_sweep.gif", beta_sweep_animation),
     ("policy_gradient.gif", convergence_animation),
+    ("training_dynamics.gif", training_dynamics_animation),
 )
 
 
@@ -241,6 +331,7 @@ def make_animations(out_dir: str | os.PathLike, *, small: bool = False) -> list[
     sizes: dict[str, dict[str, Any]] = {
         "beta_sweep.gif": {"betas": SWEEP_BETAS[::11]} if small else {},
         "policy_gradient.gif": {"frames": 3} if small else {},
+        "training_dynamics.gif": {"frames": 3} if small else {},
     }
     with matplotlib.rc_context(STYLE):
         return [write(out / name, **sizes[name]) for name, write in ANIMATIONS]
