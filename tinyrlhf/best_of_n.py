@@ -98,9 +98,13 @@ def kl_bound(n: int) -> float:
 
 
 def best_of_n(ref: Policy, score: np.ndarray, n: int, *, ties: str = "uniform") -> BestOfN:
-    """The exact distribution of best-of-n sampling from ``ref`` under ``score``, equation (1).
+    r"""The exact distribution of best-of-n sampling from ``ref`` under ``score``, equation (1).
 
     ``P_BoN(y) = q(y)/q(c) [F(s(y))^n - F(s(y)^-)^n]`` per prompt (module docstring).
+
+    .. math::
+
+        P_{\mathrm{BoN}}(y) = \frac{q(y)}{q(c)} \Big[F\big(s(y)\big)^n - F\big(s(y)^-\big)^n\Big].
 
     Args:
         ref: the sampling policy ``pi_ref``.

@@ -307,12 +307,17 @@ def fit_bradley_terry(
     tol: float = DEFAULT_TOL,
     max_iter: int = 100,
 ) -> BradleyTerryFit:
-    """Fit ``r_hat = argmin_r sum_k w_k softplus(-(r(c_k) - r(r_k))) + (l2 / 2) ||r||^2``.
+    r"""Fit ``r_hat = argmin_r sum_k w_k softplus(-(r(c_k) - r(r_k))) + (l2 / 2) ||r||^2``.
 
     :func:`minimize_pairwise` with the loss :data:`BRADLEY_TERRY`: Newton's method with
     Jacobi-preconditioned conjugate gradients and Armijo backtracking, certified by the
     per-leaf stationarity residual (module docstring, which also gives the function, its
     derivatives and the identifiability conventions of the result).
+
+    .. math::
+
+        \hat r = \operatorname*{arg\,min}_r \sum_k w_k \log\big(1 + e^{-(r(c_k) - r(r_k))}\big)
+        + \frac{\ell_2}{2} \|r\|^2.
 
     Args:
         tree: the token tree.

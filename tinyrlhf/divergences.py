@@ -56,10 +56,16 @@ def _kl_terms(log_p: np.ndarray, log_q: np.ndarray, axis: int) -> tuple[np.ndarr
 
 
 def kl_divergence(p: Policy, q: Policy, *, method: str = "chain") -> np.ndarray:
-    """Exact ``KL(P_p || P_q)`` over complete generations, per prompt.
+    r"""Exact ``KL(P_p || P_q)`` over complete generations, per prompt.
 
     Both methods sum terms that are non-negative (see ``_kl_terms``), so the result is
     ``>= 0`` in floating point too, with no clipping.
+
+    .. math::
+
+        \mathrm{KL}(P_p \,\|\, P_q) = \sum_\xi P_p(\xi) \log \frac{P_p(\xi)}{P_q(\xi)}
+        = \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d^p_h}
+        \Big[\sum_a p(a \mid s) \log \frac{p(a \mid s)}{q(a \mid s)}\Big].
 
     Args:
         p, q: policies on the same tree.
@@ -106,11 +112,17 @@ def expected_reward(policy: Policy, reward: np.ndarray) -> np.ndarray:
 
 
 def entropy(policy: Policy) -> np.ndarray:
-    """Sequence-level entropy ``H(P_pi) = -sum_xi P(xi) log P(xi)`` per prompt (chain rule).
+    r"""Sequence-level entropy ``H(P_pi) = -sum_xi P(xi) log P(xi)`` per prompt (chain rule).
 
     ``H = sum_h E_{s ~ d_h}[-sum_a pi(a|s) log pi(a|s)]``, from terms ``-p log p >= 0``: a
     log-probability is ``<= 0``, and one that a normalized row rounds to ``+1e-16`` is
     taken as its true value bound, 0 (so the entropy cannot come out negative).
+
+    .. math::
+
+        H(P_\pi) = -\sum_\xi P_\pi(\xi) \log P_\pi(\xi)
+        = \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d_h}
+        \Big[-\sum_a \pi(a \mid s) \log \pi(a \mid s)\Big].
     """
     policy = check_policy(policy)
     tree = policy.tree
@@ -123,9 +135,14 @@ def entropy(policy: Policy) -> np.ndarray:
 
 
 def objective(policy: Policy, ref: Policy, reward: np.ndarray, beta: float) -> np.ndarray:
-    """The KL-regularized RLHF objective per prompt.
+    r"""The KL-regularized RLHF objective per prompt.
 
         J(pi) = E_{xi ~ pi}[r(xi)] - beta * KL(pi || pi_ref)
+
+    .. math::
+
+        J(\pi) = \mathbb{E}_{\xi \sim \pi}[r(\xi)]
+        - \beta\, \mathrm{KL}(\pi \,\|\, \pi_{\mathrm{ref}}).
 
     Args:
         policy: the policy ``pi``.

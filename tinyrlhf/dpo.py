@@ -210,10 +210,16 @@ def fit_policy_to_preferences(
     steps: int | None = None,
     tol: float = DEFAULT_TOL,
 ) -> Solution:
-    """Minimize the DPO, IPO or hinge loss exactly over the full policy class.
+    r"""Minimize the DPO, IPO or hinge loss exactly over the full policy class.
 
         u* = argmin_u sum_k w_k l(u(c_k) - u(r_k)) + (l2 / 2) ||beta u||^2,
         pi*  ∝ pi_ref e^{u*} = closed_form(pi_ref, beta u*, beta)   (per prompt)
+
+    .. math::
+
+        u^* = \operatorname*{arg\,min}_u \sum_k w_k\, \ell\big(u(c_k) - u(r_k)\big)
+        + \frac{\ell_2}{2} \|\beta u\|^2, \qquad
+        \pi^* \propto \pi_{\mathrm{ref}}\, e^{u^*}.
 
     (module docstring: the losses, DPO = Bradley-Terry + closed form, the convention for
     unidentified constants, the boundary case and each solver's certificate).

@@ -548,7 +548,7 @@ def train_expected(
     epochs: int = 1,
     clip: float | tuple[float, float] | None = None,
 ) -> Solution:
-    """Exact mean-field training with a group-relative estimator, from ``pi_ref``.
+    r"""Exact mean-field training with a group-relative estimator, from ``pi_ref``.
 
     Each step computes the exact expected update ``g = E[g_hat]`` at the current ``pi``
     (:func:`tinyrlhf.expected_update`, KL term included) and moves the softmax logits:
@@ -579,6 +579,15 @@ def train_expected(
     positive advantage) is not certified, while tokens with tiny ``pi`` and negative advantage
     (a boundary optimum) do not block convergence; it bounds ``||g|| <= 2 residual``.
     ``converged`` iff ``residual <= tol``; otherwise warns :class:`ExpectedTrainingWarning`.
+
+    .. math::
+
+        \theta \leftarrow \theta + \eta\, \mathbb{E}[\hat g] \ \ (\text{gradient}), \qquad
+        \log \pi(\cdot \mid s) \leftarrow \log \pi(\cdot \mid s) + \eta\, A(s, \cdot)
+        - \log \sum_a \pi(a \mid s)\, e^{\eta A(s, a)} \ \ (\text{natural}),
+
+        \text{residual} = \sum_s \frac{d(s)}{n_{\mathrm{prompts}}}
+        \max_{a:\, \pi(a \mid s) > 0} A(s, a) \ \ge\ \tfrac{1}{2} \|\mathbb{E}[\hat g]\|.
 
     Args:
         ref: ``pi_ref``, the starting policy (and the KL reference).

@@ -1,4 +1,4 @@
-"""Exact expected score-function gradients for tabular softmax policies (lecture section 4).
+r"""Exact expected score-function gradients for tabular softmax policies (lecture section 4).
 
 A policy with softmax logits ``theta(s, .)`` per state has
 ``grad_{theta(s, .)} log pi(a | s) = onehot(a) - pi(. | s)``. Two expectations cover every
@@ -21,6 +21,15 @@ The exact policy gradient of ``J = E[r] - beta KL`` is the sequence form with
 the policy-gradient theorem; Williams 1992 for the score function). Both are gradients of the
 mean over prompts (prompts uniform). Tokens the policy never picks get 0 (a ``-inf`` logit has
 no gradient), and coefficients there are never read, so ``0 * inf`` cannot arise.
+
+.. math::
+
+    \mathbb{E}_{\xi \sim \pi}\big[C(\xi)\, \nabla_\theta \log P_\pi(\xi)\big](s, a)
+    = M(s \circ a) - \pi(a \mid s)\, M(s), \qquad
+    M(\nu) = \sum_{\xi \text{ below } \nu} P_\pi(\xi)\, C(\xi),
+
+    \mathbb{E}\Big[\sum_h c(s_h, a_h)\, \nabla_\theta \log \pi(a_h \mid s_h)\Big](s, a)
+    = d_\pi(s)\, \pi(a \mid s) \Big(c(s, a) - \sum_b \pi(b \mid s)\, c(s, b)\Big).
 """
 
 from __future__ import annotations
@@ -31,7 +40,12 @@ from .policy import Policy
 
 
 def sequence_score_gradient(policy: Policy, leaf_coefficients: np.ndarray) -> list[np.ndarray]:
-    """``E_{xi ~ pi}[C(xi) grad_theta log P_pi(xi)]`` per level, mean over prompts.
+    r"""``E_{xi ~ pi}[C(xi) grad_theta log P_pi(xi)]`` per level, mean over prompts.
+
+    .. math::
+
+        g_h(s, a) = \frac{M(s \circ a) - \pi(a \mid s)\, M(s)}{n_{\mathrm{prompts}}}, \qquad
+        M(\nu) = \sum_{\xi \text{ below } \nu} P_\pi(\xi)\, C(\xi).
 
     Args:
         policy: ``pi_theta`` with softmax logits ``theta``.
@@ -55,7 +69,12 @@ def sequence_score_gradient(policy: Policy, leaf_coefficients: np.ndarray) -> li
 
 
 def token_score_gradient(policy: Policy, token_coefficients: list[np.ndarray]) -> list[np.ndarray]:
-    """``E[sum_h c(s_h, a_h) grad_theta log pi(a_h | s_h)]`` per level, mean over prompts.
+    r"""``E[sum_h c(s_h, a_h) grad_theta log pi(a_h | s_h)]`` per level, mean over prompts.
+
+    .. math::
+
+        g_h(s, a) = \frac{d_\pi(s)\, \pi(a \mid s)}{n_{\mathrm{prompts}}}
+        \Big(c(s, a) - \sum_b \pi(b \mid s)\, c(s, b)\Big).
 
     Args:
         policy: ``pi_theta`` with softmax logits ``theta``.

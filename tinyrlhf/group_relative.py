@@ -432,9 +432,14 @@ def expected_update(
     kl_placement: str = "loss",
     kl_level: str = "token",
 ) -> ExpectedUpdate:
-    """The exact expected update of a group-relative policy-gradient estimator.
+    r"""The exact expected update of a group-relative policy-gradient estimator.
 
         E[g_hat] = sum_y pi(y) w(y) grad_theta log pi(y)  -  beta E[grad KL term],
+
+    .. math::
+
+        \mathbb{E}[\hat g] = \sum_y \pi(y)\, w(y)\, \nabla_\theta \log \pi(y)
+        - \beta\, \mathbb{E}[\nabla \text{KL term}],
 
     with ``w`` derived per estimator in the module docstring, the expectation over the
     ``G - 1`` other group members taken exactly by type compositions, and the KL term from

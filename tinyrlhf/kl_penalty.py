@@ -231,7 +231,7 @@ def kl_penalty_fixed_point(
     tol: float = DEFAULT_TOLERANCE,
     max_steps: int = 3000,
 ) -> KLPenaltySolution:
-    """The policy where training with this KL penalty converges: the zero of (U).
+    r"""The policy where training with this KL penalty converges: the zero of (U).
 
     Closed forms (module docstring): ``k1`` reward (both levels) and ``k2`` loss sequence:
     ``pi* ∝ pi_ref e^{r/beta}`` (:func:`~tinyrlhf.closed_form`); ``k3`` loss sequence:
@@ -239,6 +239,13 @@ def kl_penalty_fixed_point(
     zero: ``k1`` loss (``policy`` is then the ``beta -> 0`` optimum, ``P_ref`` restricted to
     the best generations, where ascent on ``E[r]`` heads). Numerical (integration from
     ``pi_ref`` and Powell's hybrid method): ``k2``/``k3`` reward and callables.
+
+    .. math::
+
+        U(\theta) = \mathbb{E}_\pi\big[r\, \nabla \log P_\pi\big] - \beta\, G(\theta) = 0;
+        \qquad P^* \propto P_{\mathrm{ref}}\, e^{r/\beta}
+        \ (\texttt{k1}\text{ reward}, \texttt{k2}\text{ loss}),
+        \qquad P = \frac{\beta\, P_{\mathrm{ref}}}{\lambda - r} \ (\texttt{k3}\text{ loss}).
 
     Args:
         ref: ``pi_ref`` (also where training starts).

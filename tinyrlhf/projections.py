@@ -898,10 +898,17 @@ def project(
     seed: int | np.random.Generator | None = 0,
     tol: float = DEFAULT_TOLERANCE,
 ) -> Policy:
-    """The member of ``family`` closest to ``target`` in KL divergence.
+    r"""The member of ``family`` closest to ``target`` in KL divergence.
 
         reverse:  argmin_{pi in family} mean_p KL(P_pi || target)   (mode-seeking; RLHF)
         forward:  argmin_{pi in family} mean_p KL(target || P_pi)   (mass-covering; MLE)
+
+    .. math::
+
+        \text{reverse: } \operatorname*{arg\,min}_{\pi \in \mathcal{F}}
+        \operatorname{mean}_p \mathrm{KL}(P_\pi \,\|\, P_{\mathrm{target}}), \qquad
+        \text{forward: } \operatorname*{arg\,min}_{\pi \in \mathcal{F}}
+        \operatorname{mean}_p \mathrm{KL}(P_{\mathrm{target}} \,\|\, P_\pi).
 
     Soft RL is the reverse projection of ``P* ∝ P_ref exp(r / beta)``: since
     ``KL(P_pi || P*) = (beta log Z - J(pi)) / beta``, the reverse projection of ``P*`` onto a

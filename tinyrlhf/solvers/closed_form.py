@@ -44,11 +44,17 @@ from .solution import Solution
 def optimal_leaf_log_probs(
     ref: Policy, reward: np.ndarray, beta: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``log P*(xi | s_0)`` on every leaf and ``log Z(s_0)`` per prompt.
+    r"""``log P*(xi | s_0)`` on every leaf and ``log Z(s_0)`` per prompt.
 
     ``log P* = log P_ref + r / beta - log Z``, ``log Z = log sum_xi P_ref(xi) e^{r(xi)/beta}``
     over each prompt's leaves by one ``scipy.special.logsumexp`` (the leaf-level sum that
-    :func:`closed_form` takes subtree by subtree).
+    :func:`closed_form` takes subtree by subtree):
+
+    .. math::
+
+        \log P^*(\xi \mid s_0) = \log P_{\mathrm{ref}}(\xi \mid s_0) + \frac{r(\xi)}{\beta}
+            - \log Z(s_0), \qquad
+        \log Z(s_0) = \log \sum_{\xi} P_{\mathrm{ref}}(\xi \mid s_0)\, e^{r(\xi)/\beta}.
 
     Returns:
         ``(log_p_star, log_z)`` of shapes ``(n_leaves,)`` and ``(n_prompts,)``.
@@ -69,7 +75,20 @@ def optimal_leaf_log_probs(
 
 
 def closed_form(ref: Policy, reward: np.ndarray, beta: float) -> Solution:
-    """Solve the KL-regularized problem by the KKT closed form ``P* ∝ P_ref exp(r / beta)``.
+    r"""Solve the KL-regularized problem by the KKT closed form ``P* ∝ P_ref exp(r / beta)``.
+
+    .. math::
+
+        P^*(\xi \mid s_0) = \frac{P_{\mathrm{ref}}(\xi \mid s_0)\, e^{r(\xi)/\beta}}{Z(s_0)},
+        \qquad \lambda^* = \beta\,(1 - \log Z(s_0)),
+
+    and the policy that generates it, from subtree log-sum-exps ``U_h`` of the leaf weights
+    ``W = log P_ref + r / beta``:
+
+    .. math::
+
+        U_H = W, \quad U_h(s) = \log \sum_a e^{U_{h+1}(s \circ a)}, \quad
+        \log \pi^*(a \mid s) = U_{h+1}(s \circ a) - U_h(s), \quad \log Z(s_0) = U_0(s_0).
 
     Args:
         ref: the reference policy ``pi_ref``.

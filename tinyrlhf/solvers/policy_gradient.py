@@ -440,12 +440,19 @@ STEP_GROWTH = {"natural": 1.0, "exact": 2.0, "reinforce": 1.0, "ppo": 1.0}
 def policy_gradient_grad(
     policy: Policy, ref: Policy, reward: np.ndarray, beta: float
 ) -> list[np.ndarray]:
-    """Exact ``dJ/dtheta`` at ``policy`` for softmax logits ``theta = log pi``.
+    r"""Exact ``dJ/dtheta`` at ``policy`` for softmax logits ``theta = log pi``.
 
     ``J`` is the mean over prompts of ``E_pi[r] - beta KL(pi || pi_ref)``; the gradient is
     ``E_pi[C(xi) grad log P_pi(xi)]`` with ``C = r - beta log(P_pi / P_ref)``
     ``= d_pi(s) pi(a|s) (Q(s,a) - V(s))`` (module docstring), by
     :func:`tinyrlhf.gradients.sequence_score_gradient`.
+
+    .. math::
+
+        \frac{\partial J}{\partial \theta(s, a)}
+        = \mathbb{E}_{\xi \sim \pi}\big[C(\xi)\, \nabla \log P_\pi(\xi)\big]
+        = d_\pi(s)\, \pi(a \mid s)\, \big(Q(s, a) - V(s)\big), \qquad
+        C(\xi) = r(\xi) - \beta \log \frac{P_\pi(\xi)}{P_{\mathrm{ref}}(\xi)}.
 
     Returns:
         One ``(level_size(h), A)`` array per level, zero on tokens ``pi`` never picks (a
@@ -659,7 +666,14 @@ def policy_gradient(
     tol: float | None = None,
     init: Policy | None = None,
 ) -> Solution:
-    """Maximize ``E_pi[r] - beta KL(pi || pi_ref)`` over softmax policies by policy gradient.
+    r"""Maximize ``E_pi[r] - beta KL(pi || pi_ref)`` over softmax policies by policy gradient.
+
+    .. math::
+
+        \max_\pi\; J(\pi) = \mathbb{E}_{\xi \sim \pi}[r(\xi)]
+        - \beta\, \mathrm{KL}(P_\pi \,\|\, P_{\mathrm{ref}}),
+        \qquad \text{certificate: } \max_{s_0} \sqrt{\mathrm{KL}(P_\pi \,\|\, P^*) / 2}
+        \ \ge\ \mathrm{TV}(P_\pi, P^*).
 
     Args:
         ref: reference policy ``pi_ref`` (also the starting point unless ``init`` is given).
