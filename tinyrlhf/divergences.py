@@ -63,8 +63,9 @@ def kl_divergence(p: Policy, q: Policy, *, method: str = "chain") -> np.ndarray:
 
     .. math::
 
-        \mathrm{KL}(P_p \,\|\, P_q) = \sum_\xi P_p(\xi) \log \frac{P_p(\xi)}{P_q(\xi)}
-        = \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d^p_h}
+        \mathrm{KL}(P_p \,\|\, P_q) &= \sum_\xi P_p(\xi) \log \frac{P_p(\xi)}{P_q(\xi)}
+
+        &= \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d^p_h}
         \Big[\sum_a p(a \mid s) \log \frac{p(a \mid s)}{q(a \mid s)}\Big].
 
     Args:
@@ -120,8 +121,9 @@ def entropy(policy: Policy) -> np.ndarray:
 
     .. math::
 
-        H(P_\pi) = -\sum_\xi P_\pi(\xi) \log P_\pi(\xi)
-        = \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d_h}
+        H(P_\pi) &= -\sum_\xi P_\pi(\xi) \log P_\pi(\xi)
+
+        &= \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d_h}
         \Big[-\sum_a \pi(a \mid s) \log \pi(a \mid s)\Big].
     """
     policy = check_policy(policy)

@@ -217,9 +217,10 @@ def fit_policy_to_preferences(
 
     .. math::
 
-        u^* = \operatorname*{arg\,min}_u \sum_k w_k\, \ell\big(u(c_k) - u(r_k)\big)
-        + \frac{\ell_2}{2} \|\beta u\|^2, \qquad
-        \pi^* \propto \pi_{\mathrm{ref}}\, e^{u^*}.
+        & u^* = \operatorname*{arg\,min}_u \sum_k w_k\, \ell\big(u(c_k) - u(r_k)\big)
+        + \frac{\ell_2}{2} \|\beta u\|^2,
+
+        & \pi^* \propto \pi_{\mathrm{ref}}\, e^{u^*} \quad \text{(per prompt)}.
 
     (module docstring: the losses, DPO = Bradley-Terry + closed form, the convention for
     unidentified constants, the boundary case and each solver's certificate).

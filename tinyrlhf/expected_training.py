@@ -582,11 +582,12 @@ def train_expected(
 
     .. math::
 
-        \theta \leftarrow \theta + \eta\, \mathbb{E}[\hat g] \ \ (\text{gradient}), \qquad
-        \log \pi(\cdot \mid s) \leftarrow \log \pi(\cdot \mid s) + \eta\, A(s, \cdot)
-        - \log \sum_a \pi(a \mid s)\, e^{\eta A(s, a)} \ \ (\text{natural}),
+        & \text{gradient:}\quad \theta \leftarrow \theta + \eta\, \mathbb{E}[\hat g],
 
-        \text{residual} = \sum_s \frac{d(s)}{n_{\mathrm{prompts}}}
+        & \text{natural:}\quad \log \pi(\cdot \mid s) \leftarrow \log \pi(\cdot \mid s)
+        + \eta\, A(s, \cdot) - \log \sum_a \pi(a \mid s)\, e^{\eta A(s, a)},
+
+        & \text{residual} = \sum_s \frac{d(s)}{n_{\mathrm{prompts}}}
         \max_{a:\, \pi(a \mid s) > 0} A(s, a) \ \ge\ \tfrac{1}{2} \|\mathbb{E}[\hat g]\|.
 
     Args:

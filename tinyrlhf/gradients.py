@@ -25,11 +25,13 @@ no gradient), and coefficients there are never read, so ``0 * inf`` cannot arise
 .. math::
 
     \mathbb{E}_{\xi \sim \pi}\big[C(\xi)\, \nabla_\theta \log P_\pi(\xi)\big](s, a)
-    = M(s \circ a) - \pi(a \mid s)\, M(s), \qquad
-    M(\nu) = \sum_{\xi \text{ below } \nu} P_\pi(\xi)\, C(\xi),
+    &= M(s \circ a) - \pi(a \mid s)\, M(s),
 
-    \mathbb{E}\Big[\sum_h c(s_h, a_h)\, \nabla_\theta \log \pi(a_h \mid s_h)\Big](s, a)
-    = d_\pi(s)\, \pi(a \mid s) \Big(c(s, a) - \sum_b \pi(b \mid s)\, c(s, b)\Big).
+    M(\nu) &= \sum_{\xi \text{ below } \nu} P_\pi(\xi)\, C(\xi),
+
+    \mathbb{E}\Big[\sum_h c(s_h, a_h)\, \nabla_\theta \log \pi(a_h \mid s_h)\Big](s, a) &
+
+    &= d_\pi(s)\, \pi(a \mid s) \Big(c(s, a) - \sum_b \pi(b \mid s)\, c(s, b)\Big).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def sequence_score_gradient(policy: Policy, leaf_coefficients: np.ndarray) -> li
 
     .. math::
 
-        g_h(s, a) = \frac{M(s \circ a) - \pi(a \mid s)\, M(s)}{n_{\mathrm{prompts}}}, \qquad
-        M(\nu) = \sum_{\xi \text{ below } \nu} P_\pi(\xi)\, C(\xi).
+        g_h(s, a) &= \frac{M(s \circ a) - \pi(a \mid s)\, M(s)}{n_{\mathrm{prompts}}},
+
+        M(\nu) &= \sum_{\xi \text{ below } \nu} P_\pi(\xi)\, C(\xi).
 
     Args:
         policy: ``pi_theta`` with softmax logits ``theta``.

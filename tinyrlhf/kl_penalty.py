@@ -242,10 +242,13 @@ def kl_penalty_fixed_point(
 
     .. math::
 
-        U(\theta) = \mathbb{E}_\pi\big[r\, \nabla \log P_\pi\big] - \beta\, G(\theta) = 0;
-        \qquad P^* \propto P_{\mathrm{ref}}\, e^{r/\beta}
-        \ (\texttt{k1}\text{ reward}, \texttt{k2}\text{ loss}),
-        \qquad P = \frac{\beta\, P_{\mathrm{ref}}}{\lambda - r} \ (\texttt{k3}\text{ loss}).
+        & U(\theta) = \mathbb{E}_\pi\big[r\, \nabla \log P_\pi\big] - \beta\, G(\theta) = 0,
+
+        & P^* \propto P_{\mathrm{ref}}\, e^{r/\beta}
+        \quad (\texttt{k1} \text{ reward}, \texttt{k2} \text{ loss, sequence}),
+
+        & P = \frac{\beta\, P_{\mathrm{ref}}}{\lambda - r}
+        \quad (\texttt{k3} \text{ loss, sequence}).
 
     Args:
         ref: ``pi_ref`` (also where training starts).

@@ -905,9 +905,10 @@ def project(
 
     .. math::
 
-        \text{reverse: } \operatorname*{arg\,min}_{\pi \in \mathcal{F}}
-        \operatorname{mean}_p \mathrm{KL}(P_\pi \,\|\, P_{\mathrm{target}}), \qquad
-        \text{forward: } \operatorname*{arg\,min}_{\pi \in \mathcal{F}}
+        & \text{reverse:}\quad \operatorname*{arg\,min}_{\pi \in \mathcal{F}}\,
+        \operatorname{mean}_p \mathrm{KL}(P_\pi \,\|\, P_{\mathrm{target}}),
+
+        & \text{forward:}\quad \operatorname*{arg\,min}_{\pi \in \mathcal{F}}\,
         \operatorname{mean}_p \mathrm{KL}(P_{\mathrm{target}} \,\|\, P_\pi).
 
     Soft RL is the reverse projection of ``P* ∝ P_ref exp(r / beta)``: since

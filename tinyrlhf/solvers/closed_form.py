@@ -52,9 +52,10 @@ def optimal_leaf_log_probs(
 
     .. math::
 
-        \log P^*(\xi \mid s_0) = \log P_{\mathrm{ref}}(\xi \mid s_0) + \frac{r(\xi)}{\beta}
-            - \log Z(s_0), \qquad
-        \log Z(s_0) = \log \sum_{\xi} P_{\mathrm{ref}}(\xi \mid s_0)\, e^{r(\xi)/\beta}.
+        \log P^*(\xi \mid s_0) &= \log P_{\mathrm{ref}}(\xi \mid s_0) + \frac{r(\xi)}{\beta}
+        - \log Z(s_0),
+
+        \log Z(s_0) &= \log \sum_{\xi} P_{\mathrm{ref}}(\xi \mid s_0)\, e^{r(\xi)/\beta}.
 
     Returns:
         ``(log_p_star, log_z)`` of shapes ``(n_leaves,)`` and ``(n_prompts,)``.
@@ -87,8 +88,9 @@ def closed_form(ref: Policy, reward: np.ndarray, beta: float) -> Solution:
 
     .. math::
 
-        U_H = W, \quad U_h(s) = \log \sum_a e^{U_{h+1}(s \circ a)}, \quad
-        \log \pi^*(a \mid s) = U_{h+1}(s \circ a) - U_h(s), \quad \log Z(s_0) = U_0(s_0).
+        U_H &= W, \qquad U_h(s) = \log \sum_a e^{U_{h+1}(s \circ a)},
+
+        \log \pi^*(a \mid s) &= U_{h+1}(s \circ a) - U_h(s), \qquad \log Z(s_0) = U_0(s_0).
 
     Args:
         ref: the reference policy ``pi_ref``.

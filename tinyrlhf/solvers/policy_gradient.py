@@ -450,9 +450,10 @@ def policy_gradient_grad(
     .. math::
 
         \frac{\partial J}{\partial \theta(s, a)}
-        = \mathbb{E}_{\xi \sim \pi}\big[C(\xi)\, \nabla \log P_\pi(\xi)\big]
-        = d_\pi(s)\, \pi(a \mid s)\, \big(Q(s, a) - V(s)\big), \qquad
-        C(\xi) = r(\xi) - \beta \log \frac{P_\pi(\xi)}{P_{\mathrm{ref}}(\xi)}.
+        &= \mathbb{E}_{\xi \sim \pi}\big[C(\xi)\, \nabla \log P_\pi(\xi)\big]
+        = d_\pi(s)\, \pi(a \mid s)\, \big(Q(s, a) - V(s)\big),
+
+        C(\xi) &= r(\xi) - \beta \log \frac{P_\pi(\xi)}{P_{\mathrm{ref}}(\xi)}.
 
     Returns:
         One ``(level_size(h), A)`` array per level, zero on tokens ``pi`` never picks (a
@@ -670,9 +671,10 @@ def policy_gradient(
 
     .. math::
 
-        \max_\pi\; J(\pi) = \mathbb{E}_{\xi \sim \pi}[r(\xi)]
+        & \max_\pi\; J(\pi) = \mathbb{E}_{\xi \sim \pi}[r(\xi)]
         - \beta\, \mathrm{KL}(P_\pi \,\|\, P_{\mathrm{ref}}),
-        \qquad \text{certificate: } \max_{s_0} \sqrt{\mathrm{KL}(P_\pi \,\|\, P^*) / 2}
+
+        & \text{certificate:}\quad \max_{s_0} \sqrt{\mathrm{KL}(P_\pi \,\|\, P^*) / 2}
         \ \ge\ \mathrm{TV}(P_\pi, P^*).
 
     Args:

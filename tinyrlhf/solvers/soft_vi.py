@@ -32,11 +32,11 @@ def soft_value_iteration(ref: Policy, reward: np.ndarray, beta: float) -> Soluti
 
     .. math::
 
-        V_H(s_H) = r(s_H), \qquad
-        V_h(s) = \beta \log \sum_a \pi_{\mathrm{ref}}(a \mid s)\, e^{V_{h+1}(s \circ a)/\beta},
+        V_H(s_H) &= r(s_H), \qquad V_0(s_0) = \beta \log Z(s_0),
 
-        \pi^*(a \mid s) = \pi_{\mathrm{ref}}(a \mid s)\, e^{(V_{h+1}(s \circ a) - V_h(s))/\beta},
-        \qquad V_0(s_0) = \beta \log Z(s_0).
+        V_h(s) &= \beta \log \sum_a \pi_{\mathrm{ref}}(a \mid s)\, e^{V_{h+1}(s \circ a)/\beta},
+
+        \pi^*(a \mid s) &= \pi_{\mathrm{ref}}(a \mid s)\, e^{(V_{h+1}(s \circ a) - V_h(s))/\beta}.
 
     Args:
         ref: the reference policy ``pi_ref``.
