@@ -132,8 +132,15 @@ def test_rloo_is_unbiased(problem, group_size):
         atol=1e-10 * scale,
     )
     if np.linalg.norm(truth) > 1e-9 * scale:
-        assert update.cosine == pytest.approx(1.0, abs=1e-9)
-        assert update.norm_ratio == pytest.approx(1.0, abs=1e-9)
+        # cosine and norm ratio against the update's own true gradient, within what the
+        # difference of the two vectors allows (found by the dev profile, seed 202: a peaked
+        # policy with a tiny gradient norm, where rounding of 1e-16 is 4e-9 of the norm):
+        # |ratio - 1| <= ||g_hat - g|| / ||g|| and 1 - cos <= 2 (||g_hat - g|| / ||g||)^2
+        estimate, exact = flat(update.gradient), flat(update.true_gradient)
+        relative = np.linalg.norm(estimate - exact) / np.linalg.norm(exact)
+        assert relative < 1e-6  # they are the same vector up to rounding
+        assert abs(update.norm_ratio - 1.0) <= relative + 1e-15
+        assert 1.0 - update.cosine <= 2.0 * relative**2 + 1e-15
 
 
 @settings(max_examples=40)
