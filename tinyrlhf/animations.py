@@ -202,18 +202,41 @@ def convergence_animation(
         for method, per_frame in PG_METHODS
     }
     fig = Figure(figsize=(11.0, 6.5), layout="constrained")
-    axes = list(fig.subplots(2, 2).reshape(-1))
-    writer, saving = _writer_frames(fig, path, FPS, dpi)
     per_frame = dict(PG_METHODS)
+    return _write_iterates(
+        path,
+        fig,
+        list(fig.subplots(2, 2).reshape(-1)),
+        star,
+        runs,
+        per_frame,
+        f"Policy gradient on the demo problem (β = {beta:g}) against π*",
+        dpi,
+    )
+
+
+def _write_iterates(
+    path: Path,
+    fig: Figure,
+    axes: list[Axes],
+    star: Policy,
+    runs: dict[str, list[Policy]],
+    steps_per_frame: dict[str, int],
+    title: str,
+    dpi: int,
+) -> Path:
+    """Write one frame per iterate: every run's policy against ``star`` (:func:`draw_iterates`)."""
+    writer, saving = _writer_frames(fig, path, FPS, dpi)
+    frames = len(next(iter(runs.values())))
     with saving:
         for frame in range(frames):
             draw_iterates(
                 axes,
                 star,
-                {method: runs[method][frame] for method in runs},
-                {method: frame * per_frame[method] for method in runs},
+                {name: run[frame] for name, run in runs.items()},
+                {name: frame * steps_per_frame[name] for name in runs},
             )
-            fig.suptitle(f"Policy gradient on the demo problem (β = {beta:g}) against π*")
+            fig.suptitle(title)
             writer.grab_frame()
     return path
 
@@ -285,23 +308,17 @@ def training_dynamics_animation(
     star = closed_form(ref, reward, DYNAMICS_BETA).policy
     runs = {name: training_iterates(ref, reward, name, frames) for name in DYNAMICS_ESTIMATORS}
     fig = Figure(figsize=(11.0, 3.6), layout="constrained")
-    axes = list(fig.subplots(1, len(runs)))
-    writer, saving = _writer_frames(fig, path, FPS, dpi)
-    with saving:
-        for frame in range(frames):
-            draw_iterates(
-                axes,
-                star,
-                {name: runs[name][frame] for name in runs},
-                dict.fromkeys(runs, frame),
-            )
-            fig.suptitle(
-                "Exact mean-field training, reward 1 if the completion contains 'ab' "
-                f"(β = {DYNAMICS_BETA:g}, k1 in the reward)\n"
-                "RLOO reaches π*; GRPO stops elsewhere"
-            )
-            writer.grab_frame()
-    return path
+    return _write_iterates(
+        path,
+        fig,
+        list(fig.subplots(1, len(runs))),
+        star,
+        runs,
+        dict.fromkeys(runs, 1),
+        "Exact mean-field training, reward 1 if the completion contains 'ab' "
+        f"(β = {DYNAMICS_BETA:g}, k1 in the reward)\nRLOO reaches π*; GRPO stops elsewhere",
+        dpi,
+    )
 
 
 #: (file name, writer) in the order of the lecture.
