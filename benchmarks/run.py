@@ -27,7 +27,10 @@ Rows:
 6. time against the number of leaves on log-log axes with the fitted slope;
 7. the level kernels of :mod:`tinyrlhf.kernels` against the straightforward versions
    (``scipy.special.logsumexp(axis=1)``, a ``np.logaddexp`` chain), in both buffer layouts,
-   with and without blocking: the measurements behind the kernels' choices.
+   with and without blocking: the measurements behind the kernels' choices;
+8. the remaining bars of issue 11: ``Policy`` validation against one soft-VI pass, soft VI
+   in in-place ``np.exp`` passes over the leaves, the certified reverse projection onto the
+   position family at 2^12 leaves, and DPO against the Bradley-Terry fit.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ FULL = {
     "bradley_terry": {},  # the benchmark's defaults: 4096 leaves, 100,000 comparisons
     "kernel_elements": 1 << 24,
     "kernel_tokens": [2, 3, 4, 8, 16, 64],
+    "bars_size": (2, 24),
     "repeats": 7,
 }
 QUICK = {
@@ -86,6 +90,7 @@ QUICK = {
     "bradley_terry": {"n_leaves": 512, "n_comparisons": 10_000},
     "kernel_elements": 1 << 20,
     "kernel_tokens": [2, 4, 16],
+    "bars_size": (2, 18),
     "repeats": 3,
 }
 
@@ -476,6 +481,103 @@ def bradley_terry_section(config: dict) -> tuple[str, dict | None]:
     return markdown_table(header, [row]), result
 
 
+def exp_pass(n: int) -> Callable[[], object]:
+    """One ``np.exp`` over ``n`` float64 values in [-30, 0] into a preallocated buffer.
+
+    Out of place so that every round sees the same values; it costs the same as in place
+    (``np.exp`` is compute-bound here: 85.7 against 84.8 ms at 2^24 values, measured).
+    """
+    source = np.random.default_rng(0).uniform(-30.0, 0.0, n)
+    buffer = np.empty(n)
+    return partial(np.exp, source, out=buffer)
+
+
+def bars_section(config: dict) -> tuple[str, dict]:
+    """The speed bars of issue 11, each as a ratio measured in this process.
+
+    - ``Policy(tree, tables)`` validation against one soft-VI pass (bar: <= 1);
+    - soft VI against one in-place ``np.exp`` pass over the leaves (stretch: <= 12);
+    - the reverse projection onto the position family at 2^12 leaves (bar: <= 2 s,
+      certified);
+    - DPO against the Bradley-Terry fit on the same data (bar: <= 2).
+    """
+    bradley_terry = importlib.import_module("bradley_terry")  # imports choix (main checks)
+
+    n_tokens, horizon = config["bars_size"]
+    tree, ref, reward = problem(n_tokens, horizon)
+    tables = [np.array(table) for table in ref.log_probs]
+    times = interleaved_best_times(
+        {
+            "soft": partial(tr.soft_value_iteration, ref, reward, BETA),
+            "validate": partial(tr.Policy, tree, tables),
+            "exp": exp_pass(tree.n_leaves),
+        },
+        config["repeats"],
+    )
+    del tables
+
+    proj_tree = tr.TokenTree(["a", "b"], 12)
+    target = tr.closed_form(
+        tr.Policy.random(proj_tree, seed=0),
+        np.random.default_rng(1).standard_normal(proj_tree.n_leaves),
+        BETA,
+    ).policy
+    projection_seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        projection = tr.project_all(target, "position", "reverse")
+        projection_seconds.append(time.perf_counter() - start)
+
+    pairwise = bradley_terry.run_benchmark(**config["bradley_terry"], with_choix=False)
+    record = {
+        "leaves": tree.n_leaves,
+        "validate_ratio": times["validate"] / times["soft"],
+        "exp_passes": times["soft"] / times["exp"],
+        "projection_seconds": min(projection_seconds),
+        "projection_residual": projection.residual,
+        "projection_converged": projection.all_converged,
+        "dpo_ratio": pairwise["dpo_ratio"],
+        "dpo_boundary_ratio": pairwise["dpo_boundary_ratio"],
+    }
+    size = f"A = {n_tokens}, H = {horizon} ({tree.n_leaves:,} leaves)"
+    pairs = f"{pairwise['n_leaves']:,} leaves, {pairwise['n_comparisons']:,} comparisons"
+    rows = [
+        [
+            "`Policy(tree, tables)` validation / one soft-VI pass",
+            size,
+            f"{record['validate_ratio']:.2f}",
+            "<= 1",
+        ],
+        [
+            "soft VI / one `np.exp` pass over the leaves",
+            size,
+            f"{record['exp_passes']:.1f}",
+            "<= 12 (stretch)",
+        ],
+        [
+            "reverse projection onto `position` (all starts), seconds",
+            f"A = 2, H = 12; residual {projection.residual:.1e}, "
+            f"all converged: {projection.all_converged}",
+            f"{record['projection_seconds']:.2f}",
+            "<= 2",
+        ],
+        [
+            "DPO / Bradley-Terry fit, same `l2`",
+            pairs,
+            f"{pairwise['dpo_ratio']:.2f}",
+            "<= 2",
+        ],
+        [
+            "DPO at `l2 = 0` (boundary limit) / Bradley-Terry fit",
+            pairs,
+            f"{pairwise['dpo_boundary_ratio']:.2f}",
+            "<= 2",
+        ],
+    ]
+    print("  issue-11 bars done", flush=True)
+    return markdown_table(["measure", "size", "value", "bar"], rows), record
+
+
 def scaling_section(config: dict, figure: Path | None) -> tuple[str, dict]:
     """Time against the number of leaves (A = 2), with least-squares slopes in log-log."""
     leaves, times = [], {"floor": [], "soft VI": [], "closed form": []}
@@ -595,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  Bradley-Terry (choix takes a while) ...", flush=True)
     bradley_terry_table, _ = bradley_terry_section(config)
     sections.append(("Bradley-Terry fit against choix.opt_pairwise", bradley_terry_table))
+    bars_table, _ = bars_section(config)
+    sections.append(("Issue 11 bars: validation, exp passes, projection, DPO", bars_table))
     scaling_table, _ = scaling_section(config, figure)
     sections.append(("Scaling: time against the number of leaves", scaling_table))
     elapsed = time.perf_counter() - start
