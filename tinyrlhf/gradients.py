@@ -41,7 +41,9 @@ import numpy as np
 from .policy import Policy
 
 
-def sequence_score_gradient(policy: Policy, leaf_coefficients: np.ndarray) -> list[np.ndarray]:
+def sequence_score_gradient(
+    policy: Policy, leaf_coefficients: np.ndarray, *, leaf_probs: np.ndarray | None = None
+) -> list[np.ndarray]:
     r"""``E_{xi ~ pi}[C(xi) grad_theta log P_pi(xi)]`` per level, mean over prompts.
 
     .. math::
@@ -52,22 +54,31 @@ def sequence_score_gradient(policy: Policy, leaf_coefficients: np.ndarray) -> li
 
     Args:
         policy: ``pi_theta`` with softmax logits ``theta``.
-        leaf_coefficients: ``(n_leaves,)`` ``C(xi)``; only leaves the policy reaches are read
-            (any value, even ``inf`` or NaN, elsewhere).
+        leaf_coefficients: ``(n_leaves,)`` ``C(xi)``; only leaves with ``P_pi(xi) > 0`` are
+            read (any value, even ``inf`` or NaN, elsewhere).
+        leaf_probs: ``(n_leaves,)`` ``P_pi(xi)`` when the caller has it already (it must equal
+            ``policy.leaf_probs()``, e.g. ``np.exp`` of ``policy.leaf_log_probs()``): saves the
+            forward pass and the ``exp`` over the leaves. Not checked.
 
     Returns:
         ``H`` arrays ``(level_size(h), A)``: ``(M(s o a) - pi(a|s) M(s)) / n_prompts``.
     """
     tree = policy.tree
-    log_p = policy.leaf_log_probs()
-    reached = log_p > -np.inf
-    weighted = np.zeros(tree.n_leaves)  # P(xi) C(xi), 0 off the support
-    np.multiply(np.exp(log_p), leaf_coefficients, out=weighted, where=reached)
+    p = policy.leaf_probs() if leaf_probs is None else leaf_probs
+    with np.errstate(invalid="ignore"):  # 0 * inf off the support, zeroed just below
+        weighted = np.multiply(p, leaf_coefficients)  # P(xi) C(xi)
+    if p.min() == 0.0:  # leaves pi never reaches (or whose P underflows): weight 0
+        weighted[p == 0.0] = 0.0
     sums = tree.subtree_sums(weighted)  # M_0..M_H
     gradient = []
     for h, log_pi in enumerate(policy.log_probs):
         children = sums[h + 1].reshape(-1, tree.n_tokens)  # M(s o a): (level_size(h), A)
-        gradient.append((children - np.exp(log_pi) * sums[h][:, None]) / tree.n_prompts)
+        level = np.exp(log_pi)  # pi(a|s), then M(s o a) - pi(a|s) M(s), in place
+        level *= sums[h][:, None]
+        np.subtract(children, level, out=level)
+        if tree.n_prompts > 1:  # mean over prompts
+            level /= tree.n_prompts
+        gradient.append(level)
     return gradient
 
 

@@ -78,7 +78,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..gradients import sequence_score_gradient
-from ..kernels import row_logsumexp
+from ..kernels import log_softmax_rows, row_logsumexp
 from ..policy import Policy
 from ..tree import TokenTree
 from ..validation import (
@@ -142,10 +142,11 @@ class _Problem:
     ref: Policy
     reward: np.ndarray  # (n_leaves,)
     beta: float
-    allowed: list[np.ndarray]  # tokens pi_ref picks, (level_size(h), A) bool per level
+    forbidden: list[np.ndarray]  # tokens pi_ref never picks, (level_size(h), A) bool per level
     log_p_ref: np.ndarray  # log P_ref(xi), (n_leaves,)
-    log_p_star: np.ndarray  # log P*(xi), (n_leaves,)
-    p_star: np.ndarray  # P*(xi), (n_leaves,)
+    log_p_star: np.ndarray  # log P*(xi) renormalized per prompt, (n_prompts, leaves_per_prompt)
+    p_star: np.ndarray  # P*(xi) renormalized per prompt, (n_prompts, leaves_per_prompt)
+    star_mass_error: np.ndarray  # |sum P* - 1| before renormalizing, (n_prompts,)
     optimum: np.ndarray  # J(pi*) = beta log Z per prompt, (n_prompts,)
     scale: float  # 1 + max |r|
     tolerance: float  # bound on the certificate (a total variation)
@@ -217,57 +218,74 @@ def _per_prompt(tree: TokenTree, leaf_values: np.ndarray) -> np.ndarray:
 
 def _evaluate(problem: _Problem, theta: list[np.ndarray]) -> _Iterate:
     """The softmax policy of ``theta`` and its exact objective ``J = E_pi[C]``."""
-    for logits, mask in zip(theta, problem.allowed, strict=True):
-        if not np.isfinite(logits[mask]).all():
+    for logits, forbidden in zip(theta, problem.forbidden, strict=True):
+        if not (np.isfinite(logits) | forbidden).all():
             raise _NonFiniteLogits
     # log pi(a|s) = theta(s, a) - log sum_b exp theta(s, b): (level_size(h), A)
-    policy = Policy._trusted(problem.tree, [t - row_logsumexp(t)[:, None] for t in theta])
+    policy = Policy.trusted(problem.tree, [log_softmax_rows(t)[1] for t in theta])
     log_p = policy.leaf_log_probs()
-    reached = log_p > -np.inf
-    log_ratio = np.zeros_like(log_p)  # log(P_pi / P_ref), 0 where P_pi = 0
-    np.subtract(log_p, problem.log_p_ref, out=log_ratio, where=reached)
-    coefficient = np.where(reached, problem.reward - problem.beta * log_ratio, 0.0)
     p = np.exp(log_p)
+    log_ratio, coefficient = _sequence_coefficient(
+        log_p, problem.log_p_ref, problem.reward, problem.beta
+    )
     objective = _per_prompt(problem.tree, p * coefficient)
     return _Iterate(
         theta, policy, log_p, p, log_ratio, coefficient, objective, float(objective.mean())
     )
 
 
+def _sequence_coefficient(
+    log_p: np.ndarray, log_p_ref: np.ndarray, reward: np.ndarray, beta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``log(P_pi / P_ref)`` and ``C = r - beta log(P_pi / P_ref)``, both 0 where ``P_pi = 0``.
+
+    ``P_pi`` must vanish wherever ``P_ref`` does (``log_p`` is ``-inf`` there too). Shapes
+    ``(n_leaves,)``.
+    """
+    with np.errstate(invalid="ignore"):  # -inf - (-inf) off both supports, zeroed below
+        log_ratio = log_p - log_p_ref
+    coefficient = log_ratio * -beta
+    coefficient += reward  # C = r - beta log(P_pi / P_ref)
+    if log_p.min() == -np.inf:  # leaves pi never reaches (one min when there are none)
+        unreached = log_p == -np.inf
+        log_ratio[unreached] = 0.0
+        coefficient[unreached] = 0.0
+    return log_ratio, coefficient
+
+
 def _kl_to_optimum(problem: _Problem, it: _Iterate) -> np.ndarray:
     """``KL(P_pi || P*) = (J(pi*) - J(pi)) / beta`` per prompt, from terms that are each ``>= 0``.
 
-    Per leaf, with ``d = log P_pi - log P*``: ``P_pi (d - 1) + P* = P_pi (d + expm1(-d))``
-    (the second form where ``d >= -1``, so nothing overflows); a leaf ``pi`` never reaches
-    contributes ``P*``. The added ``- P_pi + P*`` sum to 0 (both are normalized).
+    Both distributions renormalized per prompt (their sums differ from 1 by rounding;
+    :func:`_mass_error` adds the difference). Per leaf, with ``u = log P* - log P_pi``, the
+    term ``P_pi (e^u - 1 - u) = P_pi (d - 1) + P*`` (``d = -u``) is computed as
+    ``P_pi (expm1(u) - u)`` where ``u <= 1`` (no cancellation near the optimum) and as
+    ``P* - P_pi (1 + u)`` where ``u > 1`` (no overflow, no ``P*`` rebuilt from a tiny
+    ``P_pi``); a leaf with ``P_pi = 0`` contributes ``P*``. The added ``P* - P_pi`` sum to 0.
     """
-    tree = problem.tree
-    # renormalize both per prompt (their sums differ from 1 by rounding; _mass_error adds it)
-    log_mass = np.log(_per_prompt(tree, it.p)).repeat(tree.leaves_per_prompt)
-    log_mass_star = np.log(_per_prompt(tree, problem.p_star)).repeat(tree.leaves_per_prompt)
-    p = it.p / np.exp(log_mass)
-    p_star = problem.p_star / np.exp(log_mass_star)
-    reached = it.log_p > -np.inf
-    d = np.zeros_like(it.log_p)  # 0 where pi never goes (and P_pi = 0 there)
-    np.subtract(it.log_p - log_mass, problem.log_p_star - log_mass_star, out=d, where=reached)
-    near = reached & (d >= -1.0)
-    terms = d - 1.0
-    terms *= p
-    terms += p_star  # P_pi (d - 1) + P*; P* where P_pi = 0
-    near_factor = np.negative(d)
-    np.expm1(near_factor, out=near_factor, where=near)  # expm1(-d), only where d >= -1
-    near_factor += d
-    np.multiply(p, near_factor, out=terms, where=near)  # P_pi (d + expm1(-d))
-    return _per_prompt(tree, terms)
+    shape = problem.p_star.shape  # (n_prompts, leaves_per_prompt)
+    mass = it.p.reshape(shape).sum(axis=1, keepdims=True)  # (n_prompts, 1)
+    p = it.p.reshape(shape) / mass
+    # NaN, inf and overflow only where P_pi = 0 or u > 1, where the terms are replaced below
+    with np.errstate(over="ignore", invalid="ignore"):
+        minus_d = problem.log_p_star - it.log_p.reshape(shape)  # u; +inf or NaN if P_pi = 0
+        minus_d += np.log(mass)
+        terms = np.expm1(minus_d)
+        terms -= minus_d
+        terms *= p  # P_pi (expm1(u) - u)
+    far = np.flatnonzero(~(minus_d <= 1.0))  # u > 1, +inf or NaN: (n_far,) flat indices
+    if far.size:
+        p_far, star_far = p.reshape(-1)[far], problem.p_star.reshape(-1)[far]
+        with np.errstate(invalid="ignore"):  # 0 * inf where P_pi = 0, not selected
+            far_terms = star_far - p_far * (1.0 + minus_d.reshape(-1)[far])
+        terms.reshape(-1)[far] = np.where(p_far > 0.0, far_terms, star_far)
+    return terms.sum(axis=1)
 
 
 def _mass_error(problem: _Problem, it: _Iterate) -> np.ndarray:
     """``(|sum P_pi - 1| + |sum P* - 1|) / 2`` per prompt: the total variation between each
     computed leaf distribution and its renormalization (float rounding at huge ``r/beta``)."""
-    tree = problem.tree
-    return 0.5 * (
-        np.abs(_per_prompt(tree, it.p) - 1.0) + np.abs(_per_prompt(tree, problem.p_star) - 1.0)
-    )
+    return 0.5 * (np.abs(_per_prompt(problem.tree, it.p) - 1.0) + problem.star_mass_error)
 
 
 def _certify(problem: _Problem, it: _Iterate) -> _Iterate:
@@ -277,7 +295,7 @@ def _certify(problem: _Problem, it: _Iterate) -> _Iterate:
         kl=_per_prompt(problem.tree, it.p * it.log_ratio),
         kl_to_optimum=_kl_to_optimum(problem, it),
         mass_error=_mass_error(problem, it),
-        gradient=sequence_score_gradient(it.policy, it.coefficient),
+        gradient=sequence_score_gradient(it.policy, it.coefficient, leaf_probs=it.p),
     )
 
 
@@ -292,12 +310,18 @@ def _soft_advantages(problem: _Problem, policy: Policy) -> list[np.ndarray]:
     advantages: list[np.ndarray] = [np.empty(0)] * problem.tree.horizon
     for h in range(problem.tree.horizon - 1, -1, -1):
         log_pi = policy.log_probs[h]
-        picked = log_pi > -np.inf  # a subset of the tokens pi_ref picks
-        log_ratio = np.zeros_like(log_pi)
-        np.subtract(log_pi, problem.ref.log_probs[h], out=log_ratio, where=picked)
-        q = np.where(picked, value.reshape(-1, n_tokens) - problem.beta * log_ratio, 0.0)
-        value = (np.exp(log_pi) * q).sum(axis=1)  # V_h(s) = sum_a pi Q: (level_size(h),)
-        advantages[h] = np.where(picked, q - value[:, None], 0.0)
+        with np.errstate(invalid="ignore"):  # -inf - (-inf) off both supports, zeroed below
+            q = log_pi - problem.ref.log_probs[h]  # log(pi / pi_ref): (level_size(h), A)
+        q *= -problem.beta
+        q += value.reshape(-1, n_tokens)  # Q = V_{h+1}(s o a) - beta log(pi / pi_ref)
+        unpicked = log_pi == -np.inf if log_pi.min() == -np.inf else None
+        if unpicked is not None:  # tokens pi never picks (a subset of pi_ref's)
+            q[unpicked] = 0.0
+        value = np.einsum("ij,ij->i", np.exp(log_pi), q)  # V_h(s) = sum_a pi Q: (level_size(h),)
+        q -= value[:, None]
+        if unpicked is not None:
+            q[unpicked] = 0.0
+        advantages[h] = q
     return advantages
 
 
@@ -474,10 +498,8 @@ def policy_gradient_grad(
                 "infinite there; use a policy whose zeros include ref's zeros"
             )
     log_p = policy.leaf_log_probs()
-    reached = log_p > -np.inf
-    log_ratio = np.zeros_like(log_p)
-    np.subtract(log_p, ref.leaf_log_probs(), out=log_ratio, where=reached)
-    return sequence_score_gradient(policy, np.where(reached, reward - beta * log_ratio, 0.0))
+    _, coefficient = _sequence_coefficient(log_p, ref.leaf_log_probs(), reward, beta)
+    return sequence_score_gradient(policy, coefficient, leaf_probs=np.exp(log_p))
 
 
 def default_steps(method: str, tree: TokenTree) -> int:
@@ -515,40 +537,67 @@ def _setup(ref: Policy, reward: np.ndarray, beta: float, tol: float) -> _Problem
             "float64; use a larger beta (or rescale the reward)"
         )
     log_p_star, log_z = optimal_leaf_log_probs(ref, reward, beta)
+    log_p_star = log_p_star.reshape(ref.tree.n_prompts, -1)  # (n_prompts, leaves_per_prompt)
+    p_star = np.exp(log_p_star)
+    mass_star = p_star.sum(axis=1, keepdims=True)  # 1 up to rounding: (n_prompts, 1)
     return _Problem(
         tree=ref.tree,
         ref=ref,
         reward=reward,
         beta=beta,
-        allowed=[table > -np.inf for table in ref.log_probs],
+        forbidden=[table == -np.inf for table in ref.log_probs],
         log_p_ref=ref.leaf_log_probs(),
-        log_p_star=log_p_star,
-        p_star=np.exp(log_p_star),
+        log_p_star=log_p_star - np.log(mass_star),
+        p_star=p_star / mass_star,
+        star_mass_error=np.abs(mass_star[:, 0] - 1.0),
         optimum=beta * log_z,
         scale=scale,
         tolerance=tol,
     )
 
 
-def _initial_logits(problem: _Problem, init: Policy | None) -> list[np.ndarray]:
-    """``log pi_init`` on the tokens ``pi_ref`` picks, ``-inf`` elsewhere (default ``pi_ref``).
+def _start(problem: _Problem, init: Policy | None) -> _Iterate:
+    """The certified first iterate: ``init``'s, or ``pi_ref`` itself when ``init`` is None.
+
+    ``theta = log pi_ref`` is ``pi_ref``'s own softmax, so its evaluation is known without a
+    pass over the tree: ``log(P_pi / P_ref) = 0`` and ``C = r`` on the reached leaves.
+    """
+    if init is not None:
+        return _certify(problem, _evaluate(problem, _initial_logits(problem, init)))
+    ref, log_p = problem.ref, problem.log_p_ref
+    p = np.exp(log_p)
+    log_ratio, coefficient = _sequence_coefficient(log_p, log_p, problem.reward, problem.beta)
+    objective = _per_prompt(problem.tree, p * coefficient)
+    it = _Iterate(
+        list(ref.log_probs),
+        ref,
+        log_p,
+        p,
+        log_ratio,
+        coefficient,
+        objective,
+        float(objective.mean()),
+    )
+    return _certify(problem, it)
+
+
+def _initial_logits(problem: _Problem, init: Policy) -> list[np.ndarray]:
+    """``log pi_init`` on the tokens ``pi_ref`` picks, ``-inf`` elsewhere.
 
     A row of ``init`` with no mass on ``pi_ref``'s tokens can only sit at a state ``init``
     never reaches (else the KL is infinite, refused); ``pi_ref``'s row stands in there,
     which changes no generation's probability.
     """
-    if init is None:
-        return [np.array(table) for table in problem.ref.log_probs]
     init = check_policy(init, "init")
     check_same_tree(init, problem.ref, ("init", "ref"))
     log_p = init.leaf_log_probs()
     if np.any((log_p > -np.inf) & (problem.log_p_ref == -np.inf)):
         raise ValueError("init puts probability on generations ref never produces")
     theta = []
-    for table, ref_table, mask in zip(
-        init.log_probs, problem.ref.log_probs, problem.allowed, strict=True
+    for table, ref_table, forbidden in zip(
+        init.log_probs, problem.ref.log_probs, problem.forbidden, strict=True
     ):
-        logits = np.where(mask, table, -np.inf)
+        logits = np.where(forbidden, -np.inf, table)
         empty = np.isneginf(logits).all(axis=1)
         logits[empty] = ref_table[empty]
         theta.append(logits)
@@ -726,7 +775,7 @@ def policy_gradient(
         steps = default_steps(method, problem.tree)
     steps = check_positive_int(steps, "steps", 0)
     run = _Settings(make_rng(seed), batch_size, epochs, clip)
-    first = _certify(problem, _evaluate(problem, _initial_logits(problem, init)))
+    first = _start(problem, init)
     it, history, stop = _iterate(problem, method, first, steps, lr, run)
     _warn_if_uncertified(method, it, problem, stop, lr)
     return Solution(
