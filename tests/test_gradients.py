@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
@@ -75,6 +77,31 @@ def test_sequence_score_gradient_is_the_gradient_of_the_expectation():
         return trt.flatten_tables(sequence_score_gradient(policy, coefficients))
 
     trt.assert_gradient(expectation, gradient, trt.flatten_tables(pi.log_probs), atol=2e-6)
+
+
+@settings(max_examples=40)
+@given(trt.trees(max_tokens=3, max_horizon=4, max_prompts=2), st.data())
+def test_precomputed_leaf_probs_give_the_plain_gradient(tree, data):
+    # sequence_score_gradient(pi, C, leaf_probs=P_pi) against the plain call and against the
+    # definition M(s o a) - pi(a|s) M(s), M by direct block sums over each state's leaves;
+    # policies with zeros (-inf log-probs), and C = inf / NaN on the leaves pi never reaches
+    pi = data.draw(trt.policies(tree, allow_zeros=True))
+    rng = np.random.default_rng(data.draw(trt.seeds))
+    scale = data.draw(st.sampled_from([1e-3, 1.0, 1e5]))
+    coefficients = scale * rng.standard_normal(tree.n_leaves)
+    log_p = pi.leaf_log_probs()
+    coefficients[log_p == -np.inf] = rng.choice([np.inf, -np.inf, np.nan])
+    plain = sequence_score_gradient(pi, coefficients)
+    given_probs = sequence_score_gradient(pi, coefficients, leaf_probs=np.exp(log_p))
+    weighted = np.where(log_p > -np.inf, np.exp(log_p) * np.nan_to_num(coefficients), 0.0)
+    tolerance = 1e-14 * (1 + np.abs(weighted).sum())
+    for h, (a, b) in enumerate(zip(plain, given_probs, strict=True)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-15 * (1 + np.abs(a).max()))
+        children = weighted.reshape(tree.level_size(h + 1), -1).sum(axis=1)  # M(s o a)
+        parents = weighted.reshape(tree.level_size(h), -1).sum(axis=1)  # M(s)
+        expected = children.reshape(-1, tree.n_tokens) - pi.probs[h] * parents[:, None]
+        np.testing.assert_allclose(a, expected / tree.n_prompts, rtol=0, atol=tolerance)
+        assert np.all(np.isfinite(a))
 
 
 def test_token_score_gradient_is_the_gradient_at_frozen_occupancy():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import approx_fprime
-from scipy.special import logsumexp
+from scipy.special import logsumexp, rel_entr
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
@@ -104,6 +104,75 @@ def test_residual_is_the_pinsker_bound_of_the_kl_to_the_optimum(problem, method)
     np.testing.assert_allclose(solution.info["objective_gap"], gap, atol=1e-9 * scale)
     assert np.all(solution.info["objective_gap"] >= 0)  # a sum of non-negative terms
     assert solution.converged == (solution.residual <= solution.tolerance)
+
+
+def _policy_inside(tree, ref, rng, noise, extra_zeros):
+    """A softmax policy whose zeros include ``ref``'s: ``log pi_ref`` plus ``noise`` times
+    normals, and a fraction ``extra_zeros`` of ``ref``'s tokens set to ``-inf`` (one finite
+    token kept per row)."""
+    theta = []
+    for table in ref.log_probs:
+        logits = table + noise * rng.standard_normal(table.shape)
+        drop = (rng.random(table.shape) < extra_zeros) & (table > -np.inf)
+        keep = np.argmax(np.where(table > -np.inf, logits, -np.inf), axis=1)  # (rows,)
+        drop[np.arange(table.shape[0]), keep] = False
+        theta.append(np.where(drop, -np.inf, logits))
+    return tr.Policy.from_logits(tree, theta)
+
+
+@settings(max_examples=30)
+@given(trt.problems(max_magnitude=5.0), trt.seeds, st.sampled_from([0.1, 3.0]))
+def test_certificate_at_any_policy_is_the_kl_to_soft_vi(problem, seed, noise):
+    # The certificate of a start (steps=0, init=pi) against an independent route: the leaf
+    # distributions of pi and of soft value iteration's pi*, renormalized, and
+    # KL = sum rel_entr(P_pi, P*) per prompt. Policies far from pi* (noise 3: leaves with
+    # log P* - log P_pi > 1, where the certificate switches formula) and with extra zeros
+    # (leaves pi never reaches contribute P*) included.
+    tree, ref, reward, beta = problem
+    pi = _policy_inside(tree, ref, np.random.default_rng(seed), noise, extra_zeros=0.2)
+    solution = _quiet("exact", ref, reward, beta, steps=0, init=pi)
+    p_pi = pi.leaf_probs().reshape(tree.n_prompts, -1)
+    p_star = tr.soft_value_iteration(ref, reward, beta).policy.leaf_probs()
+    p_star = p_star.reshape(tree.n_prompts, -1)
+    kl = rel_entr(
+        p_pi / p_pi.sum(axis=1, keepdims=True), p_star / p_star.sum(axis=1, keepdims=True)
+    ).sum(axis=1)
+    np.testing.assert_allclose(solution.info["objective_gap"], beta * kl, rtol=1e-9, atol=1e-14)
+    # residual = max sqrt(KL / 2) plus mass errors of rounding size
+    np.testing.assert_allclose(solution.residual, np.sqrt(kl.max() / 2), rtol=1e-9, atol=1e-14)
+
+
+def test_certificate_next_to_a_subnormal_probability_is_exact():
+    # pi_ref says "a" with probability e^-720 (subnormal) and r(a) / beta = 720, so by the
+    # closed form P*(a) = e^-720 e^720 / Z = 1/2 = P*(b), and at the start
+    # KL(P_ref || P*) = 1 * log(1 / (1/2)) + e^-720 log(2 e^-720) = log 2 (to 1e-310). There
+    # log P* - log P_ref = 719.3: e^u overflows, and P* rebuilt as P_ref e^u from a subnormal
+    # P_ref would lose digits; the certificate uses P* itself.
+    tree = tr.TokenTree(["a", "b"], 1)
+    ref = tr.Policy(tree, [np.array([[-720.0, 0.0]])])
+    beta = 1.0 / 720.0
+    solution = _quiet("exact", ref, np.array([1.0, 0.0]), beta, steps=0)
+    np.testing.assert_allclose(solution.info["objective_gap"], beta * np.log(2.0), rtol=1e-12)
+    np.testing.assert_allclose(solution.residual, np.sqrt(np.log(2.0) / 2), rtol=1e-12)
+
+
+@settings(max_examples=20)
+@given(trt.problems(max_magnitude=5.0), st.sampled_from(["natural", "exact"]))
+def test_starting_at_the_reference_needs_no_evaluation(problem, method):
+    # init=None starts at pi_ref without a pass over the tree (log(P_pi/P_ref) = 0, C = r);
+    # init=ref evaluates pi_ref's own softmax: both runs agree step by step.
+    tree, ref, reward, beta = problem
+    known = _quiet(method, ref, reward, beta, steps=3)
+    evaluated = _quiet(method, ref, reward, beta, steps=3, init=ref)
+    scale = 1 + np.abs(reward).max()
+    assert known.history["kl"][0] == 0.0
+    np.testing.assert_allclose(
+        known.history["objective"][0], tr.objective(ref, ref, reward, beta).mean(), rtol=1e-13
+    )
+    for key in ("objective", "kl", "objective_gap", "tv_bound"):
+        np.testing.assert_allclose(
+            known.history[key], evaluated.history[key], rtol=1e-9, atol=1e-12 * scale
+        )
 
 
 def test_natural_gradient_is_soft_policy_iteration():

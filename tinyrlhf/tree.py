@@ -165,8 +165,10 @@ class TokenTree:
         """
         sums = [np.asarray(leaf_values, dtype=np.float64)]
         for h in range(self.horizon - 1, -1, -1):
-            # (level_size(h), A) -> (level_size(h),)
-            sums.append(sums[-1].reshape(self.level_size(h), self.n_tokens).sum(axis=1))
+            # (level_size(h), A) -> (level_size(h),); einsum rather than .sum(axis=1), whose
+            # inner loop runs once per short row (2-3x slower at A <= 64, kernels docstring)
+            children = sums[-1].reshape(self.level_size(h), self.n_tokens)
+            sums.append(np.einsum("ij->i", children))
         return sums[::-1]
 
     def subtree_logsumexps(self, leaf_log_values: np.ndarray) -> list[np.ndarray]:

@@ -556,14 +556,18 @@ def _setup(ref: Policy, reward: np.ndarray, beta: float, tol: float) -> _Problem
     )
 
 
-def _start(problem: _Problem, init: Policy | None) -> _Iterate:
+def _start(problem: _Problem, init: Policy | None) -> tuple[_Problem, _Iterate]:
     """The certified first iterate: ``init``'s, or ``pi_ref`` itself when ``init`` is None.
 
     ``theta = log pi_ref`` is ``pi_ref``'s own softmax, so its evaluation is known without a
-    pass over the tree: ``log(P_pi / P_ref) = 0`` and ``C = r`` on the reached leaves.
+    pass over the tree: ``log(P_pi / P_ref) = 0`` and ``C = r`` on the reached leaves. A token
+    ``init`` never picks keeps logit ``-inf`` (no gradient moves it): the problem returned
+    counts it among the forbidden ones, so only a logit that overflows stops the run.
     """
     if init is not None:
-        return _certify(problem, _evaluate(problem, _initial_logits(problem, init)))
+        theta = _initial_logits(problem, init)
+        problem = replace(problem, forbidden=[t == -np.inf for t in theta])
+        return problem, _certify(problem, _evaluate(problem, theta))
     ref, log_p = problem.ref, problem.log_p_ref
     p = np.exp(log_p)
     log_ratio, coefficient = _sequence_coefficient(log_p, log_p, problem.reward, problem.beta)
@@ -578,7 +582,7 @@ def _start(problem: _Problem, init: Policy | None) -> _Iterate:
         objective,
         float(objective.mean()),
     )
-    return _certify(problem, it)
+    return problem, _certify(problem, it)
 
 
 def _initial_logits(problem: _Problem, init: Policy) -> list[np.ndarray]:
@@ -775,7 +779,7 @@ def policy_gradient(
         steps = default_steps(method, problem.tree)
     steps = check_positive_int(steps, "steps", 0)
     run = _Settings(make_rng(seed), batch_size, epochs, clip)
-    first = _start(problem, init)
+    problem, first = _start(problem, init)
     it, history, stop = _iterate(problem, method, first, steps, lr, run)
     _warn_if_uncertified(method, it, problem, stop, lr)
     return Solution(
