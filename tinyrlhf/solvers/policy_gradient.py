@@ -119,6 +119,8 @@ NATURAL_REST = 1e-9
 #: A run has diverged when its objective falls below its start by more than the room to the
 #: optimum plus this fraction of ``1 + max |r|`` (float rounding of the objective).
 DIVERGENCE_SLACK = 1e-9
+#: Smallest normal float64: a smaller ``P_pi(xi)`` has lost significant digits (or is 0).
+TINY = np.finfo(np.float64).tiny
 #: Armijo sufficient-increase constant of the exact method's backtracking line search.
 ARMIJO_C = 1e-4
 #: The line search gives up below this trial step (no ascent left at float64 precision).
@@ -157,7 +159,7 @@ class _Iterate:
     """A softmax policy evaluated exactly; ``kl``, ``kl_to_optimum`` and ``gradient`` are
     filled by :func:`_certify` (the line search skips them for rejected trials)."""
 
-    theta: list[np.ndarray]  # logits, -inf where pi_ref never picks
+    theta: list[np.ndarray]  # logits (normalized: log pi), -inf where pi never picks
     policy: Policy
     log_p: np.ndarray  # log P_pi(xi), (n_leaves,)
     p: np.ndarray  # P_pi(xi), (n_leaves,)
@@ -217,12 +219,17 @@ def _per_prompt(tree: TokenTree, leaf_values: np.ndarray) -> np.ndarray:
 
 
 def _evaluate(problem: _Problem, theta: list[np.ndarray]) -> _Iterate:
-    """The softmax policy of ``theta`` and its exact objective ``J = E_pi[C]``."""
+    """The softmax policy of ``theta`` and its exact objective ``J = E_pi[C]``.
+
+    ``theta``'s arrays (fresh ones, the caller's to give) are normalized in place to
+    ``log pi``, logits of the same softmax policy, which the iterate keeps as its ``theta``.
+    """
     for logits, forbidden in zip(theta, problem.forbidden, strict=True):
         if not (np.isfinite(logits) | forbidden).all():
             raise _NonFiniteLogits
-    # log pi(a|s) = theta(s, a) - log sum_b exp theta(s, b): (level_size(h), A)
-    policy = Policy.trusted(problem.tree, [log_softmax_rows(t)[1] for t in theta])
+        # log pi(a|s) = theta(s, a) - log sum_b exp theta(s, b): (level_size(h), A)
+        log_softmax_rows(logits, out=logits)
+    policy = Policy.trusted(problem.tree, theta)
     log_p = policy.leaf_log_probs()
     p = np.exp(log_p)
     log_ratio, coefficient = _sequence_coefficient(
@@ -230,7 +237,14 @@ def _evaluate(problem: _Problem, theta: list[np.ndarray]) -> _Iterate:
     )
     objective = _per_prompt(problem.tree, p * coefficient)
     return _Iterate(
-        theta, policy, log_p, p, log_ratio, coefficient, objective, float(objective.mean())
+        policy.log_probs,
+        policy,
+        log_p,
+        p,
+        log_ratio,
+        coefficient,
+        objective,
+        float(objective.mean()),
     )
 
 
@@ -258,27 +272,30 @@ def _kl_to_optimum(problem: _Problem, it: _Iterate) -> np.ndarray:
 
     Both distributions renormalized per prompt (their sums differ from 1 by rounding;
     :func:`_mass_error` adds the difference). Per leaf, with ``u = log P* - log P_pi``, the
-    term ``P_pi (e^u - 1 - u) = P_pi (d - 1) + P*`` (``d = -u``) is computed as
-    ``P_pi (expm1(u) - u)`` where ``u <= 1`` (no cancellation near the optimum) and as
-    ``P* - P_pi (1 + u)`` where ``u > 1`` (no overflow, no ``P*`` rebuilt from a tiny
-    ``P_pi``); a leaf with ``P_pi = 0`` contributes ``P*``. The added ``P* - P_pi`` sum to 0.
+    term ``P_pi (e^u - 1 - u) = P_pi (d - 1) + P*`` (``d = -u``; the added ``P* - P_pi`` sum
+    to 0) is computed as ``P_pi (expm1(u) - u)``: no cancellation near the optimum, and no
+    overflow, as a normal ``P_pi >= TINY`` bounds ``u <= -log TINY < 709``. Where ``P_pi`` is
+    subnormal it is ``P* - P_pi (1 + u)`` (``P*`` itself, not rebuilt from a ``P_pi`` with
+    few significant digits), and ``P*`` where ``P_pi = 0``.
     """
     shape = problem.p_star.shape  # (n_prompts, leaves_per_prompt)
-    mass = it.p.reshape(shape).sum(axis=1, keepdims=True)  # (n_prompts, 1)
-    p = it.p.reshape(shape) / mass
-    # NaN, inf and overflow only where P_pi = 0 or u > 1, where the terms are replaced below
+    p = it.p.reshape(shape)
+    mass = p.sum(axis=1, keepdims=True)  # (n_prompts, 1)
+    # inf and NaN only where P_pi < TINY, where the terms are replaced below
     with np.errstate(over="ignore", invalid="ignore"):
         minus_d = problem.log_p_star - it.log_p.reshape(shape)  # u; +inf or NaN if P_pi = 0
         minus_d += np.log(mass)
         terms = np.expm1(minus_d)
         terms -= minus_d
-        terms *= p  # P_pi (expm1(u) - u)
-    far = np.flatnonzero(~(minus_d <= 1.0))  # u > 1, +inf or NaN: (n_far,) flat indices
-    if far.size:
-        p_far, star_far = p.reshape(-1)[far], problem.p_star.reshape(-1)[far]
+        terms *= p
+        terms /= mass  # P_pi (expm1(u) - u), P_pi renormalized
+    if p.min() < TINY:
+        tiny = np.flatnonzero(p < TINY)  # (n_tiny,) flat leaf indices
+        p_tiny = p.reshape(-1)[tiny] / mass[tiny // shape[1], 0]
+        star = problem.p_star.reshape(-1)[tiny]
         with np.errstate(invalid="ignore"):  # 0 * inf where P_pi = 0, not selected
-            far_terms = star_far - p_far * (1.0 + minus_d.reshape(-1)[far])
-        terms.reshape(-1)[far] = np.where(p_far > 0.0, far_terms, star_far)
+            subnormal = star - p_tiny * (1.0 + minus_d.reshape(-1)[tiny])
+        terms.reshape(-1)[tiny] = np.where(p_tiny > 0.0, subnormal, star)
     return terms.sum(axis=1)
 
 
@@ -338,8 +355,13 @@ def _norm(gradient: list[np.ndarray]) -> float:
 def _step_logits(
     theta: list[np.ndarray], direction: list[np.ndarray], size: float
 ) -> list[np.ndarray]:
-    """``theta + size * direction`` level by level (``-inf`` logits stay ``-inf``)."""
-    return [t + size * g for t, g in zip(theta, direction, strict=True)]
+    """``theta + size * direction`` level by level (``-inf`` logits stay ``-inf``): new arrays."""
+    stepped = []
+    for t, g in zip(theta, direction, strict=True):
+        moved = np.multiply(g, size)
+        moved += t
+        stepped.append(moved)
+    return stepped
 
 
 # ------------------------------------------------------------------------ one step per method
