@@ -719,6 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Figure: `{figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure}`.",
         ]
+    text += [
+        "",
+        "Before/after numbers and one-off measurements that a re-run would erase: "
+        "`benchmarks/history.md`.",
+    ]
     report = "\n".join(text) + "\n"
     print()
     print(report)
