@@ -573,7 +573,7 @@ def _integrate_flow(
 
     Returns ``(policy, theta, steps, stop)``: ``stop`` is :func:`_numerical`'s result when the
     flow collapsed or did not settle in ``max_steps`` steps, None when it settled after
-    ``steps`` evaluations of the update.
+    ``steps`` Euler steps (the sequence-level flow counts the same way).
     """
     ref = problem.ref
     tree = ref.tree
@@ -600,8 +600,8 @@ def _integrate_flow(
             reason = _collapse_reason(float(collapsed.min()), k)
             return policy, theta, k, (policy, False, reason, {"steps": k})
         size = float(np.sqrt(sum(float(np.vdot(d, d)) for d in direction)))
-        if size < SETTLED:
-            return policy, theta, k + 1, None
+        if size < SETTLED:  # settled after k steps
+            return policy, theta, k, None
         theta = [t + step * d for t, d in zip(theta, direction, strict=True)]
         policy = Policy.from_logits(tree, theta)
     reason = f"the flow did not settle in {max_steps} steps"
