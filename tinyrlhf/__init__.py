@@ -19,11 +19,13 @@ from .divergences import entropy, expected_reward, kl_divergence, objective, tot
 from .dpo import (
     BoundaryOptimumWarning,
     PreferenceOptimizationWarning,
+    PreferenceSolution,
     fit_policy_to_preferences,
     preference_loss,
 )
 from .expected_training import (
     EntropyChange,
+    ExpectedTrainingSolution,
     ExpectedTrainingWarning,
     depth_entropy,
     entropy_change,
@@ -89,6 +91,7 @@ __all__ = [
     "BradleyTerryFit",
     "DivergenceWarning",
     "EntropyChange",
+    "ExpectedTrainingSolution",
     "ExpectedTrainingWarning",
     "ExpectedUpdate",
     "GradientVariance",
@@ -102,6 +105,7 @@ __all__ = [
     "Policy",
     "PolicyGradientWarning",
     "PreferenceOptimizationWarning",
+    "PreferenceSolution",
     "Preferences",
     "Projection",
     "RLHFAtKL",

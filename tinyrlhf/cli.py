@@ -300,13 +300,13 @@ def _print_solution(solution: Solution, notes: list[str]) -> None:
         print(f"  lambda*           = {solution.lagrange_multiplier}  (beta (1 - log Z))")
     if solution.history is not None:
         print(
-            f"  steps             = {solution.info['steps_taken']}, converged = "
+            f"  steps             = {solution.steps_taken}, converged = "
             f"{solution.converged} (TV bound {solution.residual:.2g}, tol {solution.tolerance:g})"
         )
     print(f"  objective J(pi)   = {solution.objective()}")
     print(f"  KL(pi || pi_ref)  = {solution.kl()}")
     print(f"  E_pi[r]           = {solution.expected_reward()}")
-    if solution.history is not None and solution.info["steps_taken"] == 0 and solution.converged:
+    if solution.history is not None and solution.steps_taken == 0 and solution.converged:
         print(
             "  the reference is already within tol of the optimum: "
             f"TV bound {solution.residual:.2g} <= tol {solution.tolerance:g}, so no step was taken"

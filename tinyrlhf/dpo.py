@@ -52,8 +52,8 @@ infimum 0 as the margin goes to ``+inf``. Every minimizing sequence therefore dr
 probability 0, whatever ``beta``, and :func:`fit_policy_to_preferences` returns exactly that
 limit: ``u = -inf`` (probability 0) on dominated completions, and on the others the
 Bradley-Terry fit of the pairs inside their component (zero mean per component). It warns
-(:class:`BoundaryOptimumWarning`) and reports ``info["boundary"] = True`` and
-``info["dominated_leaves"]``; ``converged`` certifies the within-component fits. IPO's
+(:class:`BoundaryOptimumWarning`) and reports ``boundary = True`` and
+``dominated_leaves`` (:class:`PreferenceSolution`); ``converged`` certifies the within-component fits. IPO's
 squared loss and the hinge have finite optima.
 
 **Solvers and certificates** (``Solution.residual`` against ``Solution.tolerance``;
@@ -91,6 +91,7 @@ import numbers
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sparse
@@ -131,6 +132,54 @@ MULTIPLIER_TOL = 1e-10
 
 class BoundaryOptimumWarning(UserWarning):
     """The DPO loss has no minimizer: some completions are driven to probability 0."""
+
+
+@dataclass(frozen=True, eq=False)
+class PreferenceSolution(Solution):
+    """The :class:`~tinyrlhf.Solution` of :func:`fit_policy_to_preferences`.
+
+    Besides those of :class:`~tinyrlhf.Solution` (``leaf_log_probs`` is ``log pi*`` per
+    leaf, ``steps_taken`` the Newton or active-set iterations), it has these attributes
+    (``info`` holds the same values under the keys in parentheses).
+
+    Attributes:
+        implicit_reward: ``(n_leaves,)`` ``beta u*`` (``"implicit_reward"``): 0 where
+            ``pi_ref = 0``, ``-inf`` on dominated leaves at the DPO boundary.
+        boundary: DPO's infimum is not attained and ``policy`` is the limit
+            (``"boundary"``; module docstring, "The boundary").
+        dominated_leaves: int leaf indices that DPO (``l2 = 0``) drives to probability 0
+            (``"dominated_leaves"``; empty for IPO, the hinge and ``l2 > 0``).
+        never_compared: int indices of leaves ``pi_ref`` produces that no pair of weight
+            ``> 0`` compares (``"never_compared"``; their ``u`` is 0).
+        mean_loss: weighted mean of the per-pair loss at the answer (``"loss"``).
+        penalized_loss: the minimized ``sum_k w_k l(h_k) + (l2 / 2) ||beta u||^2`` (at the
+            boundary its infimum) (``"objective"``).
+        loss_gradient_norm: ``max |dL/du|`` at the answer (``"grad_norm"``); None for the
+            non-smooth hinge.
+    """
+
+    implicit_reward: np.ndarray | None = None
+    boundary: bool = False
+    dominated_leaves: np.ndarray | None = None
+    never_compared: np.ndarray | None = None
+    mean_loss: float | None = None
+    penalized_loss: float | None = None
+    loss_gradient_norm: float | None = None
+
+
+#: The ``info`` key of each typed field of :class:`PreferenceSolution` (its name before the
+#: field existed; ``info`` keeps them for display and old code).
+INFO_KEYS = {
+    "leaf_log_probs": "leaf_log_probs",
+    "steps_taken": "n_iter",
+    "implicit_reward": "implicit_reward",
+    "boundary": "boundary",
+    "dominated_leaves": "dominated_leaves",
+    "never_compared": "never_compared",
+    "mean_loss": "loss",
+    "penalized_loss": "objective",
+    "loss_gradient_norm": "grad_norm",
+}
 
 
 def _ipo_loss(beta: float) -> PairwiseLoss:
@@ -209,7 +258,7 @@ def fit_policy_to_preferences(
     l2: float = 0.0,
     steps: int | None = None,
     tol: float = DEFAULT_TOL,
-) -> Solution:
+) -> PreferenceSolution:
     r"""Minimize the DPO, IPO or hinge loss exactly over the full policy class.
 
         u* = argmin_u sum_k w_k l(u(c_k) - u(r_k)) + (l2 / 2) ||beta u||^2,
@@ -238,15 +287,15 @@ def fit_policy_to_preferences(
         tol: tolerance of ``residual`` (see :data:`DEFAULT_TOL`), in (0, 1).
 
     Returns:
-        A :class:`~tinyrlhf.Solution` with ``policy`` (``pi*``), ``method``
-        (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``, ``residual`` (the
-        solver's certificate, module docstring), ``tolerance``, ``converged`` and ``info``:
-        ``"implicit_reward"`` ``beta u*`` ``(n_leaves,)`` (0 where ``pi_ref = 0``, ``-inf``
-        on dominated leaves at the DPO boundary), ``"leaf_log_probs"``, ``"loss"`` (weighted
-        mean of the per-pair loss), ``"objective"`` (the minimized sum plus penalty; at the
-        boundary its infimum), ``"grad_norm"`` (``max |dL/du|``; None for the non-smooth
-        hinge), ``"boundary"``, ``"dominated_leaves"`` (leaves DPO drives to probability
-        0), ``"never_compared"``, ``"n_iter"``, ``"solver"``.
+        A :class:`PreferenceSolution` (a :class:`~tinyrlhf.Solution`) with ``policy``
+        (``pi*``), ``method`` (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``,
+        ``residual`` (the solver's certificate, module docstring), ``tolerance``,
+        ``converged``, ``steps_taken``, ``leaf_log_probs`` and the typed fields
+        ``implicit_reward`` (``beta u*``), ``boundary``, ``dominated_leaves``,
+        ``never_compared``, ``mean_loss``, ``penalized_loss`` and ``loss_gradient_norm``;
+        ``info`` repeats them under their old keys (``"implicit_reward"``,
+        ``"leaf_log_probs"``, ``"boundary"``, ``"dominated_leaves"``, ``"never_compared"``,
+        ``"loss"``, ``"objective"``, ``"grad_norm"``, ``"n_iter"``) and adds ``"solver"``.
 
     Warns:
         BoundaryOptimumWarning: ``loss="dpo"``, ``l2 = 0`` and the infimum is not attained
@@ -280,7 +329,18 @@ def fit_policy_to_preferences(
     policy, leaf_log_probs = _policy(ref, reward, dominated, beta)
     # at the boundary the pairs between strong components are won at margin +inf: loss 0
     cross = graph.strong[chosen] != graph.strong[rejected] if boundary else None
-    return Solution(
+    fields: dict[str, Any] = {  # PreferenceSolution's typed fields
+        "leaf_log_probs": leaf_log_probs,
+        "steps_taken": fit.n_iter,
+        "implicit_reward": np.where(_mask(reward.size, dominated), -np.inf, reward),
+        "boundary": boundary,
+        "dominated_leaves": graph.dominated
+        if loss == "dpo" and l2 == 0
+        else np.zeros(0, np.int64),
+        "never_compared": np.flatnonzero(on_support & (graph.component < 0)),
+        **_summary(prefs, reward, cross, loss, beta, l2),
+    }
+    return PreferenceSolution(
         policy=policy,
         method=f"fit_policy_to_preferences[{loss}]",
         reference=ref,
@@ -290,18 +350,8 @@ def fit_policy_to_preferences(
         residual=float(fit.residual),
         tolerance=float(tol),
         wall_time=time.perf_counter() - start,
-        info={
-            "implicit_reward": np.where(_mask(reward.size, dominated), -np.inf, reward),
-            "leaf_log_probs": leaf_log_probs,
-            **_summary(prefs, reward, cross, loss, beta, l2),
-            "boundary": boundary,
-            "dominated_leaves": graph.dominated
-            if loss == "dpo" and l2 == 0
-            else np.zeros(0, np.int64),
-            "never_compared": np.flatnonzero(on_support & (graph.component < 0)),
-            "n_iter": fit.n_iter,
-            "solver": fit.solver,
-        },
+        **fields,
+        info={INFO_KEYS[name]: value for name, value in fields.items()} | {"solver": fit.solver},
     )
 
 
@@ -413,8 +463,9 @@ def _summary(
     beta: float,
     l2: float,
 ) -> dict:
-    """``loss`` (weighted mean per pair), ``objective`` and ``grad_norm`` (in ``u``) at the
-    answer; at the boundary the limit, where the ``cross`` pairs contribute 0."""
+    """``mean_loss`` (weighted mean per pair), ``penalized_loss`` and ``loss_gradient_norm``
+    (in ``u``) at the answer; at the boundary the limit, where the ``cross`` pairs contribute
+    0."""
     chosen, rejected, weight = prefs.chosen, prefs.rejected, prefs.weight
     u = reward / beta
     terms, slopes = _loss_terms(loss, u[chosen] - u[rejected], beta)
@@ -429,9 +480,11 @@ def _summary(
     )
     total = float(np.sum(weight))
     return {
-        "loss": float(np.sum(weight * terms)) / total if total else 0.0,
-        "objective": float(np.sum(weight * terms)) + penalty,
-        "grad_norm": None if loss == "hinge" else float(np.max(np.abs(gradient), initial=0.0)),
+        "mean_loss": float(np.sum(weight * terms)) / total if total else 0.0,
+        "penalized_loss": float(np.sum(weight * terms)) + penalty,
+        "loss_gradient_norm": None
+        if loss == "hinge"
+        else float(np.max(np.abs(gradient), initial=0.0)),
     }
 
 

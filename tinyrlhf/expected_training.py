@@ -63,6 +63,19 @@ class ExpectedTrainingWarning(UserWarning):
     """``train_expected`` stopped without certifying a stationary point."""
 
 
+@dataclass(frozen=True, eq=False)
+class ExpectedTrainingSolution(Solution):
+    """The :class:`tinyrlhf.Solution` of :func:`train_expected`, with one more attribute.
+
+    Attributes:
+        leaf_weights: ``(n_leaves,)`` ``w(y)`` of the expected update at ``policy``:
+            ``E[g_hat] = sum_y pi(y) w(y) grad log pi(y)`` for the reward part
+            (as :attr:`tinyrlhf.group_relative.ExpectedUpdate.leaf_weights`).
+    """
+
+    leaf_weights: np.ndarray | None = None
+
+
 # ------------------------------------------------------------------------------ entropy
 def depth_entropy(policy: Policy) -> np.ndarray:
     """Per-depth entropy ``E_{s ~ d_h}[H(pi(.|s))]``, ``(n_prompts, H)``; rows sum to the
@@ -504,11 +517,16 @@ def _training_solution(
     state: _TrainingState,
     history: _History,
     steps_taken: int,
+    diverged: bool,
     start: float,
-) -> Solution:
-    """The :class:`tinyrlhf.Solution` of :func:`train_expected`."""
+) -> ExpectedTrainingSolution:
+    """The :class:`ExpectedTrainingSolution` of :func:`train_expected`."""
     arrays = history.arrays()
-    return Solution(
+    if diverged:
+        stop = "diverged"
+    else:
+        stop = "certified" if state.residual <= setup.tol else "step budget"
+    return ExpectedTrainingSolution(
         policy=state.policy,
         method=f"train_expected[{setup.estimator}, G={setup.group_size}, {setup.update}]",
         reference=setup.ref,
@@ -519,7 +537,10 @@ def _training_solution(
         residual=state.residual,
         tolerance=setup.tol,
         wall_time=time.perf_counter() - start,
-        info={
+        steps_taken=steps_taken,
+        stop_reason=stop,
+        leaf_weights=state.weights,
+        info={  # steps_taken and leaf_weights are also typed fields
             "steps_taken": steps_taken,
             "lr": setup.lr,
             "kl_term": None if setup.term is None else setup.term.name,
@@ -547,7 +568,7 @@ def train_expected(
     reset_every: int | None = None,
     epochs: int = 1,
     clip: float | tuple[float, float] | None = None,
-) -> Solution:
+) -> ExpectedTrainingSolution:
     r"""Exact mean-field training with a group-relative estimator, from ``pi_ref``.
 
     Each step computes the exact expected update ``g = E[g_hat]`` at the current ``pi``
@@ -604,8 +625,11 @@ def train_expected(
         clip: None, ``eps`` or ``(eps_low, eps_high)`` with ``0 < eps_low < 1 < 1 + eps_high``.
 
     Returns:
-        A :class:`tinyrlhf.Solution` with ``policy``, ``residual``, ``tolerance``,
-        ``converged`` and ``history`` (entry 0 is ``pi_ref``; arrays over entries):
+        An :class:`ExpectedTrainingSolution` (a :class:`tinyrlhf.Solution`) with ``policy``,
+        ``residual``, ``tolerance``, ``converged``, ``steps_taken`` (updates made),
+        ``stop_reason`` (``"certified"``, ``"step budget"`` or ``"diverged"``),
+        ``leaf_weights`` (``w(y)`` at ``policy``) and ``history`` (entry 0 is ``pi_ref``;
+        arrays over entries):
         ``"expected_reward"`` (mean over prompts), ``"prompt_expected_reward"``
         ``(entries, n_prompts)``, ``"success"`` (0/1 rewards only: ``P(r = 1)``), ``"kl"``
         (``KL(pi || pi_ref)``, mean over prompts), ``"entropy"`` (sequence entropy, mean),
@@ -640,7 +664,7 @@ def train_expected(
     history.record(state.policy, state.residual)
     state, steps_taken, diverged = _run_training(setup, state, history)
     _warn_uncertified(setup, state.residual, steps_taken, diverged)
-    return _training_solution(setup, state, history, steps_taken, start)
+    return _training_solution(setup, state, history, steps_taken, diverged, start)
 
 
 # ------------------------------------------------------------------------ demo problems

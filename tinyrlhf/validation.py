@@ -148,6 +148,15 @@ def check_policy(policy: object, name: str = "policy") -> Policy:
     return policy
 
 
+def check_policy_on(tree: TokenTree, policy: object, name: str = "policy") -> Policy:
+    """Return ``policy`` if it is a :class:`tinyrlhf.Policy` on ``tree`` (``TypeError`` /
+    ``ValueError`` naming it)."""
+    policy = check_policy(policy, name)
+    if policy.tree != tree:
+        raise ValueError(f"{name} must be a policy on the same TokenTree as tree")
+    return policy
+
+
 def check_same_tree(first: Policy, second: Policy, names: tuple[str, str]) -> None:
     """Both policies live on the same :class:`TokenTree` (``ValueError`` naming both)."""
     if first.tree != second.tree:

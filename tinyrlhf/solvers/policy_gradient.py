@@ -729,6 +729,9 @@ def policy_gradient(
     first = _certify(problem, _evaluate(problem, _initial_logits(problem, init)))
     it, history, stop = _iterate(problem, method, first, steps, lr, run)
     _warn_if_uncertified(method, it, problem, stop, lr)
+    steps_taken = len(history["objective"]) - 1
+    gradient_norm = _norm(it.certified.gradient)
+    objective_gap = problem.beta * it.certified.kl_to_optimum
     return Solution(
         policy=it.policy,
         method=f"policy_gradient[{method}]",
@@ -740,11 +743,15 @@ def policy_gradient(
         residual=it.residual,
         tolerance=problem.tolerance,
         wall_time=time.perf_counter() - start_time,
-        info={
-            "steps_taken": len(history["objective"]) - 1,
+        steps_taken=steps_taken,
+        stop_reason=stop,
+        gradient_norm=gradient_norm,
+        objective_gap=objective_gap,
+        info={  # the typed fields' values under their old keys (display, old code)
+            "steps_taken": steps_taken,
             "lr": lr,
-            "gradient_norm": _norm(it.certified.gradient),
-            "objective_gap": problem.beta * it.certified.kl_to_optimum,
+            "gradient_norm": gradient_norm,
+            "objective_gap": objective_gap,
             "stop": stop,
         },
     )
