@@ -649,13 +649,14 @@ VERIFIABLE_TASKS = (("easy", "a"), ("medium", "ab"), ("hard", "abc"))
 
 
 def verifiable_problem(
-    horizon: int = 4, seed: int = 0, temperature: float = 1.0
+    horizon: int = 4, seed: int | np.random.Generator | None = 0, temperature: float = 1.0
 ) -> tuple[TokenTree, Policy, np.ndarray]:
     """``(tree, pi_ref, reward)``: a 0/1 verifiable reward with prompts of three difficulties.
 
     Tokens ``a, b, c``; prompt ``easy`` is solved by any completion containing ``a``,
     ``medium`` by one containing ``ab``, ``hard`` by one containing ``abc``; ``pi_ref`` is
-    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``).
+    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``; ``seed``: int, Generator or
+    None, default 0, see :func:`~tinyrlhf.validation.make_rng`).
     """
     tree = TokenTree(("a", "b", "c"), horizon, tuple(name for name, _ in VERIFIABLE_TASKS))
     patterns = dict(VERIFIABLE_TASKS)

@@ -130,8 +130,8 @@ def preference_pipeline(
             completions. ``sampling_policy=`` is its deprecated old name.
         population: add the population row (``l2 = 0``). None: only when the
             ``P * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
-        seed: int, Generator or None (:func:`~tinyrlhf.validation.make_rng`); default 0,
-            so that a table is reproducible.
+        seed: int, Generator or None; default 0, so that a table is reproducible (see
+            :func:`~tinyrlhf.validation.make_rng`).
         distinct: pairs of distinct completions (default) or independent draws that may
             compare a completion with itself (see
             :func:`~tinyrlhf.preferences.sample_preferences`); the population row has no

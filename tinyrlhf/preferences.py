@@ -477,7 +477,7 @@ def sample_preferences(
     n: int,
     *,
     policy: Policy | None = None,
-    seed: int | np.random.Generator | None,
+    seed: int | np.random.Generator | None = 0,
     prompt: str | int | np.ndarray | None = None,
     distinct: bool = True,
 ) -> Preferences:
@@ -515,8 +515,8 @@ def sample_preferences(
         n: number of pairs ``>= 0``; the arrays must fit the memory budget.
         policy: the policy that generates completions (``Policy.uniform(tree)`` if None:
             every leaf of a prompt equally likely on a tree without ``eos``).
-        seed: int, ``numpy.random.Generator`` or None (required, keyword-only; see
-            :func:`tinyrlhf.validation.make_rng`).
+        seed: int, Generator or None; default 0, the same pairs on every call (see
+            :func:`~tinyrlhf.validation.make_rng`).
         prompt: None (uniform), one prompt (string or index) for every pair, or an
             ``(n,)`` int array of prompt indices.
         distinct: draw pairs of distinct completions (default) or independent ones.

@@ -930,7 +930,8 @@ def project(
         family: ``"full"``, ``"position"``, ``"unigram"``, or a :class:`Family` instance.
         divergence: ``"reverse"`` (KL(pi || target)) or ``"forward"`` (KL(target || pi)).
         tree: the TokenTree of an array target.
-        seed: int, Generator or None: the random starts of a numerical projection.
+        seed: int, Generator or None: the random starts of a numerical projection; default
+            0 (see :func:`~tinyrlhf.validation.make_rng`).
         tol: certificate tolerance (:data:`DEFAULT_TOLERANCE`): the largest accepted
             residual ``max |log pi - log pi+|`` of the returned member.
 
