@@ -8,6 +8,7 @@
   ``(policy, ref, reward)``, and is never keyword-only there.
 """
 
+import dataclasses
 import importlib
 import inspect
 import pkgutil
@@ -42,8 +43,9 @@ KNOWN_DRAWERS = {
 
 def public_callables():
     """``{qualified name: signature}`` of every public function, class and method (class-,
-    static- and instance methods, ``__init__``) defined in a module of the package."""
-    found = {}
+    static- and instance methods, ``__init__``) defined in a module of the package, and the
+    names of the generated ``__init__`` of its dataclasses (their fields, not an API)."""
+    found, dataclass_inits = {}, set()
     for info in pkgutil.walk_packages(tr.__path__, "tinyrlhf."):
         if info.name.rsplit(".", 1)[-1].startswith("_"):  # __main__ runs the CLI
             continue
@@ -52,6 +54,8 @@ def public_callables():
             if name.startswith("_") or not getattr(obj, "__module__", "").startswith("tinyrlhf"):
                 continue
             members = [(name, obj)]
+            if dataclasses.is_dataclass(obj):
+                dataclass_inits.add(f"{obj.__module__}.{name}.__init__")
             if inspect.isclass(obj):
                 members = [
                     (f"{name}.{attr}", getattr(obj, attr))
@@ -67,10 +71,10 @@ def public_callables():
                 except (TypeError, ValueError):  # builtins without a signature
                     continue
                 found.setdefault(f"{obj.__module__}.{qualname}", signature)
-    return found
+    return found, dataclass_inits
 
 
-CALLABLES = public_callables()
+CALLABLES, DATACLASS_INITS = public_callables()
 
 
 # --------------------------------------------------------------------------------- seed
@@ -180,3 +184,83 @@ def test_make_rng_names_the_argument():
         make_rng(1.0)
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         tr.Policy.random(tr.TokenTree(["a"], 1), seed=-3)
+
+
+# --------------------------------------------------------------------------------- beta
+#: What may come before ``beta``: the data that define the objective (policies, rewards,
+#: preferences, the point it is evaluated at) and, in a plotting function, its axes.
+DATA_NAMES = {
+    "self",
+    "ax",
+    "policy",
+    "ref",
+    "reward",
+    "rewards",
+    "weights",
+    "prefs",
+    "leaf_logits",
+    "log_pi",
+    "log_q",
+    "values",
+}
+#: The one exception, documented in README "Conventions": a per-method default names the
+#: method first, as ``default_steps(method, tree)`` does (reordering would break callers).
+BETA_EXCEPTIONS = {"tinyrlhf.solvers.policy_gradient.default_lr"}
+
+
+def test_beta_follows_the_data_and_is_never_keyword_only():
+    with_beta = {
+        name: signature
+        for name, signature in CALLABLES.items()
+        if "beta" in signature.parameters and name not in DATACLASS_INITS | BETA_EXCEPTIONS
+    }
+    assert {
+        "tinyrlhf.solvers.closed_form.closed_form",
+        "tinyrlhf.dpo.fit_policy_to_preferences",
+        "tinyrlhf.expected_training.train_expected",
+    } <= set(with_beta)
+    for name, signature in with_beta.items():
+        parameters = list(signature.parameters)
+        before = parameters[: parameters.index("beta")]
+        assert signature.parameters["beta"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+        assert set(before) <= DATA_NAMES, (name, before)
+    # the solvers of the lecture: (ref, reward, beta) exactly
+    for name in (
+        "tinyrlhf.solvers.closed_form.closed_form",
+        "tinyrlhf.solvers.soft_vi.soft_value_iteration",
+        "tinyrlhf.solvers.policy_gradient.policy_gradient",
+        "tinyrlhf.kl_penalty.kl_penalty_fixed_point",
+        "tinyrlhf.expected_training.train_expected",
+        "tinyrlhf.pipeline.preference_pipeline",
+    ):
+        assert list(CALLABLES[name].parameters)[:3] == ["ref", "reward", "beta"], name
+
+
+def test_beta_made_positional_means_the_same_as_the_keyword():
+    # fit_policy_to_preferences, preference_loss, train_expected, expected_update took beta
+    # keyword-only; it is now also accepted by position, with the same meaning.
+    tree, ref, reward = demo()
+    prefs = tr.population_preferences(tree, reward, policy=ref)
+    by_name = tr.fit_policy_to_preferences(ref, prefs, loss="ipo", beta=0.7)
+    by_position = tr.fit_policy_to_preferences(ref, prefs, 0.7, loss="ipo")
+    np.testing.assert_array_equal(
+        by_name.policy.leaf_log_probs(), by_position.policy.leaf_log_probs()
+    )
+    logits = np.random.default_rng(2).standard_normal(tree.n_leaves)
+    value, gradient = tr.preference_loss(ref, prefs, logits, 0.7)
+    np.testing.assert_array_equal(gradient, tr.preference_loss(ref, prefs, logits, beta=0.7)[1])
+    assert value == tr.preference_loss(ref, prefs, logits, beta=0.7)[0]
+    options = dict(estimator="rloo", group_size=4, kl_estimator="k3", ref=ref)
+    update = tr.expected_update(ref, reward, 0.3, **options)
+    np.testing.assert_array_equal(
+        np.concatenate([g.ravel() for g in update.gradient]),
+        np.concatenate(
+            [g.ravel() for g in tr.expected_update(ref, reward, beta=0.3, **options).gradient]
+        ),
+    )
+    del options["ref"]
+    with pytest.warns(tr.ExpectedTrainingWarning):  # 3 steps: not stationary, and says so
+        trained = tr.train_expected(ref, reward, 0.3, lr=0.5, steps=3, **options)
+    with pytest.warns(tr.ExpectedTrainingWarning):
+        again = tr.train_expected(ref, reward, beta=0.3, lr=0.5, steps=3, **options)
+    np.testing.assert_array_equal(flat(trained.policy), flat(again.policy))

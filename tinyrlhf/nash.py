@@ -57,7 +57,7 @@ entropy regularization", NeurIPS, Algorithm 1) on the symmetric game, started at
     pibar_{t+1}  ∝ pi_t^{1 - eta tau} mu^{eta tau} exp(eta B pi_t)
     pi_{t+1}     ∝ pi_t^{1 - eta tau} mu^{eta tau} exp(eta B pibar_{t+1})
 
-Writing ``-tau KL(pi || mu) = tau H(pi) + tau pi . log mu`` turns the game into the
+Writing ``-tau KL(pi || mu) = tau Ent(pi) + tau pi . log mu`` turns the game into the
 entropy-regularized matrix game of Cen et al. with payoff
 ``A = B + tau (log mu 1^T - 1 log mu^T)`` on the support of ``mu``, for which the update above
 is exactly theirs; their Theorem 1 gives linear convergence

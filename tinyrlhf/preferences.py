@@ -594,7 +594,7 @@ def population_preferences(
     (uniform prompts): the pair (chosen ``i``, rejected ``j``), ``i != j`` under the same
     prompt, has weight
 
-        w(i, j) = (1 / P) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
+        w(i, j) = (1 / n_prompts) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
 
     the probability that the two samples are ``{i, j}`` and ``i`` wins. Pairs of weight 0
     (a completion the policy never produces) and ties ``i = j`` (which carry no
@@ -611,10 +611,11 @@ def population_preferences(
         policy: the sampling policy (uniform if None).
 
     Returns:
-        :class:`Preferences` with ``P * L * (L - 1)`` pairs at most (``L = A**H``).
+        :class:`Preferences` with ``n_prompts * A**H * (A**H - 1)`` pairs at most.
 
     Raises:
-        ValueError: bad arguments, or the ``P * L**2`` pairs would not fit in memory.
+        ValueError: bad arguments, or the ``n_prompts * (A**H)**2`` pairs would not fit in
+            memory.
     """
     tree = check_tree(tree)
     reward = check_leaf_array(tree, reward, "reward")
