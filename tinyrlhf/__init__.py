@@ -51,15 +51,14 @@ from .kl_penalty import (
     kl_penalty_fixed_point,
     kl_penalty_report,
 )
+from .minimax_comparison import RlhfVersusMinimax, rlhf_versus_minimax
 from .nash import (
     NashConvergenceWarning,
     RegularizedNash,
-    RlhfVersusMinimax,
     exploitability,
     minimax_winner,
     preference_matrix,
     regularized_nash,
-    rlhf_versus_minimax,
 )
 from .overoptimization import OveroptimizationCurve, overoptimization_curve
 from .pipeline import PipelineResult, format_pipeline, preference_pipeline

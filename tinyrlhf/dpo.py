@@ -4,19 +4,19 @@ Beyond the lecture (sections 3-4 fit a reward, then solve the KL-regularized pro
 preference optimization skips the reward: it fits the policy to the comparisons
 ``(s_0, y_c, y_r)`` through the log-ratio
 
-    h(y_c, y_r) = log [pi(y_c) pi_ref(y_r) / (pi(y_r) pi_ref(y_c))],
+    m(y_c, y_r) = log [pi(y_c) pi_ref(y_r) / (pi(y_r) pi_ref(y_c))],
 
 minimizing the weighted sum over pairs of
 
-    DPO    -log sigma(beta h)                     (Rafailov et al. 2023, eq. 7)
-    IPO    (h - 1 / (2 beta))^2                   (Azar et al. 2023, "A general theoretical
+    DPO    -log sigma(beta m)                     (Rafailov et al. 2023, eq. 7)
+    IPO    (m - 1 / (2 beta))^2                   (Azar et al. 2023, "A general theoretical
                                                    paradigm ...", eq. 17; beta plays tau)
-    hinge  max(0, 1 - beta h)                     (SLiC-HF: Zhao et al. 2023, eq. 2).
+    hinge  max(0, 1 - beta m)                     (SLiC-HF: Zhao et al. 2023, eq. 2).
 
 **The full policy class.** Any distribution over each prompt's completions that ``pi_ref``
 can produce: ``log pi(y) = log pi_ref(y) + u(y) - log sum_y' pi_ref(y') e^{u(y')}`` with leaf
-logits ``u`` (``-inf`` where ``pi_ref(y) = 0``). The normalizer cancels in ``h``, so
-``h = u(y_c) - u(y_r)``: every loss is a convex function of differences of ``u``, and the
+logits ``u`` (``-inf`` where ``pi_ref(y) = 0``). The normalizer cancels in ``m``, so
+``m = u(y_c) - u(y_r)``: every loss is a convex function of differences of ``u``, and the
 optimum's policy is ``pi ∝ pi_ref e^u``, i.e. :func:`~tinyrlhf.closed_form` under the
 *implicit reward* ``r = beta u`` (whose subtree sums give the autoregressive policy). The
 penalty ``l2 > 0`` adds ``(l2 / 2) ||beta u||^2 = (l2 / 2) ||r||^2``, a ridge on ``r``. In
@@ -61,18 +61,18 @@ squared loss and the hinge have finite optima.
 :class:`PreferenceOptimizationWarning` is issued):
 
 - DPO and IPO: Newton's method (:func:`~tinyrlhf.bradley_terry.minimize_pairwise`); the
-  residual is the per-leaf stationarity residual ``max_i |dL/dr_i| / (s W_i + l2)``
+  residual is the per-leaf stationarity residual ``max_i |dLoss/dr_i| / (s W_i + l2)``
   (``W_i`` the weight of leaf ``i``'s pairs, ``s = 1`` for DPO, ``1 / beta^2`` for IPO), the
   same in ``u`` (both sides scale by ``beta``).
 - hinge, ``l2 = 0``: a linear program (HiGHS). The residual is the larger of the relative
-  duality gap ``(P - 1^T alpha) / max(1, P)`` and the dual infeasibility
-  ``max |D^T alpha| / max(1, max w)`` at HiGHS's multipliers ``alpha``.
+  duality gap ``(Loss - 1^T alpha) / max(1, Loss)`` (``Loss`` the primal value) and the dual
+  infeasibility ``max |D^T alpha| / max(1, max w)`` at HiGHS's multipliers ``alpha``.
 - hinge, ``l2 > 0``: a convex quadratic program, solved exactly by a finite active-set
   method on its box-constrained dual ``min_{0 <= alpha <= w} ||D^T alpha||^2 / (2 l2) -
   1^T alpha``, ``r = D^T alpha / l2`` (``D`` the pairs-by-leaves difference matrix;
   Nocedal & Wright 2006, Algorithm 16.3, with zero-curvature directions followed to a
   bound since the dual is only semidefinite). The residual is the relative duality gap
-  ``(P(r) - (1^T alpha - ||D^T alpha||^2 / (2 l2))) / max(1, |P(r)|) >= 0``, an upper bound
+  ``(Loss(r) - (1^T alpha - ||D^T alpha||^2 / (2 l2))) / max(1, |Loss(r)|) >= 0``, an upper bound
   on the relative suboptimality of ``r``.
 
 References:
@@ -198,26 +198,26 @@ def preference_loss(
     ref: Policy,
     prefs: Preferences,
     leaf_logits: np.ndarray,
+    beta: float,
     *,
     loss: str = "dpo",
-    beta: float,
     l2: float = 0.0,
 ) -> tuple[float, np.ndarray]:
     """The preference loss of the policy ``pi ∝ pi_ref e^u`` and its gradient in ``u``.
 
-        L(u) = sum_k w_k l(h_k) + (l2 / 2) ||beta u||^2,   h_k = u(c_k) - u(r_k),
-        dL/du = sum_k w_k l'(h_k) (e_{c_k} - e_{r_k}) + l2 beta^2 u,
+        Loss(u) = sum_k w_k l(m_k) + (l2 / 2) ||beta u||^2,   m_k = u(c_k) - u(r_k),
+        dLoss/du = sum_k w_k l'(m_k) (e_{c_k} - e_{r_k}) + l2 beta^2 u,
 
-    with ``l(h) = softplus(-beta h)`` (DPO), ``(h - 1/(2 beta))^2`` (IPO), or
-    ``max(0, 1 - beta h)`` (hinge; its gradient is the subgradient with ``l'(1/beta) = 0``).
+    with ``l(m) = softplus(-beta m)`` (DPO), ``(m - 1/(2 beta))^2`` (IPO), or
+    ``max(0, 1 - beta m)`` (hinge; its gradient is the subgradient with ``l'(1/beta) = 0``).
 
     Args:
         ref: the reference policy ``pi_ref``.
         prefs: the comparisons (each pair's leaves must have ``pi_ref > 0``).
         leaf_logits: ``(n_leaves,)`` finite ``u = log pi - log pi_ref`` (up to a constant
             per prompt); entries where ``pi_ref = 0`` are ignored.
+        beta: > 0 (positional or keyword, README "Conventions").
         loss: ``"dpo"``, ``"ipo"`` or ``"hinge"``.
-        beta: > 0.
         l2: ridge coefficient ``>= 0``.
 
     Returns:
@@ -252,9 +252,9 @@ def preference_loss(
 def fit_policy_to_preferences(
     ref: Policy,
     prefs: Preferences,
+    beta: float,
     *,
     loss: str = "dpo",
-    beta: float,
     l2: float = 0.0,
     steps: int | None = None,
     tol: float = DEFAULT_TOL,
@@ -278,9 +278,9 @@ def fit_policy_to_preferences(
         ref: the reference policy ``pi_ref``.
         prefs: the comparisons; a pair of weight ``w`` counts ``w`` times; pairs of a leaf
             with itself carry no information. Leaves of pairs with ``w > 0`` must have
-            ``pi_ref > 0`` (else ``h`` is undefined).
+            ``pi_ref > 0`` (else the log-ratio ``m`` is undefined).
+        beta: finite and > 0 (IPO's ``tau``); positional or keyword (README "Conventions").
         loss: ``"dpo"``, ``"ipo"`` or ``"hinge"``.
-        beta: finite and > 0 (IPO's ``tau``).
         l2: ridge coefficient on the implicit reward ``beta u``, ``>= 0``.
         steps: cap on Newton steps (DPO, IPO) or active-set iterations (hinge with
             ``l2 > 0``; default :data:`DEFAULT_STEPS`); the hinge LP (``l2 = 0``) has none.
@@ -291,9 +291,12 @@ def fit_policy_to_preferences(
         (``pi*``), ``method`` (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``,
         ``residual`` (the solver's certificate, module docstring), ``tolerance``,
         ``converged``, ``steps_taken``, ``leaf_log_probs`` and the typed fields
-        ``implicit_reward`` (``beta u*``), ``boundary``, ``dominated_leaves``,
-        ``never_compared``, ``mean_loss``, ``penalized_loss`` and ``loss_gradient_norm``;
-        ``info`` repeats them under their old keys (``"implicit_reward"``,
+        ``implicit_reward`` (``beta u*``, ``(n_leaves,)``; 0 where ``pi_ref = 0``, ``-inf``
+        on dominated leaves at the DPO boundary), ``boundary``, ``dominated_leaves`` (leaves
+        DPO drives to probability 0), ``never_compared``, ``mean_loss`` (weighted mean of the
+        per-pair loss), ``penalized_loss`` (the minimized sum plus penalty; at the boundary
+        its infimum) and ``loss_gradient_norm`` (``max |dLoss/du|``; None for the non-smooth
+        hinge); ``info`` repeats them under their old keys (``"implicit_reward"``,
         ``"leaf_log_probs"``, ``"boundary"``, ``"dominated_leaves"``, ``"never_compared"``,
         ``"loss"``, ``"objective"``, ``"grad_norm"``, ``"n_iter"``) and adds ``"solver"``.
 

@@ -19,7 +19,8 @@ limits can then be compared with the KL-regularized optimum ``pi*`` of
 Entropy (Cui et al. 2025, arXiv 2505.22617, eq. 4 and Lemma 1): for a softmax state with
 logits changed by ``Delta theta(s, .)``,
 
-    H(pi_new(. | s)) - H(pi(. | s)) = -Cov_{a ~ pi(.|s)}(log pi(a|s), Delta theta(s, a)) + O(|Delta theta|^2),
+    Ent(pi_new(. | s)) - Ent(pi(. | s))
+        = -Cov_{a ~ pi(.|s)}(log pi(a|s), Delta theta(s, a)) + O(|Delta theta|^2),
 
 which :func:`entropy_change` evaluates next to the exact change.
 """
@@ -78,7 +79,7 @@ class ExpectedTrainingSolution(Solution):
 
 # ------------------------------------------------------------------------------ entropy
 def depth_entropy(policy: Policy) -> np.ndarray:
-    """Per-depth entropy ``E_{s ~ d_h}[H(pi(.|s))]``, ``(n_prompts, H)``; rows sum to the
+    """Per-depth entropy ``E_{s ~ d_h}[Ent(pi(.|s))]``, ``(n_prompts, H)``; rows sum to the
     sequence entropy :func:`tinyrlhf.entropy` (chain rule)."""
     policy = check_policy(policy)
     tree = policy.tree
@@ -97,7 +98,7 @@ class EntropyChange:
     """Per-state entropy change of ``theta -> theta + lr * direction``.
 
     Attributes:
-        exact: ``H`` arrays ``(level_size(h),)``: ``H(pi_new(.|s)) - H(pi(.|s))``.
+        exact: ``H`` arrays ``(level_size(h),)``: ``Ent(pi_new(.|s)) - Ent(pi(.|s))``.
         covariance: ``H`` arrays: ``-lr Cov_{a ~ pi(.|s)}(log pi(a|s), direction(s, a))``.
     """
 
@@ -120,7 +121,7 @@ def _row_entropy(log_pi: np.ndarray) -> np.ndarray:
 def entropy_change(policy: Policy, direction: list[np.ndarray], lr: float) -> EntropyChange:
     """Exact per-state entropy change of a logit step, and Cui et al.'s covariance formula.
 
-        exact(s)      = H(softmax(theta(s) + lr direction(s))) - H(pi(.|s))
+        exact(s)      = Ent(softmax(theta(s) + lr direction(s))) - Ent(pi(.|s))
         covariance(s) = -lr Cov_{a ~ pi(.|s)}(log pi(a|s), direction(s, a))
 
     They agree to first order in ``lr`` (module docstring).
@@ -553,10 +554,10 @@ def _training_solution(
 def train_expected(
     ref: Policy,
     reward: np.ndarray,
+    beta: float = 0.0,
     *,
     estimator: str,
     group_size: int,
-    beta: float = 0.0,
     kl_estimator: object = None,
     kl_placement: str = "loss",
     kl_level: str = "token",
@@ -614,8 +615,10 @@ def train_expected(
     Args:
         ref: ``pi_ref``, the starting policy (and the KL reference).
         reward: ``(n_leaves,)`` finite rewards.
+        beta: ``>= 0`` the KL coefficient (default 0: no KL term); positional or keyword
+            (README "Conventions").
         estimator, group_size, eps: as :func:`tinyrlhf.expected_update`.
-        beta, kl_estimator, kl_placement, kl_level: the KL term (``kl_estimator=None``: none).
+        kl_estimator, kl_placement, kl_level: the KL term (``kl_estimator=None``: none).
         lr: step size, finite and > 0.
         steps: maximum number of updates, ``>= 0``.
         update: ``"gradient" | "natural"``.
@@ -673,13 +676,14 @@ VERIFIABLE_TASKS = (("easy", "a"), ("medium", "ab"), ("hard", "abc"))
 
 
 def verifiable_problem(
-    horizon: int = 4, seed: int = 0, temperature: float = 1.0
+    horizon: int = 4, seed: int | np.random.Generator | None = 0, temperature: float = 1.0
 ) -> tuple[TokenTree, Policy, np.ndarray]:
     """``(tree, pi_ref, reward)``: a 0/1 verifiable reward with prompts of three difficulties.
 
     Tokens ``a, b, c``; prompt ``easy`` is solved by any completion containing ``a``,
     ``medium`` by one containing ``ab``, ``hard`` by one containing ``abc``; ``pi_ref`` is
-    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``).
+    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``; ``seed``: int, Generator or
+    None, default 0, see :func:`~tinyrlhf.validation.make_rng`).
     """
     tree = TokenTree(("a", "b", "c"), horizon, tuple(name for name, _ in VERIFIABLE_TASKS))
     patterns = dict(VERIFIABLE_TASKS)

@@ -50,7 +50,7 @@ from .expected_training import (
 )
 from .group_relative import expected_update
 from .kl_estimators import ESTIMATORS, kl_estimator_report
-from .nash import rlhf_versus_minimax
+from .minimax_comparison import rlhf_versus_minimax
 from .overoptimization import OveroptimizationCurve, overoptimization_curve
 from .policy import Policy
 from .preferences import sample_preferences

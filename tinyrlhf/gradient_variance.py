@@ -267,7 +267,7 @@ def reinforce_gradient_estimates(
         policy, ref, reward, beta, baseline: as in :func:`reinforce_gradient_variance`.
         batch_size: generations per prompt in each batch, ``>= 1`` (``>= 2`` for ``"rloo"``).
         n_batches: independent batches, ``>= 1``.
-        seed: int, Generator, or None.
+        seed: int, Generator or None; default 0 (see :func:`~tinyrlhf.validation.make_rng`).
 
     Returns:
         ``(n_batches, n_parameters)`` gradient estimates.

@@ -434,11 +434,11 @@ def _cosine(first: np.ndarray, second: np.ndarray) -> float:
 def expected_update(
     policy: Policy,
     reward: np.ndarray,
+    beta: float = 0.0,
     *,
     estimator: str,
     group_size: int,
     eps: float = 1e-4,
-    beta: float = 0.0,
     ref: Policy | None = None,
     kl_estimator: object = None,
     kl_placement: str = "loss",
@@ -461,10 +461,11 @@ def expected_update(
     Args:
         policy: ``pi_theta`` (softmax logits ``theta``), the sampling policy.
         reward: ``(n_leaves,)`` finite rewards.
+        beta: ``>= 0`` KL coefficient (needs ``kl_estimator`` when ``> 0``); positional or
+            keyword (README "Conventions").
         estimator: ``"reinforce" | "rloo" | "dr_grpo" | "grpo" | "dapo"``.
         group_size: ``G >= 2`` (``>= 1`` for ``"reinforce"``).
         eps: ``>= 0`` added to the group's standard deviation (grpo, dapo).
-        beta: ``>= 0`` KL coefficient (needs ``kl_estimator`` when ``> 0``).
         ref: ``pi_ref`` (needed when ``beta > 0``).
         kl_estimator: ``None`` (no KL term) or ``"k1" | "k2" | "k3"`` or a callable.
         kl_placement: ``"loss" | "reward"``.

@@ -49,7 +49,7 @@ from .validation import (
     make_rng,
 )
 
-#: Largest number of ordered pairs ``P * (A**H)**2`` for which the population row is
+#: Largest number of ordered pairs ``n_prompts * (A**H)**2`` for which the population row is
 #: included by default (about 200 MB of temporaries at this size).
 POPULATION_MAX_PAIRS = 4_000_000
 
@@ -129,9 +129,9 @@ def preference_pipeline(
             :func:`~tinyrlhf.preferences.sample_preferences`: pairs of distinct
             completions. ``sampling_policy=`` is its deprecated old name.
         population: add the population row (``l2 = 0``). None: only when the
-            ``P * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
-        seed: int, Generator or None (:func:`~tinyrlhf.validation.make_rng`); default 0,
-            so that a table is reproducible.
+            ``n_prompts * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
+        seed: int, Generator or None; default 0, so that a table is reproducible (see
+            :func:`~tinyrlhf.validation.make_rng`).
         distinct: pairs of distinct completions (default) or independent draws that may
             compare a completion with itself (see
             :func:`~tinyrlhf.preferences.sample_preferences`); the population row has no

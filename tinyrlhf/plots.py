@@ -970,7 +970,7 @@ def plot_entropy_dynamics(
 
     Args:
         entropies: label -> ``(steps + 1,)`` sequence entropy per step.
-        exact_change: ``(n_states,)`` exact ``Delta H(s)`` of one update.
+        exact_change: ``(n_states,)`` exact ``Delta Ent(s)`` of one update.
         covariance_change: ``(n_states,)`` ``-lr Cov(log pi, Delta theta)`` of the same step.
         axes: two Axes.
     """

@@ -437,7 +437,7 @@ def sample_preferences(
     n: int,
     *,
     policy: Policy | None = None,
-    seed: int | np.random.Generator | None,
+    seed: int | np.random.Generator | None = 0,
     prompt: str | int | np.ndarray | None = None,
     distinct: bool = True,
 ) -> Preferences:
@@ -475,8 +475,8 @@ def sample_preferences(
         n: number of pairs ``>= 0``; the arrays must fit the memory budget.
         policy: the policy that generates completions (``Policy.uniform(tree)`` if None:
             every leaf of a prompt equally likely on a tree without ``eos``).
-        seed: int, ``numpy.random.Generator`` or None (required, keyword-only; see
-            :func:`tinyrlhf.validation.make_rng`).
+        seed: int, Generator or None; default 0, the same pairs on every call (see
+            :func:`~tinyrlhf.validation.make_rng`).
         prompt: None (uniform), one prompt (string or index) for every pair, or an
             ``(n,)`` int array of prompt indices.
         distinct: draw pairs of distinct completions (default) or independent ones.
@@ -547,7 +547,7 @@ def population_preferences(
     (uniform prompts): the pair (chosen ``i``, rejected ``j``), ``i != j`` under the same
     prompt, has weight
 
-        w(i, j) = (1 / P) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
+        w(i, j) = (1 / n_prompts) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
 
     the probability that the two samples are ``{i, j}`` and ``i`` wins. Pairs of weight 0
     (a completion the policy never produces) and ties ``i = j`` (which carry no
@@ -564,10 +564,11 @@ def population_preferences(
         policy: the sampling policy (uniform if None).
 
     Returns:
-        :class:`Preferences` with ``P * L * (L - 1)`` pairs at most (``L = A**H``).
+        :class:`Preferences` with ``n_prompts * A**H * (A**H - 1)`` pairs at most.
 
     Raises:
-        ValueError: bad arguments, or the ``P * L**2`` pairs would not fit in memory.
+        ValueError: bad arguments, or the ``n_prompts * (A**H)**2`` pairs would not fit in
+            memory.
     """
     tree = check_tree(tree)
     reward = check_leaf_array(tree, reward, "reward")

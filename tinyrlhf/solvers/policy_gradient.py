@@ -687,7 +687,8 @@ def policy_gradient(
         lr: step size (default :func:`default_lr`: natural ``1/beta``, exact ``1`` as the
             line search's first trial, sampled
             ``min(SAMPLED_REWARD_STEP / (max r - min r), 1/beta)``).
-        seed: for the sampled methods (int, Generator, or None).
+        seed: for the sampled methods: int, Generator or None; default 0 (see
+            :func:`~tinyrlhf.validation.make_rng`).
         batch_size: generations per step (reinforce, ppo), >= 2.
         epochs: surrogate ascent steps per batch (ppo).
         clip: PPO's clipping radius epsilon in (0, 1).
