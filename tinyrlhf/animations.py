@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from . import examples, plots
 from .divergences import kl_divergence
-from .figures import natural_training
+from .figures import STYLE, _check_out_dir, natural_training
 from .policy import Policy
 from .solvers import closed_form, policy_gradient
 
@@ -330,8 +330,6 @@ def make_animations(out_dir: str | os.PathLike, *, small: bool = False) -> list[
     Raises:
         ValueError: ``out_dir`` cannot be created or written.
     """
-    from .figures import STYLE, _check_out_dir
-
     out = _check_out_dir(out_dir)
     sizes: dict[str, dict[str, Any]] = {
         "beta_sweep.gif": {"betas": SWEEP_BETAS[::11]} if small else {},

@@ -110,11 +110,13 @@ def plot_token_tree(
         _label_edges(ax, tree, h, log_probs, colors)
     _draw_nodes(ax, tree)
     _label_leaves(ax, tree, p, leaf_values or {})
+    _fit_axes_to_tree(ax, tree, 1 + len(leaf_values or {}))
     _tree_legend(ax, list(policies), colors)
     return _figure_of(ax)
 
 
 def _check_tree_policies(tree: TokenTree, policies: Mapping[str, Policy]) -> None:
+    """A tree small enough to draw, and one or more policies on it."""
     if tree.leaves_per_prompt > MAX_TREE_LEAVES:
         raise ValueError(
             f"plot_token_tree draws at most {MAX_TREE_LEAVES} leaves per prompt legibly; this "
@@ -193,6 +195,7 @@ def _label_edges(
 
 
 def _draw_nodes(ax: Axes, tree: TokenTree) -> None:
+    """A dot at every state, level by level."""
     for h in range(tree.horizon + 1):
         xs = _node_x(tree, h)
         ax.scatter(xs, np.full(xs.size, -h), s=30, color="0.2", zorder=2)
@@ -201,8 +204,7 @@ def _draw_nodes(ax: Axes, tree: TokenTree) -> None:
 def _label_leaves(
     ax: Axes, tree: TokenTree, p: int, leaf_values: Mapping[str, np.ndarray]
 ) -> None:
-    """Under each leaf its completion and values, above the root the prompt; the axes fitted
-    to the tree, one tick per depth."""
+    """Under each leaf its completion and values; above the root, the prompt."""
     horizon = tree.horizon
     leaves = range(p * tree.leaves_per_prompt, (p + 1) * tree.leaves_per_prompt)
     for offset, leaf in enumerate(leaves):
@@ -214,8 +216,13 @@ def _label_leaves(
     ax.text(
         _node_x(tree, 0)[0], 0.15, f"prompt {prompt_text!r}", ha="center", va="bottom", fontsize=9
     )
+
+
+def _fit_axes_to_tree(ax: Axes, tree: TokenTree, n_leaf_lines: int) -> None:
+    """Limits around the tree and its ``n_leaf_lines`` lines of leaf text; one tick a depth."""
+    horizon = tree.horizon
     ax.set_xlim(-0.7, tree.leaves_per_prompt - 0.3)
-    ax.set_ylim(-horizon - 0.3 - 0.15 * (1 + len(leaf_values)), 0.4)
+    ax.set_ylim(-horizon - 0.3 - 0.15 * n_leaf_lines, 0.4)
     ax.set_yticks(-np.arange(horizon + 1), [f"depth {h}" for h in range(horizon + 1)])
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
