@@ -40,14 +40,7 @@ from .preferences import (
 )
 from .solvers import Solution, closed_form
 from .tree import TokenTree
-from .validation import (
-    check_beta,
-    check_leaf_array,
-    check_policy,
-    check_positive_int,
-    check_same_tree,
-    make_rng,
-)
+from .validation import check_policy, check_positive_int, check_problem, check_same_tree, make_rng
 
 #: Largest number of ordered pairs ``n_prompts * (A**H)**2`` for which the population row is
 #: included by default (about 200 MB of temporaries at this size).
@@ -144,10 +137,8 @@ def preference_pipeline(
         TypeError/ValueError: bad arguments; ``ValueError`` when ``max(sizes)`` pairs do
             not fit in memory (the message gives the size).
     """
-    ref = check_policy(ref, "ref")
+    ref, reward, beta = check_problem(ref, reward, beta)
     tree = ref.tree
-    reward = check_leaf_array(tree, reward, "reward")
-    beta = check_beta(beta)
     sizes = _check_sizes(sizes)
     if policy is not None:
         check_same_tree(ref, check_policy(policy, "policy"), ("ref", "policy"))

@@ -534,6 +534,19 @@ def _mean_field_solve(
     return state
 
 
+def _check_member(
+    target: object, family: object, divergence: object, theta: object, tree: TokenTree | None
+) -> tuple[Policy, Family, str, np.ndarray]:
+    """The arguments of a question about one member ``theta`` of ``family``, checked."""
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
+    theta = _check_theta(family, target.tree, theta)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
+    if divergence == "reverse":
+        _check_support(target, family)
+    return target, family, divergence, theta
+
+
 def projection_residual(
     target: Policy | np.ndarray,
     family: str | Family,
@@ -558,12 +571,7 @@ def projection_residual(
     Returns:
         The residual, a float >= 0.
     """
-    target, family, divergence = _check_arguments(target, family, divergence, tree)
-    theta = _check_theta(family, target.tree, theta)
-    if theta.ndim != 1:
-        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
-    if divergence == "reverse":
-        _check_support(target, family)
+    target, family, divergence, theta = _check_member(target, family, divergence, theta, tree)
     return _residual(target, family, divergence, theta)
 
 
@@ -601,12 +609,7 @@ def family_divergence(
         ``(F(theta), dF/dtheta)``: a float (``+inf`` where the divergence is infinite) and an
         ``(n_parameters,)`` array.
     """
-    target, family, divergence = _check_arguments(target, family, divergence, tree)
-    theta = _check_theta(family, target.tree, theta)
-    if theta.ndim != 1:
-        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
-    if divergence == "reverse":
-        _check_support(target, family)
+    target, family, divergence, theta = _check_member(target, family, divergence, theta, tree)
     value, gradient = _value_with_gradient(target, family, divergence, theta)
     return value, gradient
 
