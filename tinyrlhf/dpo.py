@@ -152,9 +152,9 @@ class PreferenceSolution(Solution):
         never_compared: int indices of leaves ``pi_ref`` produces that no pair of weight
             ``> 0`` compares (``"never_compared"``; their ``u`` is 0).
         mean_loss: weighted mean of the per-pair loss at the answer (``"loss"``).
-        penalized_loss: the minimized ``sum_k w_k l(h_k) + (l2 / 2) ||beta u||^2`` (at the
+        penalized_loss: the minimized ``sum_k w_k l(m_k) + (l2 / 2) ||beta u||^2`` (at the
             boundary its infimum) (``"objective"``).
-        loss_gradient_norm: ``max |dL/du|`` at the answer (``"grad_norm"``); None for the
+        loss_gradient_norm: ``max |dLoss/du|`` at the answer (``"grad_norm"``); None for the
             non-smooth hinge.
     """
 
@@ -240,7 +240,7 @@ def preference_loss(
     margin = u[chosen] - u[rejected]
     values, slopes = _loss_terms(loss, margin, beta)
     value = float(weight @ values) + 0.5 * l2 * beta**2 * float(u @ u)
-    pull = weight * slopes  # w_k l'(h_k)
+    pull = weight * slopes  # w_k l'(m_k)
     gradient = (
         np.bincount(chosen, pull, minlength=u.size)
         - np.bincount(rejected, pull, minlength=u.size)
@@ -475,7 +475,7 @@ def _summary(
     if cross is not None:
         terms, slopes = np.where(cross, 0.0, terms), np.where(cross, 0.0, slopes)
     penalty = 0.5 * l2 * beta**2 * float(np.sum(u * u))
-    pull = weight * slopes  # w_k l'(h_k)
+    pull = weight * slopes  # w_k l'(m_k)
     gradient = (
         np.bincount(chosen, pull, minlength=u.size)
         - np.bincount(rejected, pull, minlength=u.size)
@@ -493,14 +493,14 @@ def _summary(
 
 # ---------------------------------------------------------------------------- solvers
 def _loss_terms(loss: str, margin: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair loss ``l(h)`` and slope ``l'(h)`` at the margins ``h`` (in ``u``)."""
+    """Per-pair loss ``l(m)`` and slope ``l'(m)`` at the margins ``m`` (in ``u``)."""
     if loss == "dpo":
-        # -log sigma(beta h), slope -beta sigma(-beta h)
+        # -log sigma(beta m), slope -beta sigma(-beta m)
         return -log_expit(beta * margin), -beta * expit(-beta * margin)
     if loss == "ipo":
         target = 1.0 / (2.0 * beta)
         return (margin - target) ** 2, 2.0 * (margin - target)
-    active = 1.0 - beta * margin > 0  # hinge: max(0, 1 - beta h), slope -beta where active
+    active = 1.0 - beta * margin > 0  # hinge: max(0, 1 - beta m), slope -beta where active
     return np.where(active, 1.0 - beta * margin, 0.0), np.where(active, -beta, 0.0)
 
 
