@@ -420,14 +420,14 @@ def natural_section(config: dict) -> tuple[str, list[dict]]:
             gaps = np.abs(optimum - solution.history["objective"])
             reached = np.flatnonzero(gaps <= NATURAL_TOLERANCE)
             iterations = int(reached[0]) if reached.size else None
-            per_step = solution.wall_time / max(solution.info["steps_taken"], 1)
+            per_step = solution.wall_time / max(solution.steps_taken, 1)
             records.append(
                 {
                     "n_tokens": n_tokens,
                     "horizon": horizon,
                     "lr_beta": lr_factor,
                     "iterations": iterations,
-                    "steps_run": solution.info["steps_taken"],
+                    "steps_run": solution.steps_taken,
                 }
             )
             rows.append(
@@ -719,6 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Figure: `{figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure}`.",
         ]
+    text += [
+        "",
+        "Before/after numbers and one-off measurements that a re-run would erase: "
+        "`benchmarks/history.md`.",
+    ]
     report = "\n".join(text) + "\n"
     print()
     print(report)

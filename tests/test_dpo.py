@@ -24,7 +24,7 @@ def random_prefs(rng, tree, n):
 
 
 def implicit_u(solution):
-    return solution.info["implicit_reward"] / solution.beta
+    return solution.implicit_reward / solution.beta
 
 
 # ------------------------------------------------------------------------ gradients
@@ -64,7 +64,7 @@ def test_dpo_on_the_population_is_the_closed_form(data):
     if len(prefs) == 0:
         return
     solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta)
-    assert solution.converged and not solution.info["boundary"]
+    assert solution.converged and not solution.boundary
     expected = tr.closed_form(ref, reward, beta)
     np.testing.assert_allclose(
         solution.policy.leaf_probs(), expected.policy.leaf_probs(), atol=1e-8
@@ -106,7 +106,7 @@ def test_dpo_is_rlhf_under_the_fitted_bradley_terry_reward(l2):
     beta = 0.4
     solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta, l2=l2)
     fit = tr.fit_bradley_terry(tree, prefs, l2=l2)
-    np.testing.assert_allclose(solution.info["implicit_reward"], fit.reward, atol=1e-7)
+    np.testing.assert_allclose(solution.implicit_reward, fit.reward, atol=1e-7)
     report = tr.check_agreement(tr.closed_form(ref, fit.reward, beta), solution)
     assert report.max_tv < 1e-8
     assert solution.converged and solution.reward is None and solution.beta == beta
@@ -137,7 +137,7 @@ def test_ipo_against_linear_algebra(l2):
         normal = 2.0 * design.T @ (weight[:, None] * design) + l2 * beta**2 * np.eye(tree.n_leaves)
         expected = np.linalg.solve(normal, 2.0 * design.T @ (weight * target))
     np.testing.assert_allclose(implicit_u(solution), expected, atol=1e-9)
-    assert solution.converged and solution.info["grad_norm"] < 1e-8
+    assert solution.converged and solution.loss_gradient_norm < 1e-8
 
 
 # ------------------------------------------------------------------------------ hinge
@@ -151,7 +151,7 @@ def test_hinge_optima_derived_by_hand():
     solution = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=beta)
     u = implicit_u(solution)
     np.testing.assert_allclose(u[0] - u[1], 1.0 / beta, atol=1e-9)
-    np.testing.assert_allclose(solution.info["loss"], 2.0 / 3.0, atol=1e-12)  # (0 + 2) / 3
+    np.testing.assert_allclose(solution.mean_loss, 2.0 / 3.0, atol=1e-12)  # (0 + 2) / 3
     # One pair a > b with l2: u_b = -u_a = -h/2, f(h) = max(0, 1 - beta h) + l2 beta^2 h^2 / 4;
     # the kink h = 1/beta is optimal while the slope there, -beta + l2 beta / 2, is <= 0
     # (l2 <= 2); beyond, h = 2 / (l2 beta).
@@ -193,20 +193,20 @@ def test_dpo_boundary_returns_the_limit_policy_and_ipo_stays_finite(beta):
     prefs = tr.Preferences([0, 0, 0, 0], [0, 1, 0, 1], [1, 0, 2, 2])
     with pytest.warns(BoundaryOptimumWarning, match="no minimizer.*probability exactly 0"):
         solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta)
-    assert solution.info["boundary"] and solution.converged
+    assert solution.boundary and solution.converged
     assert solution.residual <= solution.tolerance
-    np.testing.assert_array_equal(solution.info["dominated_leaves"], [2])
+    np.testing.assert_array_equal(solution.dominated_leaves, [2])
     assert solution.policy.leaf_probs()[2] == 0.0
-    assert solution.info["leaf_log_probs"][2] == -np.inf
-    assert solution.info["implicit_reward"][2] == -np.inf
+    assert solution.leaf_log_probs[2] == -np.inf
+    assert solution.implicit_reward[2] == -np.inf
     np.testing.assert_allclose(solution.policy.leaf_probs()[:2], 0.5, rtol=1e-15)
-    np.testing.assert_allclose(solution.info["objective"], 2 * np.log(2), rtol=1e-15)
+    np.testing.assert_allclose(solution.penalized_loss, 2 * np.log(2), rtol=1e-15)
     for loss in ("ipo", "hinge"):
         finite = fit_policy_to_preferences(ref, prefs, loss=loss, beta=beta)
-        assert finite.converged and not finite.info["boundary"]
+        assert finite.converged and not finite.boundary
         assert finite.policy.leaf_probs()[2] > 0
     regularized = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta, l2=0.1)
-    assert regularized.converged and not regularized.info["boundary"]
+    assert regularized.converged and not regularized.boundary
     assert regularized.policy.leaf_probs()[2] > 0
 
 
@@ -224,9 +224,9 @@ def test_dpo_boundary_limit_is_the_infimum_of_the_loss():
     beta = 0.7
     with pytest.warns(BoundaryOptimumWarning):
         limit = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=beta)
-    np.testing.assert_array_equal(limit.info["dominated_leaves"], [3, 4])
+    np.testing.assert_array_equal(limit.dominated_leaves, [3, 4])
     np.testing.assert_array_equal(limit.policy.leaf_probs()[3:], 0.0)
-    infimum = limit.info["objective"]
+    infimum = limit.penalized_loss
     u = implicit_u(limit)
 
     # inside the cycle {0, 1, 2}: the DPO loss of its three pairs, minimized by BFGS (an
@@ -291,7 +291,7 @@ def test_unidentified_constants_follow_the_convention():
     solution = fit_policy_to_preferences(ref, prefs, loss="ipo", beta=beta)
     u = implicit_u(solution)
     np.testing.assert_allclose(u, [1 / (4 * beta), -1 / (4 * beta), 0.0, 0.0], atol=1e-12)
-    np.testing.assert_array_equal(solution.info["never_compared"], [2, 3])
+    np.testing.assert_array_equal(solution.never_compared, [2, 3])
 
 
 # --------------------------------------------------------------------------- bad input
@@ -344,7 +344,7 @@ def test_hinge_qp_issue_case_is_solved_exactly(monkeypatch):
     solution = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3)
     assert solution.converged and solution.residual <= 1e-14
     np.testing.assert_allclose(implicit_u(solution), expected, atol=1e-12)
-    np.testing.assert_allclose(solution.info["objective"], 2.4125, rtol=1e-13)
+    np.testing.assert_allclose(solution.penalized_loss, 2.4125, rtol=1e-13)
 
     # Stopped early, each solver says so, in converged and in a warning: the hinge with no
     # warm start and one active-set iteration, DPO after one Newton step.
@@ -392,11 +392,11 @@ def test_hinge_qp_matches_an_independent_solver(data):
         objective, start, constraints=constraints, method="SLSQP", options={"ftol": 1e-14}
     )
     # in r = beta u the objective is the same function (module docstring)
-    assert solution.info["objective"] <= reference.fun + 1e-7
+    assert solution.penalized_loss <= reference.fun + 1e-7
     r = beta * implicit_u(solution)
     margins = design @ r
     np.testing.assert_allclose(
-        solution.info["objective"], 0.5 * l2 * r @ r + w @ np.maximum(0, 1 - margins), rtol=1e-12
+        solution.penalized_loss, 0.5 * l2 * r @ r + w @ np.maximum(0, 1 - margins), rtol=1e-12
     )
 
 
@@ -418,7 +418,7 @@ def test_dpo_on_peaked_sampler_populations_is_the_closed_form(data):
     population = tr.population_preferences(tree, reward, policy=sampler)
     solution = fit_policy_to_preferences(ref, population, loss="dpo", beta=beta)
     assert solution.converged and solution.residual <= solution.tolerance
-    compared = solution.info["never_compared"].size == 0  # every leaf has weight > 0 pairs
+    compared = solution.never_compared.size == 0  # every leaf has weight > 0 pairs
     expected = tr.closed_form(ref, reward, beta)
     if compared:
         report = tr.check_agreement(expected, solution)
@@ -432,7 +432,7 @@ def test_dpo_is_literally_bradley_terry_plus_closed_form():
     prefs = tr.sample_preferences(tree, rng.normal(size=tree.n_leaves), 400, seed=rng)
     fit = tr.fit_bradley_terry(tree, prefs, l2=0.5)
     solution = fit_policy_to_preferences(ref, prefs, loss="dpo", beta=0.3, l2=0.5)
-    np.testing.assert_array_equal(solution.info["implicit_reward"], fit.reward)
+    np.testing.assert_array_equal(solution.implicit_reward, fit.reward)
     assert solution.residual == fit.residual and solution.converged == fit.converged
     expected = tr.closed_form(ref, fit.reward, 0.3)
     np.testing.assert_array_equal(

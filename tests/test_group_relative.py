@@ -115,6 +115,34 @@ def test_reinforce_with_one_member_is_the_score_function():
     )
 
 
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.4])
+def test_residual_is_the_kkt_gap_and_bounds_the_norm(zero_fraction):
+    tree, policy, reward = _tiny(False, seed=3, zero_fraction=zero_fraction)
+    update = expected_update(policy, reward, estimator="rloo", group_size=3)
+    # RLOO is unbiased, E[g_hat] = grad E[r], so the per-token advantage is Q(s, a) - V(s)
+    # with Q the mean reward of the leaves below s o a (a block of A**(H-h-1) consecutive
+    # leaves in canonical order), computed here from the leaf probabilities alone; the KKT
+    # (Frank-Wolfe) gap is sum_s d(s) max_{a: pi(a|s) > 0} (Q(s, a) - V(s)) / n_prompts
+    probs, weighted = policy.leaf_probs(), policy.leaf_probs() * reward
+    horizon, width = tree.horizon, tree.n_tokens
+    gap = 0.0
+    for h in range(horizon):
+        block = width ** (horizon - h - 1)
+        mass = probs.reshape(-1, block).sum(axis=1).reshape(-1, width)  # P(s o a)
+        total = weighted.reshape(-1, block).sum(axis=1).reshape(-1, width)  # sum P r below
+        pi = np.exp(policy.log_probs[h])
+        reach = policy.state_probs(h)
+        for i in np.flatnonzero(reach > 0):
+            picked = pi[i] > 0
+            q = total[i, picked] / mass[i, picked]
+            v = pi[i, picked] @ q
+            gap += reach[i] * np.max(q - v) / tree.n_prompts
+    np.testing.assert_allclose(update.residual, gap, rtol=1e-12, atol=1e-15)
+    norm = np.sqrt(sum(np.sum(g**2) for g in update.gradient))
+    assert update.gradient_norm == pytest.approx(norm, rel=1e-12)
+    assert update.gradient_norm <= 2 * update.residual + 1e-15  # update_residual's bound
+
+
 @settings(max_examples=40)
 @given(problems(max_magnitude=100.0), st.integers(2, 9))
 def test_rloo_is_unbiased(problem, group_size):

@@ -15,7 +15,6 @@ from tinyrlhf.nash import (
     minimax_winner,
     preference_matrix,
     regularized_nash,
-    rlhf_versus_minimax,
 )
 
 
@@ -170,40 +169,6 @@ def test_regularized_nash_reports_non_convergence():
     assert 0.5 * 1e-2 * distance**2 <= result.exploitability
 
 
-# ------------------------------------------------------------------ RLHF vs minimax
-def test_rlhf_follows_borda_minimax_follows_condorcet():
-    # 60% rank a > b > c, 40% rank b > c > a, with large margins: P(a > b) = P(a > c) = 0.6,
-    # P(b > c) = 1. a is the Condorcet winner, so the minimax winner is a. A BT fit on
-    # uniform pairs matches average win rates (Borda): a 1.2/2, b 1.4/2, c 0.4/2, so r_hat
-    # ranks b first and RLHF at small beta plays b, which a beats with probability 0.6.
-    tree = tr.TokenTree(["a", "b", "c"], 1)
-    s = 40.0
-    rewards = s * np.array([[2.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
-    result = rlhf_versus_minimax(tr.Policy.uniform(tree), rewards, [0.6, 0.4], 0.01)
-    assert np.argmax(result.fitted_reward) == 1
-    np.testing.assert_allclose(result.minimax, [1.0, 0.0, 0.0], atol=1e-9)
-    np.testing.assert_allclose(result.rlhf.policy.leaf_probs(), [0.0, 1.0, 0.0], atol=1e-9)
-    np.testing.assert_allclose(result.minimax_beats_rlhf, [0.6], atol=1e-8)
-    np.testing.assert_allclose(result.rlhf_worst_case, [0.4], atol=1e-8)
-    np.testing.assert_allclose(result.minimax_policy.leaf_probs(), result.minimax, atol=1e-15)
-    np.testing.assert_allclose(result.nash_policy.leaf_probs(), result.nash, atol=1e-15)
-
-
-@settings(max_examples=15)
-@given(st.data())
-def test_minimax_winner_never_loses_to_rlhf(data):
-    tree = data.draw(trt.trees(max_leaves=27, with_eos=data.draw(st.booleans())))
-    ref = data.draw(trt.policies(tree))
-    rng = np.random.default_rng(data.draw(trt.seeds))
-    rewards = 4.0 * rng.standard_normal((3, tree.n_leaves))
-    result = rlhf_versus_minimax(ref, rewards, rng.dirichlet(np.ones(3)), 0.5, l2=1e-3)
-    assert np.all(result.minimax_beats_rlhf >= 0.5 - 1e-8)
-    # the games are played on the leaves pi_ref produces
-    assert np.all(result.minimax[ref.leaf_probs() == 0] == 0)
-    assert np.all(result.nash[ref.leaf_probs() == 0] == 0)
-    np.testing.assert_allclose(result.minimax_policy.leaf_probs(), result.minimax, atol=1e-12)
-
-
 # --------------------------------------------------------------------------- bad input
 def test_bad_input():
     good = cyclic_matrix(0.1, 0.1, 0.1)
@@ -232,12 +197,3 @@ def test_bad_input():
         preference_matrix(tree, [[0.0, 1.0]], [0.5])
     with pytest.raises(ValueError, match=r"rewards\[0\] must have shape"):
         preference_matrix(tree, [[0.0, 1.0, 2.0]], [1.0])
-
-
-def test_preference_game_figure():
-    from tinyrlhf import figures, plots
-
-    fig = figures.figure_preference_game(figures.SMALL)
-    assert len(fig.axes) == 4  # matrix (+ colorbar), solutions, win rates
-    with pytest.raises(ValueError, match="one label per completion"):
-        plots.plot_preference_game(np.full((2, 2), 0.5), ["a"], {})

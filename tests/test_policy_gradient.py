@@ -101,8 +101,8 @@ def test_residual_is_the_pinsker_bound_of_the_kl_to_the_optimum(problem, method)
     assert np.all(tr.total_variation(solution.policy, star.policy) <= solution.residual + 1e-12)
     gap = star.objective() - solution.objective()
     scale = 1 + np.abs(reward).max()
-    np.testing.assert_allclose(solution.info["objective_gap"], gap, atol=1e-9 * scale)
-    assert np.all(solution.info["objective_gap"] >= 0)  # a sum of non-negative terms
+    np.testing.assert_allclose(solution.objective_gap, gap, atol=1e-9 * scale)
+    assert np.all(solution.objective_gap >= 0)  # a sum of non-negative terms
     assert solution.converged == (solution.residual <= solution.tolerance)
 
 
@@ -179,7 +179,7 @@ def test_natural_gradient_is_soft_policy_iteration():
     # With lr = 1/beta the natural gradient is exact after at most H iterations.
     tree, ref, reward = demo_problem()
     solution = tr.policy_gradient(ref, reward, DEMO_BETA, method="natural")
-    assert solution.converged and solution.info["steps_taken"] <= tree.horizon
+    assert solution.converged and solution.steps_taken <= tree.horizon
     tr.check_agreement(tr.closed_form(ref, reward, DEMO_BETA), solution).assert_close(
         log_pi_atol=1e-9, tv_atol=1e-12, objective_atol=1e-12
     )
@@ -216,7 +216,7 @@ def test_exact_gradient_at_tiny_beta_is_not_fooled_by_the_plateau():
     tv = tr.total_variation(solution.policy, tr.closed_form(ref, reward, beta).policy)
     assert not solution.converged
     assert tv.max() > 0.1 and solution.residual >= tv.max()  # far away, and it says so
-    assert solution.info["gradient_norm"] < solution.residual  # what fooled the old test
+    assert solution.gradient_norm < solution.residual  # what fooled the old test
 
 
 def test_exact_gradient_ascends_monotonically_towards_the_optimum():
@@ -235,8 +235,8 @@ def test_exact_gradient_ascends_monotonically_towards_the_optimum():
     )
     # a looser tolerance is met and stops the run early, certified
     loose = tr.policy_gradient(ref, reward, DEMO_BETA, method="exact", tol=0.05)
-    assert loose.converged and loose.info["stop"] == "certified"
-    assert loose.info["steps_taken"] < solution.info["steps_taken"]
+    assert loose.converged and loose.stop_reason == "certified"
+    assert loose.steps_taken < solution.steps_taken
 
 
 def test_a_certified_start_takes_no_step():
@@ -245,7 +245,7 @@ def test_a_certified_start_takes_no_step():
     reward = np.repeat([1.0, -2.0], tree.leaves_per_prompt)
     for method in ("natural", "exact", "reinforce", "ppo"):
         solution = tr.policy_gradient(ref, reward, 0.3, method=method)
-        assert solution.converged and solution.info["steps_taken"] == 0
+        assert solution.converged and solution.steps_taken == 0
 
 
 # ---------------------------------------------------------------------------- sampled methods
@@ -287,7 +287,7 @@ def test_sampled_defaults_never_end_below_the_reference_over_a_beta_sweep(method
         assert final >= start - 1e-12, f"beta={beta}: J = {final} < J(pi_ref) = {start}"
         assert final <= optimum + 1e-12
         if tol is not None:  # it moved, and towards the optimum
-            assert solution.converged or solution.info["steps_taken"] == 150
+            assert solution.converged or solution.steps_taken == 150
             assert optimum - final < 0.5 * (optimum - start)
         # and at every step, not only the last: never below the start by the whole room
         assert solution.history["objective"].min() >= start - (optimum - start) - 1e-12
@@ -303,7 +303,7 @@ def test_divergence_is_detected_and_reported(method):
             ref, reward, 20.0, method=method, lr=2.0, steps=100, tol=1e-6
         )
     assert not solution.converged
-    assert solution.info["stop"] in ("objective fell", "non-finite logits")
+    assert solution.stop_reason in ("objective fell", "non-finite logits")
     assert np.all(np.isfinite(solution.objective()))  # the last finite iterate comes back
     # an overflowing step: the logits stop being finite, the last finite iterate is returned
     with pytest.warns(DivergenceWarning):

@@ -323,8 +323,10 @@ def test_sampling_is_reproducible_and_validates():
         tr.sample_preferences(tree, reward, 10, seed=0, policy=other)
     with pytest.raises(ValueError, match="prompt"):
         tr.sample_preferences(tree, reward, 3, seed=0, prompt=np.array([0, 5, 1]))
-    with pytest.raises(TypeError):
-        tr.sample_preferences(tree, reward, 10)  # the seed is required
+    with pytest.raises(TypeError, match="seed must be an int"):
+        tr.sample_preferences(tree, reward, 10, seed=0.5)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        tr.sample_preferences(tree, reward, 10, seed=-1)
 
 
 # ---------------------------------------------------------------------------------- JSONL

@@ -19,11 +19,13 @@ from .divergences import entropy, expected_reward, kl_divergence, objective, tot
 from .dpo import (
     BoundaryOptimumWarning,
     PreferenceOptimizationWarning,
+    PreferenceSolution,
     fit_policy_to_preferences,
     preference_loss,
 )
 from .expected_training import (
     EntropyChange,
+    ExpectedTrainingSolution,
     ExpectedTrainingWarning,
     depth_entropy,
     entropy_change,
@@ -49,15 +51,14 @@ from .kl_penalty import (
     kl_penalty_fixed_point,
     kl_penalty_report,
 )
+from .minimax_comparison import RlhfVersusMinimax, rlhf_versus_minimax
 from .nash import (
     NashConvergenceWarning,
     RegularizedNash,
-    RlhfVersusMinimax,
     exploitability,
     minimax_winner,
     preference_matrix,
     regularized_nash,
-    rlhf_versus_minimax,
 )
 from .overoptimization import OveroptimizationCurve, overoptimization_curve
 from .pipeline import PipelineResult, format_pipeline, preference_pipeline
@@ -89,6 +90,7 @@ __all__ = [
     "BradleyTerryFit",
     "DivergenceWarning",
     "EntropyChange",
+    "ExpectedTrainingSolution",
     "ExpectedTrainingWarning",
     "ExpectedUpdate",
     "GradientVariance",
@@ -102,6 +104,7 @@ __all__ = [
     "Policy",
     "PolicyGradientWarning",
     "PreferenceOptimizationWarning",
+    "PreferenceSolution",
     "Preferences",
     "Projection",
     "RLHFAtKL",

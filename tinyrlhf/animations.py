@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 from . import examples, plots
 from .divergences import kl_divergence
-from .expected_training import ExpectedTrainingWarning, train_expected
+from .figures import STYLE, _check_out_dir, natural_training
 from .policy import Policy
 from .solvers import closed_form, policy_gradient
 
@@ -191,7 +191,6 @@ def convergence_animation(
     Returns:
         The path written.
     """
-    path = Path(path)
     ref, reward = animation_problem()
     beta = examples.DEMO_BETA
     star = closed_form(ref, reward, beta).policy
@@ -216,7 +215,7 @@ def convergence_animation(
 
 
 def _write_iterates(
-    path: Path,
+    path: str | os.PathLike,
     fig: Figure,
     axes: list[Axes],
     star: Policy,
@@ -226,6 +225,7 @@ def _write_iterates(
     dpi: int,
 ) -> Path:
     """Write one frame per iterate: every run's policy against ``star`` (:func:`draw_iterates`)."""
+    path = Path(path)
     writer, saving = _writer_frames(fig, path, FPS, dpi)
     frames = len(next(iter(runs.values())))
     with saving:
@@ -264,22 +264,18 @@ def training_iterates(
     """
     iterates = []
     for steps in range(frames):
-        with warnings.catch_warnings():
-            # a run cut after t steps is not meant to be stationary
-            warnings.simplefilter("ignore", ExpectedTrainingWarning)
-            solution = train_expected(
-                ref,
-                reward,
-                estimator=estimator,
-                group_size=DYNAMICS_GROUP_SIZE,
-                beta=DYNAMICS_BETA,
-                kl_estimator="k1",
-                kl_placement="reward",
-                kl_level="sequence",
-                lr=DYNAMICS_LR,
-                steps=steps,
-                update="natural",
-            )
+        solution = natural_training(
+            ref,
+            reward,
+            estimator,
+            group_size=DYNAMICS_GROUP_SIZE,
+            beta=DYNAMICS_BETA,
+            kl_estimator="k1",
+            kl_placement="reward",
+            kl_level="sequence",
+            lr=DYNAMICS_LR,
+            steps=steps,
+        )
         iterates.append(solution.policy)
     return iterates
 
@@ -292,17 +288,9 @@ def training_dynamics_animation(
     Two panels, each the leaf distribution of the current iterate against the KL-regularized
     optimum ``P* ∝ P_ref e^{r/beta}``, titled with ``KL(pi_t ‖ pi*)``: RLOO is an unbiased
     estimator of the gradient, so with k1 in the reward its fixed point is pi*; GRPO divides
-    by the group's standard deviation and stops at another policy.
-
-    Args:
-        path: the GIF to write.
-        frames: number of frames (frame 0 is pi_ref), >= 1.
-        dpi: resolution of the frames.
-
-    Returns:
-        The path written.
+    by the group's standard deviation and stops at another policy. Arguments and return
+    value as :func:`convergence_animation`.
     """
-    path = Path(path)
     ref, _ = animation_problem()
     reward = verifier_reward(ref)
     star = closed_form(ref, reward, DYNAMICS_BETA).policy
@@ -342,8 +330,6 @@ def make_animations(out_dir: str | os.PathLike, *, small: bool = False) -> list[
     Raises:
         ValueError: ``out_dir`` cannot be created or written.
     """
-    from .figures import STYLE, _check_out_dir
-
     out = _check_out_dir(out_dir)
     sizes: dict[str, dict[str, Any]] = {
         "beta_sweep.gif": {"betas": SWEEP_BETAS[::11]} if small else {},

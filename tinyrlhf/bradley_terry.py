@@ -78,7 +78,7 @@ from scipy.special import expit, log_expit
 
 from .preferences import Preferences, preference_probability
 from .tree import TokenTree
-from .validation import check_leaf_array, check_positive_int, check_tree
+from .validation import check_leaf_array, check_positive_int, check_tree, read_only
 
 #: Default ridge coefficient: the MAP estimate under a standard-normal prior
 #: ``r ~ N(0, I / l2)`` on each reward (the penalty is ``(l2 / 2) ||r||^2``). Bradley-Terry
@@ -371,9 +371,9 @@ def fit_bradley_terry(
         n_iter=fit.n_iter,
         grad_norm=fit.grad_norm,
         newton_step=fit.newton_step,
-        component=_read_only(graph.component),
+        component=read_only(graph.component),
         n_components=graph.n_components,
-        never_compared=_read_only(np.flatnonzero(graph.component < 0)),
+        never_compared=read_only(np.flatnonzero(graph.component < 0)),
         mle_exists=graph.mle_exists,
         n_pairs=len(prefs),
         wall_time=time.perf_counter() - start,
@@ -426,7 +426,7 @@ def minimize_pairwise(
     reward = np.zeros(n_leaves)
     reward[compared] = fit.reward
     return PairwiseFit(
-        reward=_read_only(reward),
+        reward=read_only(reward),
         residual=fit.residual,
         tolerance=tol,
         converged=fit.converged,
@@ -775,8 +775,3 @@ def _no_mle_message(tree: TokenTree, graph: _Graph) -> str:
         f"l2={DEFAULT_L2:g}) for a regularized fit, or collect comparisons that this group "
         f"{'loses' if direction == '+inf' else 'wins'}."
     )
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False
-    return array

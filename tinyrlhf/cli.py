@@ -82,12 +82,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite, positive, normal float (``1/x`` and ``r/x`` stay finite)."""
+def _number(text: str) -> float:
+    """``float(text)``, or the argparse error that names the flag."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite, positive, normal float (``1/x`` and ``r/x`` stay finite)."""
+    value = _number(text)
     tiny = np.finfo(np.float64).tiny  # smallest normal float64, about 2.2e-308
     if not np.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
@@ -160,10 +165,7 @@ def _counts(example: str, maximum: int | None = None) -> Callable[[str], list[in
 
 def _nonnegative_float(text: str) -> float:
     """An argparse type: a finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    value = _number(text)
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
     return value
@@ -300,13 +302,13 @@ def _print_solution(solution: Solution, notes: list[str]) -> None:
         print(f"  lambda*           = {solution.lagrange_multiplier}  (beta (1 - log Z))")
     if solution.history is not None:
         print(
-            f"  steps             = {solution.info['steps_taken']}, converged = "
+            f"  steps             = {solution.steps_taken}, converged = "
             f"{solution.converged} (TV bound {solution.residual:.2g}, tol {solution.tolerance:g})"
         )
     print(f"  objective J(pi)   = {solution.objective()}")
     print(f"  KL(pi || pi_ref)  = {solution.kl()}")
     print(f"  E_pi[r]           = {solution.expected_reward()}")
-    if solution.history is not None and solution.info["steps_taken"] == 0 and solution.converged:
+    if solution.history is not None and solution.steps_taken == 0 and solution.converged:
         print(
             "  the reference is already within tol of the optimum: "
             f"TV bound {solution.residual:.2g} <= tol {solution.tolerance:g}, so no step was taken"

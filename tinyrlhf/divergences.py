@@ -113,15 +113,15 @@ def expected_reward(policy: Policy, reward: np.ndarray) -> np.ndarray:
 
 
 def entropy(policy: Policy) -> np.ndarray:
-    r"""Sequence-level entropy ``H(P_pi) = -sum_xi P(xi) log P(xi)`` per prompt (chain rule).
+    r"""Sequence-level entropy ``Ent(P_pi) = -sum_xi P(xi) log P(xi)`` per prompt (chain rule).
 
-    ``H = sum_h E_{s ~ d_h}[-sum_a pi(a|s) log pi(a|s)]``, from terms ``-p log p >= 0``: a
+    ``Ent(P_pi) = sum_h E_{s ~ d_h}[-sum_a pi(a|s) log pi(a|s)]``, from terms ``-p log p >= 0``: a
     log-probability is ``<= 0``, and one that a normalized row rounds to ``+1e-16`` is
     taken as its true value bound, 0 (so the entropy cannot come out negative).
 
     .. math::
 
-        H(P_\pi) &= -\sum_\xi P_\pi(\xi) \log P_\pi(\xi)
+        \mathrm{Ent}(P_\pi) &= -\sum_\xi P_\pi(\xi) \log P_\pi(\xi)
 
         &= \sum_{h=0}^{H-1} \mathbb{E}_{s \sim d_h}
         \Big[-\sum_a \pi(a \mid s) \log \pi(a \mid s)\Big].

@@ -4,19 +4,19 @@ Beyond the lecture (sections 3-4 fit a reward, then solve the KL-regularized pro
 preference optimization skips the reward: it fits the policy to the comparisons
 ``(s_0, y_c, y_r)`` through the log-ratio
 
-    h(y_c, y_r) = log [pi(y_c) pi_ref(y_r) / (pi(y_r) pi_ref(y_c))],
+    m(y_c, y_r) = log [pi(y_c) pi_ref(y_r) / (pi(y_r) pi_ref(y_c))],
 
 minimizing the weighted sum over pairs of
 
-    DPO    -log sigma(beta h)                     (Rafailov et al. 2023, eq. 7)
-    IPO    (h - 1 / (2 beta))^2                   (Azar et al. 2023, "A general theoretical
+    DPO    -log sigma(beta m)                     (Rafailov et al. 2023, eq. 7)
+    IPO    (m - 1 / (2 beta))^2                   (Azar et al. 2023, "A general theoretical
                                                    paradigm ...", eq. 17; beta plays tau)
-    hinge  max(0, 1 - beta h)                     (SLiC-HF: Zhao et al. 2023, eq. 2).
+    hinge  max(0, 1 - beta m)                     (SLiC-HF: Zhao et al. 2023, eq. 2).
 
 **The full policy class.** Any distribution over each prompt's completions that ``pi_ref``
 can produce: ``log pi(y) = log pi_ref(y) + u(y) - log sum_y' pi_ref(y') e^{u(y')}`` with leaf
-logits ``u`` (``-inf`` where ``pi_ref(y) = 0``). The normalizer cancels in ``h``, so
-``h = u(y_c) - u(y_r)``: every loss is a convex function of differences of ``u``, and the
+logits ``u`` (``-inf`` where ``pi_ref(y) = 0``). The normalizer cancels in ``m``, so
+``m = u(y_c) - u(y_r)``: every loss is a convex function of differences of ``u``, and the
 optimum's policy is ``pi ∝ pi_ref e^u``, i.e. :func:`~tinyrlhf.closed_form` under the
 *implicit reward* ``r = beta u`` (whose subtree sums give the autoregressive policy). The
 penalty ``l2 > 0`` adds ``(l2 / 2) ||beta u||^2 = (l2 / 2) ||r||^2``, a ridge on ``r``. In
@@ -52,8 +52,8 @@ infimum 0 as the margin goes to ``+inf``. Every minimizing sequence therefore dr
 probability 0, whatever ``beta``, and :func:`fit_policy_to_preferences` returns exactly that
 limit: ``u = -inf`` (probability 0) on dominated completions, and on the others the
 Bradley-Terry fit of the pairs inside their component (zero mean per component). It warns
-(:class:`BoundaryOptimumWarning`) and reports ``info["boundary"] = True`` and
-``info["dominated_leaves"]``; ``converged`` certifies the within-component fits. IPO's
+(:class:`BoundaryOptimumWarning`) and reports ``boundary = True`` and
+``dominated_leaves`` (:class:`PreferenceSolution`); ``converged`` certifies the within-component fits. IPO's
 squared loss and the hinge have finite optima.
 
 **Solvers and certificates** (``Solution.residual`` against ``Solution.tolerance``;
@@ -61,18 +61,18 @@ squared loss and the hinge have finite optima.
 :class:`PreferenceOptimizationWarning` is issued):
 
 - DPO and IPO: Newton's method (:func:`~tinyrlhf.bradley_terry.minimize_pairwise`); the
-  residual is the per-leaf stationarity residual ``max_i |dL/dr_i| / (s W_i + l2)``
+  residual is the per-leaf stationarity residual ``max_i |dLoss/dr_i| / (s W_i + l2)``
   (``W_i`` the weight of leaf ``i``'s pairs, ``s = 1`` for DPO, ``1 / beta^2`` for IPO), the
   same in ``u`` (both sides scale by ``beta``).
 - hinge, ``l2 = 0``: a linear program (HiGHS). The residual is the larger of the relative
-  duality gap ``(P - 1^T alpha) / max(1, P)`` and the dual infeasibility
-  ``max |D^T alpha| / max(1, max w)`` at HiGHS's multipliers ``alpha``.
+  duality gap ``(Loss - 1^T alpha) / max(1, Loss)`` (``Loss`` the primal value) and the dual
+  infeasibility ``max |D^T alpha| / max(1, max w)`` at HiGHS's multipliers ``alpha``.
 - hinge, ``l2 > 0``: a convex quadratic program, solved exactly by a finite active-set
   method on its box-constrained dual ``min_{0 <= alpha <= w} ||D^T alpha||^2 / (2 l2) -
   1^T alpha``, ``r = D^T alpha / l2`` (``D`` the pairs-by-leaves difference matrix;
   Nocedal & Wright 2006, Algorithm 16.3, with zero-curvature directions followed to a
   bound since the dual is only semidefinite). The residual is the relative duality gap
-  ``(P(r) - (1^T alpha - ||D^T alpha||^2 / (2 l2))) / max(1, |P(r)|) >= 0``, an upper bound
+  ``(Loss(r) - (1^T alpha - ||D^T alpha||^2 / (2 l2))) / max(1, |Loss(r)|) >= 0``, an upper bound
   on the relative suboptimality of ``r``.
 
 References:
@@ -91,6 +91,7 @@ import numbers
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sparse
@@ -133,6 +134,54 @@ class BoundaryOptimumWarning(UserWarning):
     """The DPO loss has no minimizer: some completions are driven to probability 0."""
 
 
+@dataclass(frozen=True, eq=False)
+class PreferenceSolution(Solution):
+    """The :class:`~tinyrlhf.Solution` of :func:`fit_policy_to_preferences`.
+
+    Besides those of :class:`~tinyrlhf.Solution` (``leaf_log_probs`` is ``log pi*`` per
+    leaf, ``steps_taken`` the Newton or active-set iterations), it has these attributes
+    (``info`` holds the same values under the keys in parentheses).
+
+    Attributes:
+        implicit_reward: ``(n_leaves,)`` ``beta u*`` (``"implicit_reward"``): 0 where
+            ``pi_ref = 0``, ``-inf`` on dominated leaves at the DPO boundary.
+        boundary: DPO's infimum is not attained and ``policy`` is the limit
+            (``"boundary"``; module docstring, "The boundary").
+        dominated_leaves: int leaf indices that DPO (``l2 = 0``) drives to probability 0
+            (``"dominated_leaves"``; empty for IPO, the hinge and ``l2 > 0``).
+        never_compared: int indices of leaves ``pi_ref`` produces that no pair of weight
+            ``> 0`` compares (``"never_compared"``; their ``u`` is 0).
+        mean_loss: weighted mean of the per-pair loss at the answer (``"loss"``).
+        penalized_loss: the minimized ``sum_k w_k l(m_k) + (l2 / 2) ||beta u||^2`` (at the
+            boundary its infimum) (``"objective"``).
+        loss_gradient_norm: ``max |dLoss/du|`` at the answer (``"grad_norm"``); None for the
+            non-smooth hinge.
+    """
+
+    implicit_reward: np.ndarray | None = None
+    boundary: bool = False
+    dominated_leaves: np.ndarray | None = None
+    never_compared: np.ndarray | None = None
+    mean_loss: float | None = None
+    penalized_loss: float | None = None
+    loss_gradient_norm: float | None = None
+
+
+#: The ``info`` key of each typed field of :class:`PreferenceSolution` (its name before the
+#: field existed; ``info`` keeps them for display and old code).
+INFO_KEYS = {
+    "leaf_log_probs": "leaf_log_probs",
+    "steps_taken": "n_iter",
+    "implicit_reward": "implicit_reward",
+    "boundary": "boundary",
+    "dominated_leaves": "dominated_leaves",
+    "never_compared": "never_compared",
+    "mean_loss": "loss",
+    "penalized_loss": "objective",
+    "loss_gradient_norm": "grad_norm",
+}
+
+
 def _ipo_loss(beta: float) -> PairwiseLoss:
     """IPO in the implicit reward ``r = beta u``: ``l(Delta) = (Delta - 1/2)^2 / beta^2``."""
     scale = 1.0 / beta**2
@@ -149,26 +198,26 @@ def preference_loss(
     ref: Policy,
     prefs: Preferences,
     leaf_logits: np.ndarray,
+    beta: float,
     *,
     loss: str = "dpo",
-    beta: float,
     l2: float = 0.0,
 ) -> tuple[float, np.ndarray]:
     """The preference loss of the policy ``pi ∝ pi_ref e^u`` and its gradient in ``u``.
 
-        L(u) = sum_k w_k l(h_k) + (l2 / 2) ||beta u||^2,   h_k = u(c_k) - u(r_k),
-        dL/du = sum_k w_k l'(h_k) (e_{c_k} - e_{r_k}) + l2 beta^2 u,
+        Loss(u) = sum_k w_k l(m_k) + (l2 / 2) ||beta u||^2,   m_k = u(c_k) - u(r_k),
+        dLoss/du = sum_k w_k l'(m_k) (e_{c_k} - e_{r_k}) + l2 beta^2 u,
 
-    with ``l(h) = softplus(-beta h)`` (DPO), ``(h - 1/(2 beta))^2`` (IPO), or
-    ``max(0, 1 - beta h)`` (hinge; its gradient is the subgradient with ``l'(1/beta) = 0``).
+    with ``l(m) = softplus(-beta m)`` (DPO), ``(m - 1/(2 beta))^2`` (IPO), or
+    ``max(0, 1 - beta m)`` (hinge; its gradient is the subgradient with ``l'(1/beta) = 0``).
 
     Args:
         ref: the reference policy ``pi_ref``.
         prefs: the comparisons (each pair's leaves must have ``pi_ref > 0``).
         leaf_logits: ``(n_leaves,)`` finite ``u = log pi - log pi_ref`` (up to a constant
             per prompt); entries where ``pi_ref = 0`` are ignored.
+        beta: > 0 (positional or keyword, README "Conventions").
         loss: ``"dpo"``, ``"ipo"`` or ``"hinge"``.
-        beta: > 0.
         l2: ridge coefficient ``>= 0``.
 
     Returns:
@@ -191,7 +240,7 @@ def preference_loss(
     margin = u[chosen] - u[rejected]
     values, slopes = _loss_terms(loss, margin, beta)
     value = float(weight @ values) + 0.5 * l2 * beta**2 * float(u @ u)
-    pull = weight * slopes  # w_k l'(h_k)
+    pull = weight * slopes  # w_k l'(m_k)
     gradient = (
         np.bincount(chosen, pull, minlength=u.size)
         - np.bincount(rejected, pull, minlength=u.size)
@@ -203,13 +252,13 @@ def preference_loss(
 def fit_policy_to_preferences(
     ref: Policy,
     prefs: Preferences,
+    beta: float,
     *,
     loss: str = "dpo",
-    beta: float,
     l2: float = 0.0,
     steps: int | None = None,
     tol: float = DEFAULT_TOL,
-) -> Solution:
+) -> PreferenceSolution:
     r"""Minimize the DPO, IPO or hinge loss exactly over the full policy class.
 
         u* = argmin_u sum_k w_k l(u(c_k) - u(r_k)) + (l2 / 2) ||beta u||^2,
@@ -229,24 +278,27 @@ def fit_policy_to_preferences(
         ref: the reference policy ``pi_ref``.
         prefs: the comparisons; a pair of weight ``w`` counts ``w`` times; pairs of a leaf
             with itself carry no information. Leaves of pairs with ``w > 0`` must have
-            ``pi_ref > 0`` (else ``h`` is undefined).
+            ``pi_ref > 0`` (else the log-ratio ``m`` is undefined).
+        beta: finite and > 0 (IPO's ``tau``); positional or keyword (README "Conventions").
         loss: ``"dpo"``, ``"ipo"`` or ``"hinge"``.
-        beta: finite and > 0 (IPO's ``tau``).
         l2: ridge coefficient on the implicit reward ``beta u``, ``>= 0``.
         steps: cap on Newton steps (DPO, IPO) or active-set iterations (hinge with
             ``l2 > 0``; default :data:`DEFAULT_STEPS`); the hinge LP (``l2 = 0``) has none.
         tol: tolerance of ``residual`` (see :data:`DEFAULT_TOL`), in (0, 1).
 
     Returns:
-        A :class:`~tinyrlhf.Solution` with ``policy`` (``pi*``), ``method``
-        (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``, ``residual`` (the
-        solver's certificate, module docstring), ``tolerance``, ``converged`` and ``info``:
-        ``"implicit_reward"`` ``beta u*`` ``(n_leaves,)`` (0 where ``pi_ref = 0``, ``-inf``
-        on dominated leaves at the DPO boundary), ``"leaf_log_probs"``, ``"loss"`` (weighted
-        mean of the per-pair loss), ``"objective"`` (the minimized sum plus penalty; at the
-        boundary its infimum), ``"grad_norm"`` (``max |dL/du|``; None for the non-smooth
-        hinge), ``"boundary"``, ``"dominated_leaves"`` (leaves DPO drives to probability
-        0), ``"never_compared"``, ``"n_iter"``, ``"solver"``.
+        A :class:`PreferenceSolution` (a :class:`~tinyrlhf.Solution`) with ``policy``
+        (``pi*``), ``method`` (``"fit_policy_to_preferences[<loss>]"``), ``reward=None``,
+        ``residual`` (the solver's certificate, module docstring), ``tolerance``,
+        ``converged``, ``steps_taken``, ``leaf_log_probs`` and the typed fields
+        ``implicit_reward`` (``beta u*``, ``(n_leaves,)``; 0 where ``pi_ref = 0``, ``-inf``
+        on dominated leaves at the DPO boundary), ``boundary``, ``dominated_leaves`` (leaves
+        DPO drives to probability 0), ``never_compared``, ``mean_loss`` (weighted mean of the
+        per-pair loss), ``penalized_loss`` (the minimized sum plus penalty; at the boundary
+        its infimum) and ``loss_gradient_norm`` (``max |dLoss/du|``; None for the non-smooth
+        hinge); ``info`` repeats them under their old keys (``"implicit_reward"``,
+        ``"leaf_log_probs"``, ``"boundary"``, ``"dominated_leaves"``, ``"never_compared"``,
+        ``"loss"``, ``"objective"``, ``"grad_norm"``, ``"n_iter"``) and adds ``"solver"``.
 
     Warns:
         BoundaryOptimumWarning: ``loss="dpo"``, ``l2 = 0`` and the infimum is not attained
@@ -280,7 +332,18 @@ def fit_policy_to_preferences(
     policy, leaf_log_probs = _policy(ref, reward, dominated, beta)
     # at the boundary the pairs between strong components are won at margin +inf: loss 0
     cross = graph.strong[chosen] != graph.strong[rejected] if boundary else None
-    return Solution(
+    fields: dict[str, Any] = {  # PreferenceSolution's typed fields
+        "leaf_log_probs": leaf_log_probs,
+        "steps_taken": fit.n_iter,
+        "implicit_reward": np.where(_mask(reward.size, dominated), -np.inf, reward),
+        "boundary": boundary,
+        "dominated_leaves": graph.dominated
+        if loss == "dpo" and l2 == 0
+        else np.zeros(0, np.int64),
+        "never_compared": np.flatnonzero(on_support & (graph.component < 0)),
+        **_summary(prefs, reward, cross, loss, beta, l2),
+    }
+    return PreferenceSolution(
         policy=policy,
         method=f"fit_policy_to_preferences[{loss}]",
         reference=ref,
@@ -290,18 +353,8 @@ def fit_policy_to_preferences(
         residual=float(fit.residual),
         tolerance=float(tol),
         wall_time=time.perf_counter() - start,
-        info={
-            "implicit_reward": np.where(_mask(reward.size, dominated), -np.inf, reward),
-            "leaf_log_probs": leaf_log_probs,
-            **_summary(prefs, reward, cross, loss, beta, l2),
-            "boundary": boundary,
-            "dominated_leaves": graph.dominated
-            if loss == "dpo" and l2 == 0
-            else np.zeros(0, np.int64),
-            "never_compared": np.flatnonzero(on_support & (graph.component < 0)),
-            "n_iter": fit.n_iter,
-            "solver": fit.solver,
-        },
+        **fields,
+        info={INFO_KEYS[name]: value for name, value in fields.items()} | {"solver": fit.solver},
     )
 
 
@@ -413,15 +466,16 @@ def _summary(
     beta: float,
     l2: float,
 ) -> dict:
-    """``loss`` (weighted mean per pair), ``objective`` and ``grad_norm`` (in ``u``) at the
-    answer; at the boundary the limit, where the ``cross`` pairs contribute 0."""
+    """``mean_loss`` (weighted mean per pair), ``penalized_loss`` and ``loss_gradient_norm``
+    (in ``u``) at the answer; at the boundary the limit, where the ``cross`` pairs contribute
+    0."""
     chosen, rejected, weight = prefs.chosen, prefs.rejected, prefs.weight
     u = reward / beta
     terms, slopes = _loss_terms(loss, u[chosen] - u[rejected], beta)
     if cross is not None:
         terms, slopes = np.where(cross, 0.0, terms), np.where(cross, 0.0, slopes)
     penalty = 0.5 * l2 * beta**2 * float(np.sum(u * u))
-    pull = weight * slopes  # w_k l'(h_k)
+    pull = weight * slopes  # w_k l'(m_k)
     gradient = (
         np.bincount(chosen, pull, minlength=u.size)
         - np.bincount(rejected, pull, minlength=u.size)
@@ -429,22 +483,24 @@ def _summary(
     )
     total = float(np.sum(weight))
     return {
-        "loss": float(np.sum(weight * terms)) / total if total else 0.0,
-        "objective": float(np.sum(weight * terms)) + penalty,
-        "grad_norm": None if loss == "hinge" else float(np.max(np.abs(gradient), initial=0.0)),
+        "mean_loss": float(np.sum(weight * terms)) / total if total else 0.0,
+        "penalized_loss": float(np.sum(weight * terms)) + penalty,
+        "loss_gradient_norm": None
+        if loss == "hinge"
+        else float(np.max(np.abs(gradient), initial=0.0)),
     }
 
 
 # ---------------------------------------------------------------------------- solvers
 def _loss_terms(loss: str, margin: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair loss ``l(h)`` and slope ``l'(h)`` at the margins ``h`` (in ``u``)."""
+    """Per-pair loss ``l(m)`` and slope ``l'(m)`` at the margins ``m`` (in ``u``)."""
     if loss == "dpo":
-        # -log sigma(beta h), slope -beta sigma(-beta h)
+        # -log sigma(beta m), slope -beta sigma(-beta m)
         return -log_expit(beta * margin), -beta * expit(-beta * margin)
     if loss == "ipo":
         target = 1.0 / (2.0 * beta)
         return (margin - target) ** 2, 2.0 * (margin - target)
-    active = 1.0 - beta * margin > 0  # hinge: max(0, 1 - beta h), slope -beta where active
+    active = 1.0 - beta * margin > 0  # hinge: max(0, 1 - beta m), slope -beta where active
     return np.where(active, 1.0 - beta * margin, 0.0), np.where(active, -beta, 0.0)
 
 

@@ -43,10 +43,14 @@ def demo_problem(
     tokens: Sequence[str] = DEMO_TOKENS,
     horizon: int = DEMO_HORIZON,
     prompts: Sequence[str] = DEMO_PROMPTS,
-    seed: int = 0,
+    seed: int | np.random.Generator | None = 0,
     temperature: float = 1.0,
 ) -> tuple[TokenTree, Policy, np.ndarray]:
-    """``(tree, pi_ref, reward)``: the demo's tree, a random reference policy, demo_reward."""
+    """``(tree, pi_ref, reward)``: the demo's tree, a random reference policy, demo_reward.
+
+    ``pi_ref`` is ``Policy.random(tree, seed, temperature)``; ``seed``: int, Generator or
+    None, default 0 (see :func:`~tinyrlhf.validation.make_rng`).
+    """
     tree = TokenTree(tokens, horizon, prompts)
     ref = Policy.random(tree, seed=seed, temperature=temperature)
     return tree, ref, demo_reward(tree)

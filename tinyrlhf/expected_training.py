@@ -19,7 +19,8 @@ limits can then be compared with the KL-regularized optimum ``pi*`` of
 Entropy (Cui et al. 2025, arXiv 2505.22617, eq. 4 and Lemma 1): for a softmax state with
 logits changed by ``Delta theta(s, .)``,
 
-    H(pi_new(. | s)) - H(pi(. | s)) = -Cov_{a ~ pi(.|s)}(log pi(a|s), Delta theta(s, a)) + O(|Delta theta|^2),
+    Ent(pi_new(. | s)) - Ent(pi(. | s))
+        = -Cov_{a ~ pi(.|s)}(log pi(a|s), Delta theta(s, a)) + O(|Delta theta|^2),
 
 which :func:`entropy_change` evaluates next to the exact change.
 """
@@ -63,9 +64,22 @@ class ExpectedTrainingWarning(UserWarning):
     """``train_expected`` stopped without certifying a stationary point."""
 
 
+@dataclass(frozen=True, eq=False)
+class ExpectedTrainingSolution(Solution):
+    """The :class:`tinyrlhf.Solution` of :func:`train_expected`, with one more attribute.
+
+    Attributes:
+        leaf_weights: ``(n_leaves,)`` ``w(y)`` of the expected update at ``policy``:
+            ``E[g_hat] = sum_y pi(y) w(y) grad log pi(y)`` for the reward part
+            (as :attr:`tinyrlhf.group_relative.ExpectedUpdate.leaf_weights`).
+    """
+
+    leaf_weights: np.ndarray | None = None
+
+
 # ------------------------------------------------------------------------------ entropy
 def depth_entropy(policy: Policy) -> np.ndarray:
-    """Per-depth entropy ``E_{s ~ d_h}[H(pi(.|s))]``, ``(n_prompts, H)``; rows sum to the
+    """Per-depth entropy ``E_{s ~ d_h}[Ent(pi(.|s))]``, ``(n_prompts, H)``; rows sum to the
     sequence entropy :func:`tinyrlhf.entropy` (chain rule)."""
     policy = check_policy(policy)
     tree = policy.tree
@@ -84,7 +98,7 @@ class EntropyChange:
     """Per-state entropy change of ``theta -> theta + lr * direction``.
 
     Attributes:
-        exact: ``H`` arrays ``(level_size(h),)``: ``H(pi_new(.|s)) - H(pi(.|s))``.
+        exact: ``H`` arrays ``(level_size(h),)``: ``Ent(pi_new(.|s)) - Ent(pi(.|s))``.
         covariance: ``H`` arrays: ``-lr Cov_{a ~ pi(.|s)}(log pi(a|s), direction(s, a))``.
     """
 
@@ -107,7 +121,7 @@ def _row_entropy(log_pi: np.ndarray) -> np.ndarray:
 def entropy_change(policy: Policy, direction: list[np.ndarray], lr: float) -> EntropyChange:
     """Exact per-state entropy change of a logit step, and Cui et al.'s covariance formula.
 
-        exact(s)      = H(softmax(theta(s) + lr direction(s))) - H(pi(.|s))
+        exact(s)      = Ent(softmax(theta(s) + lr direction(s))) - Ent(pi(.|s))
         covariance(s) = -lr Cov_{a ~ pi(.|s)}(log pi(a|s), direction(s, a))
 
     They agree to first order in ``lr`` (module docstring).
@@ -504,11 +518,16 @@ def _training_solution(
     state: _TrainingState,
     history: _History,
     steps_taken: int,
+    diverged: bool,
     start: float,
-) -> Solution:
-    """The :class:`tinyrlhf.Solution` of :func:`train_expected`."""
+) -> ExpectedTrainingSolution:
+    """The :class:`ExpectedTrainingSolution` of :func:`train_expected`."""
     arrays = history.arrays()
-    return Solution(
+    if diverged:
+        stop = "diverged"
+    else:
+        stop = "certified" if state.residual <= setup.tol else "step budget"
+    return ExpectedTrainingSolution(
         policy=state.policy,
         method=f"train_expected[{setup.estimator}, G={setup.group_size}, {setup.update}]",
         reference=setup.ref,
@@ -519,7 +538,10 @@ def _training_solution(
         residual=state.residual,
         tolerance=setup.tol,
         wall_time=time.perf_counter() - start,
-        info={
+        steps_taken=steps_taken,
+        stop_reason=stop,
+        leaf_weights=state.weights,
+        info={  # steps_taken and leaf_weights are also typed fields
             "steps_taken": steps_taken,
             "lr": setup.lr,
             "kl_term": None if setup.term is None else setup.term.name,
@@ -532,10 +554,10 @@ def _training_solution(
 def train_expected(
     ref: Policy,
     reward: np.ndarray,
+    beta: float = 0.0,
     *,
     estimator: str,
     group_size: int,
-    beta: float = 0.0,
     kl_estimator: object = None,
     kl_placement: str = "loss",
     kl_level: str = "token",
@@ -547,7 +569,7 @@ def train_expected(
     reset_every: int | None = None,
     epochs: int = 1,
     clip: float | tuple[float, float] | None = None,
-) -> Solution:
+) -> ExpectedTrainingSolution:
     r"""Exact mean-field training with a group-relative estimator, from ``pi_ref``.
 
     Each step computes the exact expected update ``g = E[g_hat]`` at the current ``pi``
@@ -593,8 +615,10 @@ def train_expected(
     Args:
         ref: ``pi_ref``, the starting policy (and the KL reference).
         reward: ``(n_leaves,)`` finite rewards.
+        beta: ``>= 0`` the KL coefficient (default 0: no KL term); positional or keyword
+            (README "Conventions").
         estimator, group_size, eps: as :func:`tinyrlhf.expected_update`.
-        beta, kl_estimator, kl_placement, kl_level: the KL term (``kl_estimator=None``: none).
+        kl_estimator, kl_placement, kl_level: the KL term (``kl_estimator=None``: none).
         lr: step size, finite and > 0.
         steps: maximum number of updates, ``>= 0``.
         update: ``"gradient" | "natural"``.
@@ -604,8 +628,11 @@ def train_expected(
         clip: None, ``eps`` or ``(eps_low, eps_high)`` with ``0 < eps_low < 1 < 1 + eps_high``.
 
     Returns:
-        A :class:`tinyrlhf.Solution` with ``policy``, ``residual``, ``tolerance``,
-        ``converged`` and ``history`` (entry 0 is ``pi_ref``; arrays over entries):
+        An :class:`ExpectedTrainingSolution` (a :class:`tinyrlhf.Solution`) with ``policy``,
+        ``residual``, ``tolerance``, ``converged``, ``steps_taken`` (updates made),
+        ``stop_reason`` (``"certified"``, ``"step budget"`` or ``"diverged"``),
+        ``leaf_weights`` (``w(y)`` at ``policy``) and ``history`` (entry 0 is ``pi_ref``;
+        arrays over entries):
         ``"expected_reward"`` (mean over prompts), ``"prompt_expected_reward"``
         ``(entries, n_prompts)``, ``"success"`` (0/1 rewards only: ``P(r = 1)``), ``"kl"``
         (``KL(pi || pi_ref)``, mean over prompts), ``"entropy"`` (sequence entropy, mean),
@@ -640,7 +667,7 @@ def train_expected(
     history.record(state.policy, state.residual)
     state, steps_taken, diverged = _run_training(setup, state, history)
     _warn_uncertified(setup, state.residual, steps_taken, diverged)
-    return _training_solution(setup, state, history, steps_taken, start)
+    return _training_solution(setup, state, history, steps_taken, diverged, start)
 
 
 # ------------------------------------------------------------------------ demo problems
@@ -649,13 +676,14 @@ VERIFIABLE_TASKS = (("easy", "a"), ("medium", "ab"), ("hard", "abc"))
 
 
 def verifiable_problem(
-    horizon: int = 4, seed: int = 0, temperature: float = 1.0
+    horizon: int = 4, seed: int | np.random.Generator | None = 0, temperature: float = 1.0
 ) -> tuple[TokenTree, Policy, np.ndarray]:
     """``(tree, pi_ref, reward)``: a 0/1 verifiable reward with prompts of three difficulties.
 
     Tokens ``a, b, c``; prompt ``easy`` is solved by any completion containing ``a``,
     ``medium`` by one containing ``ab``, ``hard`` by one containing ``abc``; ``pi_ref`` is
-    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``).
+    :meth:`tinyrlhf.Policy.random` (``seed``, ``temperature``; ``seed``: int, Generator or
+    None, default 0, see :func:`~tinyrlhf.validation.make_rng`).
     """
     tree = TokenTree(("a", "b", "c"), horizon, tuple(name for name, _ in VERIFIABLE_TASKS))
     patterns = dict(VERIFIABLE_TASKS)

@@ -142,7 +142,7 @@ class ProductFamily(Family):
     def mean_field_map(self, scores: np.ndarray) -> np.ndarray:
         """The stationarity condition of ``F = mean_p KL(P_rho || target_p)`` solved for rho.
 
-        With ``scores[h, a] = c_h(a) = (1/P) sum_p E_rho[log target_p(xi) | a_h = a]``,
+        With ``scores[h, a] = c_h(a) = (1/n_prompts) sum_p E_rho[log target_p(xi) | a_h = a]``,
         ``F = sum_h E_{rho_h}[log rho_h] - sum_h E_{rho_h}[c_h] + const`` in each row, and the
         stationary rows are softmaxes of the scores (Bishop 2006, eq. 10.9). Returns
         ``(H, A)`` log rows; a member of the family is stationary iff it is its own image.
@@ -161,7 +161,7 @@ class PositionFamily(ProductFamily):
     """``pi(a | s) = softmax(theta_h)(a)`` for every state ``s`` at depth ``h``, every prompt:
     ``theta`` is ``(H, A - 1)`` flattened, the last token's logit pinned to 0.
 
-    Forward closed form: ``pi_h(a) = (1/P) sum_{s at depth h} d_target(s) target(a | s)``,
+    Forward closed form: ``pi_h(a) = (1/n_prompts) sum_{s at depth h} d_target(s) target(a | s)``,
     the target's expected count of token ``a`` at depth ``h``. Mean-field map:
     ``rho_h = softmax(c_h)``.
     """
@@ -201,7 +201,7 @@ class PositionFamily(ProductFamily):
 class UnigramFamily(ProductFamily):
     """``pi(a | s) = softmax(theta)(a)`` for every state: ``theta`` is ``(A - 1,)``.
 
-    Forward closed form: ``pi(a) = (1/(P H)) sum_h sum_{s at depth h} d_target(s)
+    Forward closed form: ``pi(a) = (1/(n_prompts H)) sum_h sum_{s at depth h} d_target(s)
     target(a | s)``, the target's expected count of token ``a`` over all positions.
     Mean-field map: ``rho = softmax((1/H) sum_h c_h)`` (the one row enters all ``H`` factors).
     """

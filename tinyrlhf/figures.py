@@ -50,7 +50,7 @@ from .expected_training import (
 )
 from .group_relative import expected_update
 from .kl_estimators import ESTIMATORS, kl_estimator_report
-from .nash import rlhf_versus_minimax
+from .minimax_comparison import rlhf_versus_minimax
 from .overoptimization import OveroptimizationCurve, overoptimization_curve
 from .policy import Policy
 from .preferences import sample_preferences
@@ -107,6 +107,17 @@ def _history(solution: Solution) -> dict[str, np.ndarray]:
     """The ``history`` of an iterative solver's result (always set by those used here)."""
     assert solution.history is not None
     return solution.history
+
+
+def natural_training(ref: Policy, reward: np.ndarray, estimator: str, **options: Any) -> Solution:
+    """:func:`tinyrlhf.train_expected` with natural updates, run for its ``steps``.
+
+    The figures and animations show runs cut after a set number of steps, which are not
+    meant to be stationary: their ``ExpectedTrainingWarning`` is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExpectedTrainingWarning)
+        return train_expected(ref, reward, estimator=estimator, update="natural", **options)
 
 
 def _sweep_problem() -> tuple[TokenTree, Policy, np.ndarray]:
@@ -504,6 +515,8 @@ def figure_kl_penalty(config: FigureConfig) -> Figure:
 #: The KL term of the RLVR figures: k1 in the reward, sequence level (exact grad KL).
 RLVR_KL: dict[str, Any] = {"kl_estimator": "k1", "kl_placement": "reward", "kl_level": "sequence"}
 RLVR_BETA = 0.1
+#: Group size and step of the natural updates in the RLVR training figures.
+RLVR_TRAINING: dict[str, Any] = {"group_size": 8, "lr": 1.0}
 
 
 def figure_rlvr_difficulty(config: FigureConfig) -> Figure:
@@ -549,17 +562,9 @@ def figure_rlvr_length(config: FigureConfig) -> Figure:
                 row.append(update.leaf_weights[mask].mean() / scale if mask.any() else np.nan)
             rows.append(np.array(row))
         weights[estimator] = (rows[0], rows[1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExpectedTrainingWarning)
-            run = train_expected(
-                ref,
-                reward,
-                estimator=estimator,
-                group_size=8,
-                lr=1.0,
-                steps=min(config.rlvr_steps, 400),
-                update="natural",
-            )
+        run = natural_training(
+            ref, reward, estimator, **RLVR_TRAINING, steps=min(config.rlvr_steps, 400)
+        )
         mean_lengths[estimator] = _history(run)["mean_length"]
     fig = plots.plot_length_bias(lengths, weights, mean_lengths)
     fig.suptitle(
@@ -577,20 +582,16 @@ def figure_rlvr_dynamics(config: FigureConfig) -> Figure:
     success, residuals = {}, {}
     tol = 1e-9
     for estimator in ("rloo", "grpo", "dr_grpo"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExpectedTrainingWarning)
-            run = train_expected(
-                ref,
-                reward,
-                estimator=estimator,
-                group_size=8,
-                beta=RLVR_BETA,
-                lr=1.0,
-                steps=config.rlvr_steps,
-                update="natural",
-                tol=tol,
-                **RLVR_KL,
-            )
+        run = natural_training(
+            ref,
+            reward,
+            estimator,
+            beta=RLVR_BETA,
+            **RLVR_TRAINING,
+            steps=config.rlvr_steps,
+            tol=tol,
+            **RLVR_KL,
+        )
         success[estimator] = _history(run)["prompt_expected_reward"]
         residuals[estimator] = _history(run)["residual"]
     fig = plots.plot_training_dynamics(
@@ -617,19 +618,9 @@ def figure_rlvr_entropy(config: FigureConfig) -> Figure:
         },
     }
     for label, options in runs.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExpectedTrainingWarning)
-            run = train_expected(
-                ref,
-                reward,
-                estimator="grpo",
-                group_size=8,
-                lr=1.0,
-                steps=config.rlvr_steps,
-                update="natural",
-                tol=1e-9,
-                **options,
-            )
+        run = natural_training(
+            ref, reward, "grpo", **RLVR_TRAINING, steps=config.rlvr_steps, tol=1e-9, **options
+        )
         entropies[label] = _history(run)["entropy"]
     update = expected_update(ref, reward, estimator="grpo", group_size=8)
     change = entropy_change(ref, update.gradient, 2.0)

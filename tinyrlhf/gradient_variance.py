@@ -54,10 +54,9 @@ from .gradients import sequence_score_gradient
 from .memory import FLOAT_BYTES, check_memory
 from .policy import Policy
 from .validation import (
-    check_beta,
-    check_leaf_array,
     check_policy,
     check_positive_int,
+    check_problem,
     check_same_tree,
     make_rng,
 )
@@ -97,10 +96,9 @@ class GradientVariance:
 def _check_problem(
     policy: object, ref: object, reward: object, beta: object, baseline: object
 ) -> tuple[np.ndarray, float]:
-    policy, ref = check_policy(policy), check_policy(ref, "ref")
+    ref, reward, beta = check_problem(ref, reward, beta)
+    policy = check_policy(policy)
     check_same_tree(policy, ref, ("policy", "ref"))
-    reward = check_leaf_array(ref.tree, reward, "reward")
-    beta = check_beta(beta)
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if np.isinf(kl_divergence(policy, ref)).any():
@@ -267,7 +265,7 @@ def reinforce_gradient_estimates(
         policy, ref, reward, beta, baseline: as in :func:`reinforce_gradient_variance`.
         batch_size: generations per prompt in each batch, ``>= 1`` (``>= 2`` for ``"rloo"``).
         n_batches: independent batches, ``>= 1``.
-        seed: int, Generator, or None.
+        seed: int, Generator or None; default 0 (see :func:`~tinyrlhf.validation.make_rng`).
 
     Returns:
         ``(n_batches, n_parameters)`` gradient estimates.

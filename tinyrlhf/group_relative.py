@@ -63,7 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln
 
-from .gradients import gradient_norm, sequence_score_gradient
+from .gradients import gradient_norm, sequence_score_gradient, update_residual
 from .kl_terms import KLTerm, kl_penalty_gradient, kl_term
 from .policy import Policy
 from .solvers import policy_gradient_grad
@@ -347,6 +347,17 @@ class ExpectedUpdate:
         length_weight: ``(n_prompts, H)`` the ``pi``-weighted mean of ``w`` over completions
             of length ``1..H`` (column ``l - 1``); NaN where ``pi`` gives that length no mass.
         compositions: the most type compositions enumerated for one prompt (0: closed form).
+        residual: the stationarity (KKT, Frank-Wolfe) residual of ascent along ``gradient``
+            at ``pi`` (:func:`tinyrlhf.gradients.update_residual`):
+            ``sum_s (d(s)/n_prompts) max_{a: pi(a|s) > 0} A(s, a) >= 0``, 0 exactly at a
+            stationary point of the update. The same quantity that
+            :func:`tinyrlhf.train_expected` stops on, so its ``residual`` equals this one at
+            the returned policy.
+
+    ``gradient_norm`` (a property) is ``||E[g_hat]||``, which the residual bounds
+    (``||E[g_hat]|| <= 2 residual``); unlike the residual it also vanishes near the simplex
+    boundary without stationarity, so it is reported under its own name, not as the
+    certificate.
     """
 
     estimator: str
@@ -365,10 +376,11 @@ class ExpectedUpdate:
     lengths: np.ndarray
     length_weight: np.ndarray
     compositions: int
+    residual: float
 
     @property
-    def residual(self) -> float:
-        """``||E[g_hat]||``, the norm of the expected update (0 at a stationary point)."""
+    def gradient_norm(self) -> float:
+        """``||E[g_hat]||``, the Euclidean norm of the expected update (all levels)."""
         return gradient_norm(self.gradient)
 
 
@@ -422,11 +434,11 @@ def _cosine(first: np.ndarray, second: np.ndarray) -> float:
 def expected_update(
     policy: Policy,
     reward: np.ndarray,
+    beta: float = 0.0,
     *,
     estimator: str,
     group_size: int,
     eps: float = 1e-4,
-    beta: float = 0.0,
     ref: Policy | None = None,
     kl_estimator: object = None,
     kl_placement: str = "loss",
@@ -449,10 +461,11 @@ def expected_update(
     Args:
         policy: ``pi_theta`` (softmax logits ``theta``), the sampling policy.
         reward: ``(n_leaves,)`` finite rewards.
+        beta: ``>= 0`` KL coefficient (needs ``kl_estimator`` when ``> 0``); positional or
+            keyword (README "Conventions").
         estimator: ``"reinforce" | "rloo" | "dr_grpo" | "grpo" | "dapo"``.
         group_size: ``G >= 2`` (``>= 1`` for ``"reinforce"``).
         eps: ``>= 0`` added to the group's standard deviation (grpo, dapo).
-        beta: ``>= 0`` KL coefficient (needs ``kl_estimator`` when ``> 0``).
         ref: ``pi_ref`` (needed when ``beta > 0``).
         kl_estimator: ``None`` (no KL term) or ``"k1" | "k2" | "k3"`` or a callable.
         kl_placement: ``"loss" | "reward"``.
@@ -498,6 +511,7 @@ def expected_update(
         lengths=lengths,
         length_weight=_length_weight(policy, weights, lengths),
         compositions=compositions,
+        residual=update_residual(policy, gradient),
     )
 
 

@@ -80,7 +80,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import root
@@ -279,50 +279,22 @@ def kl_penalty_fixed_point(
     term = kl_term(estimator, placement, level)
     tol = check_tolerance(tol)
     max_steps = check_positive_int(max_steps, "max_steps")
-    optimizes, stationary_for = classify(term)
-    shape, slope = coefficient_shape(term)
-    sequence_or_summed = term.level == "sequence" or term.placement == "reward"
-    stationary, reason = True, ""
-    info: dict = {}
-    if shape == "u" and sequence_or_summed:  # reverse KL with coefficient a beta
-        policy, how = closed_form(ref, reward, beta * slope).policy, "closed form"
-    elif shape == "constant":
-        policy, how = _best_generations(ref, reward), "closed form"
-        stationary = _constant_on_support(ref, reward)
-        if not stationary:
-            reason = (
-                "the penalty's expected gradient is 0, so the update is grad E[r]: no interior "
-                "fixed point; training heads to P_ref restricted to the best generations"
-            )
-    elif shape == "-exp(-u)" and term.level == "sequence":  # forward KL
-        policy, how = _forward_kl_sequence(ref, reward, beta * slope), "closed form"
-    elif shape in ("u", "-exp(-u)") and term.level == "token" and term.placement == "loss":
-        policy = _per_state(ref, reward, beta * slope, reverse=shape == "u")
-        how = "backward induction"
-    else:
-        policy, stationary, reason, info = _numerical(ref, reward, beta, term, tol, max_steps)
-        how = "numerical"
-    with np.errstate(over="ignore", invalid="ignore"):  # a collapsing iterate may overflow
-        residual = gradient_norm(penalized_update(policy, ref, reward, beta, term))
-    if shape == "-exp(-u)" and how != "numerical":  # k3 loss: also the scale-free condition
-        stationarity = _forward_kl_residual(
-            policy, ref, reward, beta * slope, token=term.level == "token"
-        )
-        residual = max(residual, stationarity)
-    residual = residual if np.isfinite(residual) else float("inf")
-    converged = bool(residual <= tol) and stationary
-    if how == "numerical" and stationary and not converged:
+    route = _fixed_point_route(ref, reward, beta, term, tol, max_steps)
+    residual = _fixed_point_residual(route, ref, reward, beta, term)
+    converged = bool(residual <= tol) and route.stationary
+    stationary, reason = route.stationary, route.reason
+    if route.how == "numerical" and stationary and not converged:
         stationary = False
         reason = reason or f"the polished point has ||U|| = {residual:.2e} > tol = {tol:g}"
-
     if not converged:
         warnings.warn(
             f"{term.name}: no certified fixed point: {reason or f'||U|| = {residual:.2e} > {tol:g}'}",
             KLPenaltyWarning,
             stacklevel=2,
         )
+    optimizes, stationary_for = classify(term)
     return KLPenaltySolution(
-        policy=policy,
+        policy=route.policy,
         method=f"kl_penalty[{term.name}]",
         reference=ref,
         reward=reward,
@@ -331,14 +303,69 @@ def kl_penalty_fixed_point(
         residual=residual,
         tolerance=tol,
         wall_time=time.perf_counter() - start,
-        info=info,
+        steps_taken=route.info.get("steps"),
+        info=route.info,
         term=term,
         optimizes=optimizes,
         stationary_for=stationary_for,
         stationary=stationary,
         reason=reason,
-        how=how,
+        how=route.how,
     )
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A candidate fixed point and how it was found (before its certificate is checked)."""
+
+    policy: Policy
+    how: str  # "closed form", "backward induction" or "numerical"
+    stationary: bool = True  # False: no interior zero of (U) was reached
+    reason: str = ""  # why stationary is False
+    info: dict = field(default_factory=dict)  # the numerical route's {"steps": ...}
+
+
+def _fixed_point_route(
+    ref: Policy, reward: np.ndarray, beta: float, term: KLTerm, tol: float, max_steps: int
+) -> _Route:
+    """The zero of (U) by the route the term's coefficient shape allows (module docstring):
+    closed forms, backward induction at token level, else the numerical flow and polish."""
+    shape, slope = coefficient_shape(term)
+    summed = term.level == "sequence" or term.placement == "reward"
+    if shape == "u" and summed:  # reverse KL with coefficient slope * beta
+        return _Route(closed_form(ref, reward, beta * slope).policy, "closed form")
+    if shape == "constant":
+        if _constant_on_support(ref, reward):
+            return _Route(_best_generations(ref, reward), "closed form")
+        reason = (
+            "the penalty's expected gradient is 0, so the update is grad E[r]: no interior "
+            "fixed point; training heads to P_ref restricted to the best generations"
+        )
+        return _Route(_best_generations(ref, reward), "closed form", False, reason)
+    if shape == "-exp(-u)" and term.level == "sequence":  # forward KL
+        return _Route(_forward_kl_sequence(ref, reward, beta * slope), "closed form")
+    if shape in ("u", "-exp(-u)") and term.level == "token" and term.placement == "loss":
+        policy = _per_state(ref, reward, beta * slope, reverse=shape == "u")
+        return _Route(policy, "backward induction")
+    policy, stationary, reason, info = _numerical(ref, reward, beta, term, tol, max_steps)
+    return _Route(policy, "numerical", stationary, reason, info)
+
+
+def _fixed_point_residual(
+    route: _Route, ref: Policy, reward: np.ndarray, beta: float, term: KLTerm
+) -> float:
+    """The certificate: ``||U||`` at the route's policy; for ``k3`` in the loss solved in
+    closed form or by backward induction, the larger of it and the scale-free
+    :func:`forward_kl_stationarity`; ``inf`` when not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):  # a collapsing iterate may overflow
+        residual = gradient_norm(penalized_update(route.policy, ref, reward, beta, term))
+    shape, slope = coefficient_shape(term)
+    if shape == "-exp(-u)" and route.how != "numerical":  # k3 loss: the scale-free condition
+        stationarity = _forward_kl_residual(
+            route.policy, ref, reward, beta * slope, token=term.level == "token"
+        )
+        residual = max(residual, stationarity)
+    return residual if np.isfinite(residual) else float("inf")
 
 
 def _best_generations(ref: Policy, reward: np.ndarray) -> Policy:
@@ -546,7 +573,7 @@ def _integrate_flow(
 
     Returns ``(policy, theta, steps, stop)``: ``stop`` is :func:`_numerical`'s result when the
     flow collapsed or did not settle in ``max_steps`` steps, None when it settled after
-    ``steps`` evaluations of the update.
+    ``steps`` Euler steps (the sequence-level flow counts the same way).
     """
     ref = problem.ref
     tree = ref.tree
@@ -573,8 +600,8 @@ def _integrate_flow(
             reason = _collapse_reason(float(collapsed.min()), k)
             return policy, theta, k, (policy, False, reason, {"steps": k})
         size = float(np.sqrt(sum(float(np.vdot(d, d)) for d in direction)))
-        if size < SETTLED:
-            return policy, theta, k + 1, None
+        if size < SETTLED:  # settled after k steps
+            return policy, theta, k, None
         theta = [t + step * d for t, d in zip(theta, direction, strict=True)]
         policy = Policy.from_logits(tree, theta)
     reason = f"the flow did not settle in {max_steps} steps"

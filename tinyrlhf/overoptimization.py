@@ -79,7 +79,7 @@ def overoptimization_curve(
     n_pairs: int | Sequence[int],
     betas: np.ndarray | Sequence[float],
     *,
-    seed: int | np.random.Generator | None,
+    seed: int | np.random.Generator | None = 0,
     ref: Policy | None = None,
     policy: Policy | None = None,
     l2: float = DEFAULT_L2,
@@ -95,8 +95,8 @@ def overoptimization_curve(
             datasets are nested prefixes of one sample of the largest size, checked
             against the memory budget first).
         betas: ``(n_betas,)`` finite KL coefficients ``> 0``.
-        seed: int, Generator or None (required, as for
-            :func:`~tinyrlhf.preferences.sample_preferences`): draws the comparisons.
+        seed: int, Generator or None; default 0 (see
+            :func:`~tinyrlhf.validation.make_rng`): draws the comparisons.
         ref: the reference policy ``pi_ref`` (uniform if None).
         policy: the policy that draws the compared completions (``ref`` if None, as when
             comparisons are collected from the SFT model); pairs of distinct completions,

@@ -40,16 +40,9 @@ from .preferences import (
 )
 from .solvers import Solution, closed_form
 from .tree import TokenTree
-from .validation import (
-    check_beta,
-    check_leaf_array,
-    check_policy,
-    check_positive_int,
-    check_same_tree,
-    make_rng,
-)
+from .validation import check_policy, check_positive_int, check_problem, check_same_tree, make_rng
 
-#: Largest number of ordered pairs ``P * (A**H)**2`` for which the population row is
+#: Largest number of ordered pairs ``n_prompts * (A**H)**2`` for which the population row is
 #: included by default (about 200 MB of temporaries at this size).
 POPULATION_MAX_PAIRS = 4_000_000
 
@@ -129,9 +122,9 @@ def preference_pipeline(
             :func:`~tinyrlhf.preferences.sample_preferences`: pairs of distinct
             completions. ``sampling_policy=`` is its deprecated old name.
         population: add the population row (``l2 = 0``). None: only when the
-            ``P * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
-        seed: int, Generator or None (:func:`~tinyrlhf.validation.make_rng`); default 0,
-            so that a table is reproducible.
+            ``n_prompts * (A**H)**2`` ordered pairs are at most :data:`POPULATION_MAX_PAIRS`.
+        seed: int, Generator or None; default 0, so that a table is reproducible (see
+            :func:`~tinyrlhf.validation.make_rng`).
         distinct: pairs of distinct completions (default) or independent draws that may
             compare a completion with itself (see
             :func:`~tinyrlhf.preferences.sample_preferences`); the population row has no
@@ -144,10 +137,8 @@ def preference_pipeline(
         TypeError/ValueError: bad arguments; ``ValueError`` when ``max(sizes)`` pairs do
             not fit in memory (the message gives the size).
     """
-    ref = check_policy(ref, "ref")
+    ref, reward, beta = check_problem(ref, reward, beta)
     tree = ref.tree
-    reward = check_leaf_array(tree, reward, "reward")
-    beta = check_beta(beta)
     sizes = _check_sizes(sizes)
     if policy is not None:
         check_same_tree(ref, check_policy(policy, "policy"), ("ref", "policy"))

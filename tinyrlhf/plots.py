@@ -10,7 +10,7 @@ solvers and :mod:`tinyrlhf.figures`, which assembles the committed set.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -59,6 +59,16 @@ def _panels(axes: Sequence[Axes] | None, n: int, figsize: tuple[float, float]) -
     return axes
 
 
+def _gridded(
+    *axes: Axes, fontsize: float = 8, which: Literal["major", "minor", "both"] = "major"
+) -> Figure:
+    """A light grid and a legend on every panel; returns the figure that holds them."""
+    for ax in axes:
+        ax.grid(alpha=0.3, which=which)
+        ax.legend(fontsize=fontsize)
+    return _figure_of(axes[0])
+
+
 def _check_prompt(tree: TokenTree, prompt: int | str) -> int:
     return tree.prompt_index(prompt)
 
@@ -90,6 +100,23 @@ def plot_token_tree(
     """
     tree = check_tree(tree)
     p = _check_prompt(tree, prompt)
+    _check_tree_policies(tree, policies)
+    ax = _axes(ax, (max(7.0, 1.1 * tree.leaves_per_prompt + 2.0), 1.5 * tree.horizon + 2.0))
+    colors = [f"C{k}" for k in range(len(policies))]
+    for h in range(tree.horizon):
+        rows = slice(p * tree.n_tokens**h, (p + 1) * tree.n_tokens**h)  # the prompt's level h
+        log_probs = [pi.log_probs[h][rows] for pi in policies.values()]  # (A**h, A) each
+        _draw_edges(ax, tree, h, log_probs[-1], colors[-1])
+        _label_edges(ax, tree, h, log_probs, colors)
+    _draw_nodes(ax, tree)
+    _label_leaves(ax, tree, p, leaf_values or {})
+    _fit_axes_to_tree(ax, tree, 1 + len(leaf_values or {}))
+    _tree_legend(ax, list(policies), colors)
+    return _figure_of(ax)
+
+
+def _check_tree_policies(tree: TokenTree, policies: Mapping[str, Policy]) -> None:
+    """A tree small enough to draw, and one or more policies on it."""
     if tree.leaves_per_prompt > MAX_TREE_LEAVES:
         raise ValueError(
             f"plot_token_tree draws at most {MAX_TREE_LEAVES} leaves per prompt legibly; this "
@@ -99,108 +126,125 @@ def plot_token_tree(
         isinstance(pi, Policy) and pi.tree == tree for pi in policies.values()
     ):
         raise ValueError("policies must map labels to one or more Policy objects on tree")
-    n_leaf_lines = 1 + len(leaf_values or {})
-    ax = _axes(ax, (max(7.0, 1.1 * tree.leaves_per_prompt + 2.0), 1.5 * tree.horizon + 2.0))
-    n_tokens, horizon = tree.n_tokens, tree.horizon
-    colors = [f"C{k}" for k in range(len(policies))]
-    widest = list(policies.values())[-1]
-    for h in range(horizon):
-        n_parents = n_tokens**h
-        span = n_tokens ** (horizon - h)  # leaves under a level-h state
-        parent_x = (np.arange(n_parents) + 0.5) * span - 0.5  # (A**h,) in leaf units
-        child_x = (np.arange(n_parents * n_tokens) + 0.5) * (span // n_tokens) - 0.5
-        rows = slice(p * n_parents, (p + 1) * n_parents)  # this prompt's level-h states
-        width = np.exp(widest.log_probs[h][rows]).reshape(-1)  # (A**(h+1),)
-        segments = np.stack(
-            [
-                np.stack([np.repeat(parent_x, n_tokens), np.full(child_x.size, -h)], axis=1),
-                np.stack([child_x, np.full(child_x.size, -h - 1.0)], axis=1),
-            ],
-            axis=1,
-        )  # (A**(h+1), 2 ends, 2 coordinates)
-        ax.add_collection(
-            LineCollection(
-                cast("Sequence[np.ndarray]", segments),  # (A**(h+1), 2, 2): one row per segment
-                linewidths=0.6 + 5.0 * width,
-                colors=colors[-1],
-                alpha=0.45,
-                zorder=1,
-            )
+
+
+def _node_x(tree: TokenTree, h: int) -> np.ndarray:
+    """``(A**h,)`` x of the level-h states of one prompt, in leaf units (centred over their
+    ``A**(H - h)`` leaves)."""
+    return (np.arange(tree.n_tokens**h) + 0.5) * tree.n_tokens ** (tree.horizon - h) - 0.5
+
+
+def _edge_x(tree: TokenTree, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A**(h+1),)`` x of the parent and of the child end of each level-h edge."""
+    return np.repeat(_node_x(tree, h), tree.n_tokens), _node_x(tree, h + 1)
+
+
+def _draw_edges(ax: Axes, tree: TokenTree, h: int, log_probs: np.ndarray, color: str) -> None:
+    """The level-h edges, as wide as ``pi(a | s)`` of ``log_probs`` ``(A**h, A)``."""
+    parent_x, child_x = _edge_x(tree, h)
+    width = np.exp(log_probs).reshape(-1)  # (A**(h+1),)
+    segments = np.stack(
+        [
+            np.stack([parent_x, np.full(child_x.size, -h)], axis=1),
+            np.stack([child_x, np.full(child_x.size, -h - 1.0)], axis=1),
+        ],
+        axis=1,
+    )  # (A**(h+1), 2 ends, 2 coordinates)
+    ax.add_collection(
+        LineCollection(
+            cast("Sequence[np.ndarray]", segments),  # (A**(h+1), 2, 2): one row per segment
+            linewidths=0.6 + 5.0 * width,
+            colors=color,
+            alpha=0.45,
+            zorder=1,
         )
-        # labels at 55% of the way down each edge: the token, then each policy's pi(a|s)
-        label_x = 0.45 * np.repeat(parent_x, n_tokens) + 0.55 * child_x
-        label_y = -h - 0.55
-        for child in range(child_x.size):
-            token = tree.tokens[child % n_tokens]
+    )
+
+
+def _label_edges(
+    ax: Axes, tree: TokenTree, h: int, log_probs: Sequence[np.ndarray], colors: Sequence[str]
+) -> None:
+    """At 55% of the way down each level-h edge: its token, then each policy's ``pi(a|s)``."""
+    parent_x, child_x = _edge_x(tree, h)
+    label_x = 0.45 * parent_x + 0.55 * child_x
+    label_y = -h - 0.55
+    for child in range(child_x.size):
+        ax.text(
+            label_x[child],
+            label_y + 0.12,
+            tree.tokens[child % tree.n_tokens],
+            ha="center",
+            va="bottom",
+            fontsize=10,
+            fontweight="bold",
+            zorder=3,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+        )
+        for k, (policy_log_probs, color) in enumerate(zip(log_probs, colors, strict=True)):
             ax.text(
                 label_x[child],
-                label_y + 0.12,
-                token,
+                label_y - 0.02 - 0.17 * k,
+                f"{np.exp(policy_log_probs.reshape(-1)[child]):.2f}",
                 ha="center",
-                va="bottom",
-                fontsize=10,
-                fontweight="bold",
+                va="top",
+                fontsize=8,
+                color=color,
                 zorder=3,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.8},
             )
-            lines = [
-                f"{np.exp(pi.log_probs[h][rows].reshape(-1)[child]):.2f}"
-                for pi in policies.values()
-            ]
-            for k, (line, color) in enumerate(zip(lines, colors, strict=True)):
-                ax.text(
-                    label_x[child],
-                    label_y - 0.02 - 0.17 * k,
-                    line,
-                    ha="center",
-                    va="top",
-                    fontsize=8,
-                    color=color,
-                    zorder=3,
-                    bbox={
-                        "boxstyle": "square,pad=0.05",
-                        "fc": "white",
-                        "ec": "none",
-                        "alpha": 0.8,
-                    },
-                )
-    node_x = [
-        ((np.arange(n_tokens**h) + 0.5) * n_tokens ** (horizon - h) - 0.5)
-        for h in range(horizon + 1)
-    ]
-    for h, xs in enumerate(node_x):
+
+
+def _draw_nodes(ax: Axes, tree: TokenTree) -> None:
+    """A dot at every state, level by level."""
+    for h in range(tree.horizon + 1):
+        xs = _node_x(tree, h)
         ax.scatter(xs, np.full(xs.size, -h), s=30, color="0.2", zorder=2)
+
+
+def _label_leaves(
+    ax: Axes, tree: TokenTree, p: int, leaf_values: Mapping[str, np.ndarray]
+) -> None:
+    """Under each leaf its completion and values; above the root, the prompt."""
+    horizon = tree.horizon
     leaves = range(p * tree.leaves_per_prompt, (p + 1) * tree.leaves_per_prompt)
     for offset, leaf in enumerate(leaves):
         lines = [tree.leaf_text(leaf)[1]]
-        for label, values in (leaf_values or {}).items():
+        for label, values in leaf_values.items():
             lines.append(f"{label}={np.asarray(values)[leaf]:.2f}")
         ax.text(offset, -horizon - 0.15, "\n".join(lines), ha="center", va="top", fontsize=8)
     prompt_text = tree.prompts[p] or "(empty prompt)"
-    ax.text(node_x[0][0], 0.15, f"prompt {prompt_text!r}", ha="center", va="bottom", fontsize=9)
+    ax.text(
+        _node_x(tree, 0)[0], 0.15, f"prompt {prompt_text!r}", ha="center", va="bottom", fontsize=9
+    )
+
+
+def _fit_axes_to_tree(ax: Axes, tree: TokenTree, n_leaf_lines: int) -> None:
+    """Limits around the tree and its ``n_leaf_lines`` lines of leaf text; one tick a depth."""
+    horizon = tree.horizon
     ax.set_xlim(-0.7, tree.leaves_per_prompt - 0.3)
     ax.set_ylim(-horizon - 0.3 - 0.15 * n_leaf_lines, 0.4)
     ax.set_yticks(-np.arange(horizon + 1), [f"depth {h}" for h in range(horizon + 1)])
     ax.set_xticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
-    # the legend says what each colour is: the numbers of each policy (square markers) and
-    # the edges, drawn in the last policy's colour with width following its pi(a|s). The
-    # legend writes the action as "token": a letter could be a token name on the tree.
-    last = list(policies)[-1]
+
+
+def _tree_legend(ax: Axes, labels: Sequence[str], colors: Sequence[str]) -> None:
+    """What each colour is: the numbers of each policy (square markers) and the edges, drawn
+    in the last policy's colour with width following its pi(a|s). The legend writes the
+    action as "token": a letter could be a token name on the tree."""
     ax.legend(
         handles=[
             *(Line2D([], [], ls="none", marker="s", ms=8, color=color) for color in colors),
             Line2D([], [], color=colors[-1], alpha=0.45, lw=4),
         ],
         labels=[
-            *(f"numbers: {label}(token | s)" for label in policies),
-            f"edges: width ∝ {last}(token | s)",
+            *(f"numbers: {label}(token | s)" for label in labels),
+            f"edges: width ∝ {labels[-1]}(token | s)",
         ],
         loc="upper right",
         fontsize=9,
     )
-    return _figure_of(ax)
 
 
 # ----------------------------------------------------------------------- distributions
@@ -336,9 +380,7 @@ def plot_beta_path(
     for ax in (reward_ax, kl_ax, log_z_ax):
         ax.set_xscale("log")
         ax.set_xlabel("β (KL coefficient)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _figure_of(reward_ax)
+    return _gridded(reward_ax, kl_ax, log_z_ax)
 
 
 def plot_frontier(
@@ -421,9 +463,7 @@ def plot_convergence(
     ax.set_xlim(left=0)
     ax.set_xlabel("step (linear to 10, then log)")
     ax.set_ylabel("J(π*) − J(π_t)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _figure_of(ax)
+    return _gridded(ax, which="both")
 
 
 def plot_reward_fit(
@@ -492,12 +532,22 @@ def plot_preference_game(
         raise ValueError("preference must be (n, n) with one label per completion")
     n_panels = 3 if win_rates is not None else 2
     panels = _panels(axes, n_panels, (4.6 * n_panels, 4.2))
-    matrix_ax, bars_ax = panels[0], panels[1]
-    image = matrix_ax.imshow(preference, cmap="RdBu_r", vmin=0.0, vmax=1.0)
+    _draw_preference_matrix(panels[0], preference, labels)
+    _draw_solution_bars(panels[1], distributions, labels)
+    if win_rates is not None:
+        betas, curves = win_rates
+        _draw_win_rates(panels[2], betas, curves, first_color=len(distributions) - len(curves))
+    return _figure_of(panels[0])
+
+
+def _draw_preference_matrix(ax: Axes, preference: np.ndarray, labels: Sequence[str]) -> None:
+    """The ``(n, n)`` matrix ``P(y > y')`` as a red-blue image, each cell printed."""
+    n = preference.shape[0]
+    image = ax.imshow(preference, cmap="RdBu_r", vmin=0.0, vmax=1.0)
     for i in range(n):
         for j in range(n):
             dark = abs(preference[i, j] - 0.5) > 0.3  # white text on the saturated cells
-            matrix_ax.text(
+            ax.text(
                 j,
                 i,
                 f"{preference[i, j]:.2f}",
@@ -506,43 +556,50 @@ def plot_preference_game(
                 fontsize=9,
                 color="white" if dark else "black",
             )
-    matrix_ax.set_xticks(np.arange(n), labels)
-    matrix_ax.set_yticks(np.arange(n), labels)
-    matrix_ax.set_xlabel("y'")
-    matrix_ax.set_ylabel("y")
-    matrix_ax.set_title("P(y ≻ y')")
-    matrix_ax.figure.colorbar(image, ax=matrix_ax, shrink=0.8)
+    ax.set_xticks(np.arange(n), labels)
+    ax.set_yticks(np.arange(n), labels)
+    ax.set_xlabel("y'")
+    ax.set_ylabel("y")
+    ax.set_title("P(y ≻ y')")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+
+
+def _draw_solution_bars(
+    ax: Axes, distributions: Mapping[str, np.ndarray], labels: Sequence[str]
+) -> None:
+    """One group of bars per completion, one bar per solution's probability of it."""
+    n = len(labels)
     width = 0.8 / max(len(distributions), 1)
     for k, (label, probs) in enumerate(distributions.items()):
         probs = np.asarray(probs, dtype=np.float64)
         if probs.shape != (n,):
             raise ValueError(f"distributions[{label!r}] must have shape ({n},)")
         offset = (k - (len(distributions) - 1) / 2) * width
-        bars_ax.bar(np.arange(n) + offset, probs, width=width, label=label, color=f"C{k}")
-    bars_ax.set_xticks(np.arange(n), labels)
+        ax.bar(np.arange(n) + offset, probs, width=width, label=label, color=f"C{k}")
+    ax.set_xticks(np.arange(n), labels)
     # probabilities reach 1: leave a band above them for the legend (one row of 8-point text
     # per distribution, about 0.1 of the unit height each), ticks stop at 1
     legend_band = 0.1 + 0.1 * len(distributions)
-    bars_ax.set_ylim(0, 1.0 + legend_band)
-    bars_ax.set_yticks(np.linspace(0.0, 1.0, 6))
-    bars_ax.axhline(1.0, color="0.6", lw=0.6, zorder=0)
-    bars_ax.set_ylabel("probability")
-    bars_ax.set_title("the solutions")
-    bars_ax.legend(fontsize=8, loc="upper right", borderaxespad=0.3)
-    if win_rates is not None:
-        rates_ax = panels[2]
-        betas, curves = win_rates
-        first = len(distributions) - len(curves)
-        for k, (label, rate) in enumerate(curves.items()):
-            rates_ax.plot(betas, rate, color=f"C{first + k}", label=label)
-        rates_ax.axhline(0.5, color="0.4", ls=":", lw=1, label="tie")
-        rates_ax.set_xscale("log")
-        rates_ax.set_xlabel("β (KL coefficient of RLHF, τ of the Nash game)")
-        rates_ax.set_ylabel("P(· ≻ RLHF optimum)")
-        rates_ax.set_title("win rate against the RLHF optimum")
-        rates_ax.grid(alpha=0.3)
-        rates_ax.legend(fontsize=8)
-    return _figure_of(matrix_ax)
+    ax.set_ylim(0, 1.0 + legend_band)
+    ax.set_yticks(np.linspace(0.0, 1.0, 6))
+    ax.axhline(1.0, color="0.6", lw=0.6, zorder=0)
+    ax.set_ylabel("probability")
+    ax.set_title("the solutions")
+    ax.legend(fontsize=8, loc="upper right", borderaxespad=0.3)
+
+
+def _draw_win_rates(
+    ax: Axes, betas: np.ndarray, curves: Mapping[str, np.ndarray], first_color: int
+) -> None:
+    """Win rates against the RLHF optimum over beta, in colours ``C{first_color}`` on."""
+    for k, (label, rate) in enumerate(curves.items()):
+        ax.plot(betas, rate, color=f"C{first_color + k}", label=label)
+    ax.axhline(0.5, color="0.4", ls=":", lw=1, label="tie")
+    ax.set_xscale("log")
+    ax.set_xlabel("β (KL coefficient of RLHF, τ of the Nash game)")
+    ax.set_ylabel("P(· ≻ RLHF optimum)")
+    ax.set_title("win rate against the RLHF optimum")
+    _gridded(ax)
 
 
 def plot_kl_estimators(
@@ -592,9 +649,7 @@ def plot_kl_estimators(
     grad_ax.set_ylabel("relative error of the expected gradient")
     for ax in (mean_ax, std_ax, grad_ax):
         ax.set_xlabel("KL(π ‖ π_ref)  [nats]")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _figure_of(mean_ax)
+    return _gridded(mean_ax, std_ax, grad_ax)
 
 
 def plot_overoptimization(
@@ -651,9 +706,7 @@ def plot_overoptimization(
         proxy_ax.set_title("what the optimizer sees (r̂) and what it gets (r)")
     for ax in panels:
         ax.set_xlabel("√KL(π ‖ π_ref)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _figure_of(true_ax)
+    return _gridded(*panels)
 
 
 def plot_best_of_n(
@@ -726,10 +779,7 @@ def plot_best_of_n(
     right.set_xlabel("n (draws)")
     right.set_ylabel("KL  [nats]")
     right.set_title("the 'exact' formula is an upper bound")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _figure_of(left)
+    return _gridded(left, right)
 
 
 def plot_best_of_n_proxy(
@@ -758,9 +808,7 @@ def plot_best_of_n_proxy(
         ax.axhline(reference_reward, color="0.4", ls=":", lw=1, label="π_ref")
     ax.set_xlabel("√KL(π ‖ π_ref)")
     ax.set_ylabel("true reward E_π[r]")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _figure_of(ax)
+    return _gridded(ax, fontsize=7)
 
 
 def plot_kl_penalty(
@@ -852,9 +900,7 @@ def plot_difficulty_bias(
     ax.set_yscale("log")
     ax.set_xlabel("success probability of the prompt under π")
     ax.set_ylabel("update / ∇P(success)  (log scale)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _figure_of(ax)
+    return _gridded(ax, which="both")
 
 
 def plot_length_bias(
@@ -888,10 +934,7 @@ def plot_length_bias(
     length_ax.set_xlabel("training step")
     length_ax.set_ylabel("E|y| under π_t")
     length_ax.set_title("expected completion length during training")
-    for ax in (weight_ax, length_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _figure_of(weight_ax)
+    return _gridded(weight_ax, length_ax)
 
 
 def plot_training_dynamics(
@@ -970,7 +1013,7 @@ def plot_entropy_dynamics(
 
     Args:
         entropies: label -> ``(steps + 1,)`` sequence entropy per step.
-        exact_change: ``(n_states,)`` exact ``Delta H(s)`` of one update.
+        exact_change: ``(n_states,)`` exact ``Delta Ent(s)`` of one update.
         covariance_change: ``(n_states,)`` ``-lr Cov(log pi, Delta theta)`` of the same step.
         axes: two Axes.
     """
@@ -993,7 +1036,4 @@ def plot_entropy_dynamics(
     change_ax.set_xlabel("−Cov_{a~π(·|s)}(log π(a|s), Δθ(s,a))")
     change_ax.set_ylabel("exact ΔH(s)")
     change_ax.set_title("one update, every state: covariance formula vs exact")
-    for ax in (entropy_ax, change_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _figure_of(entropy_ax)
+    return _gridded(entropy_ax, change_ax)

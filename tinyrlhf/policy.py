@@ -116,16 +116,20 @@ class Policy:
     def random(
         cls,
         tree: TokenTree,
-        seed: int | np.random.Generator | None = None,
+        seed: int | np.random.Generator | None = 0,
         temperature: float = 1.0,
         *,
         zero_fraction: float = 0.0,
     ) -> Policy:
         """A random policy: softmax of standard-normal logits divided by ``temperature``.
 
+        With the default seed every call returns the same policy; pass another seed (or a
+        Generator, or None for fresh entropy) for another one.
+
         Args:
             tree: the token tree.
-            seed: int, Generator, or None.
+            seed: int, Generator or None; default 0 (see
+                :func:`~tinyrlhf.validation.make_rng`).
             temperature: > 0; large values approach the uniform policy, small ones are
                 nearly deterministic.
             zero_fraction: in [0, 1): each token is independently forbidden (``-inf``) with
@@ -262,14 +266,20 @@ class Policy:
     def sample(
         self,
         n: int,
-        seed: int | np.random.Generator | None = None,
+        seed: int | np.random.Generator | None = 0,
         prompt: str | int | np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw ``n`` complete generations; returns their leaf indices, ``(n,)`` int64.
 
+        Repeated calls with the default seed return the same draws (``seed=0``, so a result
+        is reproducible). To draw a stream, pass one Generator to every call
+        (``rng = np.random.default_rng(0); policy.sample(n, rng); policy.sample(n, rng)``);
+        ``seed=None`` takes fresh entropy on every call.
+
         Args:
             n: number of generations.
-            seed: int, Generator, or None.
+            seed: int, Generator or None; default 0 (see
+                :func:`~tinyrlhf.validation.make_rng`).
             prompt: None (prompts uniformly at random), a prompt (string or index) for all
                 draws, or an int array ``(n,)`` of prompt indices.
         """

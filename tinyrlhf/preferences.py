@@ -25,28 +25,26 @@ References:
 
 from __future__ import annotations
 
-import codecs
-import json
 import math
 import numbers
 import os
-import secrets
-import stat
 from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 from scipy.special import expit, log_expit
 
-from .memory import FLOAT_BYTES, check_memory
+from .jsonl import check_path, read_jsonl, short_repr, write_jsonl
+from .memory import FLOAT_BYTES, check_memory, format_count
 from .policy import Policy
 from .tree import TokenTree
 from .validation import (
     check_leaf_array,
-    check_policy,
+    check_policy_on,
     check_positive_int,
     check_tree,
     make_rng,
+    read_only,
 )
 
 #: Bytes per pair that :func:`population_preferences` allocates (three int64 index arrays,
@@ -56,16 +54,6 @@ _POPULATION_BYTES_PER_PAIR = 5 * FLOAT_BYTES
 #: completions, the uniforms and the label temporaries, chosen and rejected, and the
 #: read-only copies of :class:`Preferences` (int64/float64 each).
 SAMPLE_BYTES_PER_PAIR = 16 * FLOAT_BYTES
-#: Characters that JSON treats as whitespace (a line of only these is blank).
-_JSON_WHITESPACE = " \t\r\n"
-#: Unicode line breaks that JSON leaves raw but ``str.splitlines`` splits on: written as
-#: ``\uXXXX`` escapes (valid JSON, same strings) so that any line reader keeps one record
-#: per line.
-_ESCAPE_LINE_BREAKS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
-#: Paths written in place, never replaced: devices and the process's own descriptors.
-_SPECIAL_DIRECTORIES = ("/dev/", "/proc/")
-#: Write permission for the owner, the group or others.
-_ANY_WRITE_BIT = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 #: No machine holds more pairs than this (2**50 pairs at 128 bytes each is 128 PiB).
 _MAX_PAIRS = 2**50
 
@@ -129,10 +117,11 @@ class Preferences:
             weights = np.ones(n)
         else:
             weights = _weight_array(weight, n)
-        object.__setattr__(self, "prompt", _read_only(arrays["prompt"]))
-        object.__setattr__(self, "chosen", _read_only(arrays["chosen"]))
-        object.__setattr__(self, "rejected", _read_only(arrays["rejected"]))
-        object.__setattr__(self, "weight", _read_only(weights))
+        # _index_array and _weight_array return fresh arrays, so freezing a view is a copy
+        object.__setattr__(self, "prompt", read_only(arrays["prompt"]))
+        object.__setattr__(self, "chosen", read_only(arrays["chosen"]))
+        object.__setattr__(self, "rejected", read_only(arrays["rejected"]))
+        object.__setattr__(self, "weight", read_only(weights))
         if tree is not None:
             self.check(tree)
 
@@ -140,12 +129,13 @@ class Preferences:
     def _trusted(
         cls, prompt: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, weight: np.ndarray
     ) -> Preferences:
-        """Build without validation: for arrays the package made itself."""
+        """Build without validation: for arrays the package made itself (copied, so a subset
+        ``prefs[:k]`` does not keep the whole dataset alive)."""
         prefs = object.__new__(cls)
-        object.__setattr__(prefs, "prompt", _read_only(np.asarray(prompt, dtype=np.int64)))
-        object.__setattr__(prefs, "chosen", _read_only(np.asarray(chosen, dtype=np.int64)))
-        object.__setattr__(prefs, "rejected", _read_only(np.asarray(rejected, dtype=np.int64)))
-        object.__setattr__(prefs, "weight", _read_only(np.asarray(weight, dtype=np.float64)))
+        object.__setattr__(prefs, "prompt", read_only(np.array(prompt, dtype=np.int64)))
+        object.__setattr__(prefs, "chosen", read_only(np.array(chosen, dtype=np.int64)))
+        object.__setattr__(prefs, "rejected", read_only(np.array(rejected, dtype=np.int64)))
+        object.__setattr__(prefs, "weight", read_only(np.array(weight, dtype=np.float64)))
         return prefs
 
     # ---------------------------------------------------------------------- validation
@@ -288,7 +278,7 @@ class Preferences:
             IsADirectoryError: ``path`` is a directory.
             OSError: the directory is not writable, the disk is full, ...
         """
-        file_name = _check_path(path)
+        file_name = check_path(path)
         self.check(tree)
         leaves, inverse = np.unique(
             np.concatenate([self.chosen, self.rejected]), return_inverse=True
@@ -297,7 +287,7 @@ class Preferences:
         chosen_text = [texts[k] for k in inverse[: len(self)].tolist()]
         rejected_text = [texts[k] for k in inverse[len(self) :].tolist()]
         write_weight = bool((self.weight != 1.0).any())
-        lines = []
+        records = []
         for k, p in enumerate(self.prompt.tolist()):
             record = {
                 "prompt": tree.prompts[p],
@@ -306,8 +296,8 @@ class Preferences:
             }
             if write_weight:
                 record["weight"] = float(self.weight[k])
-            lines.append(json.dumps(record, ensure_ascii=False).translate(_ESCAPE_LINE_BREAKS))
-        _atomic_write_text(file_name, "".join(line + "\n" for line in lines))
+            records.append(record)
+        write_jsonl(file_name, records)  # atomic replacement (tinyrlhf.jsonl)
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike, tree: TokenTree) -> Preferences:
@@ -333,24 +323,15 @@ class Preferences:
             OSError: the file cannot be read.
         """
         tree = check_tree(tree)
-        file_name = _check_path(path)
-        name = os.fsdecode(file_name)
-        with open(file_name, "rb") as handle:
-            data = handle.read()
+        file_name = check_path(path)
         prompts: list[int] = []
         chosen: list[int] = []
         rejected: list[int] = []
         weights: list[float] = []
         prompt_ids = {prompt: p for p, prompt in enumerate(tree.prompts)}
         leaf_offsets: dict[str, int] = {}  # completion text -> index within its prompt
-        # JSON lines end at "\n" only: U+2028, U+2029 and U+0085 are ordinary characters
-        # inside a JSON string, which str.splitlines() would wrongly split on
-        for line_number, raw in enumerate(data.split(b"\n"), start=1):
-            where = f"{name}:{line_number}"
-            line = _decode_jsonl_line(raw, line_number, where)
-            if not line.strip(_JSON_WHITESPACE):
-                continue
-            record = _parse_preference_record(line, where)
+        for where, value in read_jsonl(file_name):  # non-blank lines, split at "\n" only
+            record = _check_preference_record(value, where)
             p, pair = _record_pair(tree, record, where, prompt_ids, leaf_offsets)
             weight = _record_weight(record, where)
             prompts.append(p)
@@ -366,29 +347,8 @@ class Preferences:
 
 
 # ------------------------------------------------------------------------------ reading
-def _decode_jsonl_line(raw: bytes, line_number: int, where: str) -> str:
-    """One line of a JSON lines file as text (a UTF-8 byte order mark on line 1 skipped)."""
-    if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8) :]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
-            f"{error.start + 1}); JSON lines files are UTF-8"
-        ) from None
-
-
-def _parse_preference_record(line: str, where: str) -> dict:
+def _check_preference_record(record: object, where: str) -> dict:
     """A JSON object with string ``"prompt"``, ``"chosen"`` and ``"rejected"``."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
-    except RecursionError:
-        raise ValueError(f"{where}: JSON nested too deeply to read") from None
-    except ValueError as error:  # e.g. an integer literal of more than 4300 digits
-        raise ValueError(f"{where}: unreadable JSON value ({error})") from None
     if not isinstance(record, dict):
         raise ValueError(
             f"{where}: expected a JSON object with keys 'prompt', 'chosen', 'rejected', "
@@ -444,7 +404,7 @@ def _record_weight(record: dict, where: str) -> float:
         weight = math.inf
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(
-            f"{where}: 'weight' must be finite and >= 0, got {_short_repr(record['weight'])}"
+            f"{where}: 'weight' must be finite and >= 0, got {short_repr(record['weight'])}"
         )
     return weight
 
@@ -477,7 +437,7 @@ def sample_preferences(
     n: int,
     *,
     policy: Policy | None = None,
-    seed: int | np.random.Generator | None,
+    seed: int | np.random.Generator | None = 0,
     prompt: str | int | np.ndarray | None = None,
     distinct: bool = True,
 ) -> Preferences:
@@ -515,8 +475,8 @@ def sample_preferences(
         n: number of pairs ``>= 0``; the arrays must fit the memory budget.
         policy: the policy that generates completions (``Policy.uniform(tree)`` if None:
             every leaf of a prompt equally likely on a tree without ``eos``).
-        seed: int, ``numpy.random.Generator`` or None (required, keyword-only; see
-            :func:`tinyrlhf.validation.make_rng`).
+        seed: int, Generator or None; default 0, the same pairs on every call (see
+            :func:`~tinyrlhf.validation.make_rng`).
         prompt: None (uniform), one prompt (string or index) for every pair, or an
             ``(n,)`` int array of prompt indices.
         distinct: draw pairs of distinct completions (default) or independent ones.
@@ -537,7 +497,7 @@ def sample_preferences(
     if not isinstance(distinct, (bool, np.bool_)):
         raise TypeError(f"distinct must be True or False, got {distinct!r}")
     if policy is not None:
-        _check_policy(tree, policy)
+        check_policy_on(tree, policy)
     elif tree.eos is not None:  # the uniform policy, with its rows forced after eos
         policy = Policy.uniform(tree)
     rng = make_rng(seed)
@@ -568,7 +528,7 @@ def check_pair_count(n: object, name: str = "n") -> int:
             :func:`tinyrlhf.memory.check_memory`).
     """
     n = check_positive_int(n, name, minimum=0)
-    what = f"{name} = {_format_count(n)} preference pairs"
+    what = f"{name} = {format_count(n)} preference pairs"
     if n > _MAX_PAIRS:  # beyond any machine: refuse without formatting an absurd byte count
         raise ValueError(
             f"{what} cannot be held in memory (about {SAMPLE_BYTES_PER_PAIR} bytes per pair); "
@@ -576,13 +536,6 @@ def check_pair_count(n: object, name: str = "n") -> int:
         )
     check_memory(n * SAMPLE_BYTES_PER_PAIR, what)
     return n
-
-
-def _format_count(n: int) -> str:
-    """``1,000,000`` for readable counts, ``about 10^400`` for absurd ones."""
-    if n < 10**15:
-        return f"{n:,}"
-    return f"about 10^{int(n.bit_length() * math.log10(2))}"
 
 
 def population_preferences(
@@ -594,7 +547,7 @@ def population_preferences(
     (uniform prompts): the pair (chosen ``i``, rejected ``j``), ``i != j`` under the same
     prompt, has weight
 
-        w(i, j) = (1 / P) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
+        w(i, j) = (1 / n_prompts) * 2 P_policy(i) P_policy(j) sigma(r(i) - r(j)),
 
     the probability that the two samples are ``{i, j}`` and ``i`` wins. Pairs of weight 0
     (a completion the policy never produces) and ties ``i = j`` (which carry no
@@ -611,10 +564,11 @@ def population_preferences(
         policy: the sampling policy (uniform if None).
 
     Returns:
-        :class:`Preferences` with ``P * L * (L - 1)`` pairs at most (``L = A**H``).
+        :class:`Preferences` with ``n_prompts * A**H * (A**H - 1)`` pairs at most.
 
     Raises:
-        ValueError: bad arguments, or the ``P * L**2`` pairs would not fit in memory.
+        ValueError: bad arguments, or the ``n_prompts * (A**H)**2`` pairs would not fit in
+            memory.
     """
     tree = check_tree(tree)
     reward = check_leaf_array(tree, reward, "reward")
@@ -626,8 +580,7 @@ def population_preferences(
     elif policy is None:
         log_pi = Policy.uniform(tree).leaf_log_probs()
     else:
-        _check_policy(tree, policy)
-        log_pi = policy.leaf_log_probs()
+        log_pi = check_policy_on(tree, policy).leaf_log_probs()
     shape = (tree.n_prompts, leaves, leaves)
     offset = np.arange(leaves, dtype=np.int64)
     base = (np.arange(tree.n_prompts, dtype=np.int64) * leaves)[:, None, None]  # (P, 1, 1)
@@ -798,12 +751,6 @@ def _search_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray, side: 
     return out
 
 
-def _check_policy(tree: TokenTree, policy: object) -> None:
-    """``policy`` is a :class:`Policy` on ``tree`` (TypeError / ValueError naming it)."""
-    if check_policy(policy, "policy").tree != tree:
-        raise ValueError("policy must be a policy on the same TokenTree as tree")
-
-
 def _completion_offset(tree: TokenTree, completion: str, where: str) -> int:
     """Index of a completion's leaf within its prompt (canonical order), or ValueError."""
     try:
@@ -829,112 +776,6 @@ def _completion_offset(tree: TokenTree, completion: str, where: str) -> int:
     return offset
 
 
-def _check_path(path: object, name: str = "path") -> str | bytes:
-    """A file name: str, bytes or ``os.PathLike`` (an int would be a file descriptor)."""
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(
-            f"{name} must be a file name (str or pathlib.Path), got {type(path).__name__} "
-            f"{_short_repr(path)}"
-        )
-    return os.fspath(path)
-
-
-def _short_repr(value: object) -> str:
-    """``repr`` cut to 60 characters (a 4000-digit integer makes a useless message)."""
-    if isinstance(value, int) and value.bit_length() > 200:
-        return f"an integer of about {int(value.bit_length() * math.log10(2))} digits"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _atomic_write_text(path: str | bytes, text: str) -> None:
-    """Replace the file at ``path`` (through symlinks) by ``text`` atomically.
-
-    The text goes to a new temporary file in the target's directory, created with mode
-    ``0o666`` (the kernel applies the umask, as ``open`` does) or the existing file's mode,
-    is fsynced and renamed over the target with ``os.replace``; the directory is fsynced
-    after. On any failure (or KeyboardInterrupt) the temporary file is removed and the
-    target is untouched; a killed process leaves at most a hidden ``.<name>.<random>.tmp``.
-    """
-    display = os.fsdecode(path)
-    try:
-        status = os.stat(path)
-    except FileNotFoundError:
-        status = None
-    if status is not None and stat.S_ISDIR(status.st_mode):
-        raise IsADirectoryError(f"{display} is a directory, not a file to write")
-    if (status is not None and not stat.S_ISREG(status.st_mode)) or os.path.abspath(
-        display
-    ).startswith(_SPECIAL_DIRECTORIES):
-        # a device, a pipe, /dev/stdout or /proc/self/fd/N: no file to replace (replacing
-        # or truncating the regular file behind a redirected /dev/stdout would lose the
-        # shell's output, so append, which on a device or pipe is plain writing)
-        with open(path, "a", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        return
-    target = os.path.realpath(path)  # write through symbolic links, keep the links
-    if status is not None:
-        if not os.access(target, os.W_OK) or not status.st_mode & _ANY_WRITE_BIT:
-            raise PermissionError(
-                f"{display} is read-only (mode {stat.filemode(status.st_mode)}); not "
-                "overwritten. Make it writable (chmod u+w) or write to another path"
-            )
-    directory, base = os.path.split(os.fsdecode(target))
-    descriptor, temporary = _create_temporary(directory, base)
-    try:
-        if status is not None:  # keep the existing file's permissions
-            os.chmod(temporary, stat.S_IMODE(status.st_mode))
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
-
-
-def _create_temporary(directory: str, base: str) -> tuple[int, str]:
-    """Open a new file ``directory/.base.<random>.tmp`` for writing; ``(descriptor, path)``.
-
-    Mode ``0o666`` minus the umask, like ``open(path, "w")`` gives a new file
-    (``tempfile.mkstemp`` would give ``0o600``).
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        temporary = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(temporary, flags, 0o666), temporary
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"no directory {directory!r} to write {base!r} in; create it first"
-            ) from None
-        except PermissionError:
-            raise PermissionError(
-                f"cannot create files in {directory!r} (the new {base!r} is written next to "
-                "it, then renamed over it); choose a writable directory"
-            ) from None
-    raise FileExistsError(f"could not create a temporary file next to {base!r} in {directory}")
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:  # some file systems refuse fsync on a directory; the rename is done
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def _index_array(values: object, name: str) -> np.ndarray:
     """A 1-D int64 array of non-negative indices (an empty sequence is allowed)."""
     array = np.asarray(values)
@@ -952,7 +793,7 @@ def _index_array(values: object, name: str) -> np.ndarray:
 
 def _weight_array(weight: object, n: int) -> np.ndarray:
     try:
-        array = np.asarray(weight, dtype=np.float64)
+        array = np.array(weight, dtype=np.float64)  # a copy: later changes cannot reach it
     except (TypeError, ValueError):
         raise TypeError(
             f"weight must be an array of real numbers, got {type(weight).__name__}"
@@ -963,10 +804,4 @@ def _weight_array(weight: object, n: int) -> np.ndarray:
     if bad.size:
         k = int(bad[0])
         raise ValueError(f"weight[{k}] = {array[k]!r}; weights must be finite and >= 0")
-    return array
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array = np.array(array, copy=True)
-    array.flags.writeable = False
     return array

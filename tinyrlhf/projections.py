@@ -26,7 +26,7 @@ family). For the product families (position, unigram) a member is one row ``rho_
 depth, and ``F(rho) = mean_p KL(P_rho || target_p)`` is stationary exactly when every row is
 the softmax of its mean-field score (Bishop 2006, eq. 10.9)
 
-    c_h(a) = (1/P) sum_{s at depth h} d_rho(s) Q_h(s, a),
+    c_h(a) = (1/n_prompts) sum_{s at depth h} d_rho(s) Q_h(s, a),
     Q_h(s, a) = log target(a | s) + V_{h+1}(s o a),   V_h(s) = sum_a rho_h(a) Q_h(s, a),
 
 (``V`` the expected remaining target log-likelihood; one backward and one forward pass). The
@@ -389,9 +389,9 @@ def mean_field_scores(target: Policy, log_rows: np.ndarray) -> tuple[np.ndarray,
 
         Q_h(s, a) = log target(a | s) + V_{h+1}(s o a),   V_H = 0,
         V_h(s)    = sum_a rho_h(a) Q_h(s, a),
-        c_h(a)    = (1/P) sum_{s at depth h} d_rho(s) Q_h(s, a)
-                  = (1/P) sum_p E_rho[log target_p(xi) | a_h = a] + const_h,
-        F(rho)    = sum_h sum_a rho_h(a) log rho_h(a) - (1/P) sum_p V_0(p)
+        c_h(a)    = (1/n_prompts) sum_{s at depth h} d_rho(s) Q_h(s, a)
+                  = (1/n_prompts) sum_p E_rho[log target_p(xi) | a_h = a] + const_h,
+        F(rho)    = sum_h sum_a rho_h(a) log rho_h(a) - (1/n_prompts) sum_p V_0(p)
                   = mean_p KL(P_rho || target_p).
 
     One backward pass for ``Q, V`` and one forward pass for ``d_rho`` (``d_0 = 1``,
@@ -534,6 +534,19 @@ def _mean_field_solve(
     return state
 
 
+def _check_member(
+    target: object, family: object, divergence: object, theta: object, tree: TokenTree | None
+) -> tuple[Policy, Family, str, np.ndarray]:
+    """The arguments of a question about one member ``theta`` of ``family``, checked."""
+    target, family, divergence = _check_arguments(target, family, divergence, tree)
+    theta = _check_theta(family, target.tree, theta)
+    if theta.ndim != 1:
+        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
+    if divergence == "reverse":
+        _check_support(target, family)
+    return target, family, divergence, theta
+
+
 def projection_residual(
     target: Policy | np.ndarray,
     family: str | Family,
@@ -558,12 +571,7 @@ def projection_residual(
     Returns:
         The residual, a float >= 0.
     """
-    target, family, divergence = _check_arguments(target, family, divergence, tree)
-    theta = _check_theta(family, target.tree, theta)
-    if theta.ndim != 1:
-        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
-    if divergence == "reverse":
-        _check_support(target, family)
+    target, family, divergence, theta = _check_member(target, family, divergence, theta, tree)
     return _residual(target, family, divergence, theta)
 
 
@@ -601,12 +609,7 @@ def family_divergence(
         ``(F(theta), dF/dtheta)``: a float (``+inf`` where the divergence is infinite) and an
         ``(n_parameters,)`` array.
     """
-    target, family, divergence = _check_arguments(target, family, divergence, tree)
-    theta = _check_theta(family, target.tree, theta)
-    if theta.ndim != 1:
-        raise ValueError(f"theta must be one parameter vector, got shape {theta.shape}")
-    if divergence == "reverse":
-        _check_support(target, family)
+    target, family, divergence, theta = _check_member(target, family, divergence, theta, tree)
     value, gradient = _value_with_gradient(target, family, divergence, theta)
     return value, gradient
 
@@ -930,7 +933,8 @@ def project(
         family: ``"full"``, ``"position"``, ``"unigram"``, or a :class:`Family` instance.
         divergence: ``"reverse"`` (KL(pi || target)) or ``"forward"`` (KL(target || pi)).
         tree: the TokenTree of an array target.
-        seed: int, Generator or None: the random starts of a numerical projection.
+        seed: int, Generator or None: the random starts of a numerical projection; default
+            0 (see :func:`~tinyrlhf.validation.make_rng`).
         tol: certificate tolerance (:data:`DEFAULT_TOLERANCE`): the largest accepted
             residual ``max |log pi - log pi+|`` of the returned member.
 

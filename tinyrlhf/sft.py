@@ -37,7 +37,7 @@ import numpy as np
 
 from .policy import Policy
 from .tree import TokenTree
-from .validation import check_policy, check_tree
+from .validation import check_policy_on, check_tree
 
 
 def fit_sft(
@@ -90,10 +90,7 @@ def fit_sft(
     alpha = float(smoothing)
     if not np.isfinite(alpha) or alpha < 0:
         raise ValueError(f"smoothing must be finite and >= 0 (pseudo-counts), got {smoothing!r}")
-    if prior is None:
-        prior = Policy.uniform(tree)
-    elif check_policy(prior, "prior").tree != tree:
-        raise ValueError("prior must be a policy on the same TokenTree as tree")
+    prior = Policy.uniform(tree) if prior is None else check_policy_on(tree, prior, "prior")
 
     log_pi = []
     for h in range(tree.horizon):

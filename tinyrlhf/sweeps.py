@@ -3,7 +3,7 @@
 
 For every ``beta > 0`` the closed form gives the optimum exactly, so its path over several
 decades of ``beta`` is exact too (:func:`beta_path`): ``E_{pi*}[r]``, ``KL(pi* || pi_ref)``,
-the entropy ``H(P*)``, ``log Z`` and ``lambda*``. These obey the exponential-family identities
+the entropy ``Ent(P*)``, ``log Z`` and ``lambda*``. These obey the exponential-family identities
 
     beta log Z = J(pi*) = E_{pi*}[r] - beta KL(pi* || pi_ref)         (value of the optimum)
     d(beta log Z)/d beta = -KL(pi* || pi_ref)                          (envelope theorem)
@@ -57,7 +57,7 @@ class BetaPath:
         beta: ``(n_betas,)`` the KL coefficients, as given.
         expected_reward: ``E_{pi*}[r]``.
         kl: ``KL(pi* || pi_ref)``.
-        entropy: ``H(P*) = -sum_xi P*(xi) log P*(xi)``.
+        entropy: ``Ent(P*) = -sum_xi P*(xi) log P*(xi)``.
         log_partition: ``log Z = log sum_xi P_ref(xi) exp(r(xi) / beta)``.
         lagrange_multiplier: ``lambda* = beta (1 - log Z)``.
         objective: ``J(pi*) = E_{pi*}[r] - beta KL(pi* || pi_ref) = beta log Z``.

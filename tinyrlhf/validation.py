@@ -125,17 +125,38 @@ def frozen_copy(array: object) -> np.ndarray:
 def make_rng(seed: object, name: str = "seed") -> np.random.Generator:
     """A ``numpy.random.Generator`` from an int seed, a Generator, or None (fresh entropy).
 
-    The package's one seed rule: every function that draws random numbers takes
-    ``seed: int | numpy.random.Generator | None`` and turns it into a Generator here, so an
-    int reproduces a run, a Generator is drawn from as is (one stream shared across calls),
-    and None takes fresh entropy from the operating system. Never a global RNG.
+    The package's one seed rule: every public function or method that draws random numbers
+    takes ``seed: int | numpy.random.Generator | None = 0`` and turns it into a Generator
+    here. Hence
+
+    - an int (the default ``0`` included) gives the same draws on every call: a result is
+      reproducible unless asked otherwise, and two calls with the same seed agree;
+    - a Generator is drawn from as is, so passing one ``rng`` to several calls continues
+      one stream (each call gets new draws, the whole run is reproducible from ``rng``'s
+      seed);
+    - None takes fresh entropy from the operating system (different draws on every call).
+
+    Never a global RNG. Functions whose ``seed`` was positional keep it positional.
+
+    Args:
+        seed: an int ``>= 0``, a ``numpy.random.Generator``, or None.
+        name: the argument's name, for the error message.
+
+    Returns:
+        ``seed`` itself if it is a Generator, else ``numpy.random.default_rng(seed)``.
+
+    Raises:
+        TypeError: ``seed`` is of another type (a bool included).
+        ValueError: a negative int.
     """
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is None or (
-        isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool)
-    ):
-        return np.random.default_rng(None if seed is None else int(seed))
+    if seed is None:
+        return np.random.default_rng()
+    if isinstance(seed, (numbers.Integral, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"{name} must be an int >= 0, a Generator or None, got {seed!r}")
+        return np.random.default_rng(int(seed))
     raise TypeError(f"{name} must be an int, a numpy.random.Generator or None, got {seed!r}")
 
 
@@ -145,6 +166,15 @@ def check_policy(policy: object, name: str = "policy") -> Policy:
 
     if not isinstance(policy, Policy):
         raise TypeError(f"{name} must be a tinyrlhf.Policy, got {type(policy).__name__}")
+    return policy
+
+
+def check_policy_on(tree: TokenTree, policy: object, name: str = "policy") -> Policy:
+    """Return ``policy`` if it is a :class:`tinyrlhf.Policy` on ``tree`` (``TypeError`` /
+    ``ValueError`` naming it)."""
+    policy = check_policy(policy, name)
+    if policy.tree != tree:
+        raise ValueError(f"{name} must be a policy on the same TokenTree as tree")
     return policy
 
 

@@ -108,7 +108,7 @@ def _assemble(
 
 
 def beta_slider(
-    ref: Policy | None = None, reward: np.ndarray | None = None, *, beta: float = 0.7
+    ref: Policy | None = None, reward: np.ndarray | None = None, beta: float = 0.7
 ) -> Explorer:
     r"""A log-scale beta slider redrawing pi_ref and pi*_beta on the token tree.
 

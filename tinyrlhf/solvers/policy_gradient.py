@@ -762,7 +762,8 @@ def policy_gradient(
         lr: step size (default :func:`default_lr`: natural ``1/beta``, exact ``1`` as the
             line search's first trial, sampled
             ``min(SAMPLED_REWARD_STEP / (max r - min r), 1/beta)``).
-        seed: for the sampled methods (int, Generator, or None).
+        seed: for the sampled methods: int, Generator or None; default 0 (see
+            :func:`~tinyrlhf.validation.make_rng`).
         batch_size: generations per step (reinforce, ppo), >= 2.
         epochs: surrogate ascent steps per batch (ppo).
         clip: PPO's clipping radius epsilon in (0, 1).
@@ -804,6 +805,9 @@ def policy_gradient(
     problem, first = _start(problem, init)
     it, history, stop = _iterate(problem, method, first, steps, lr, run)
     _warn_if_uncertified(method, it, problem, stop, lr)
+    steps_taken = len(history["objective"]) - 1
+    gradient_norm = _norm(it.certified.gradient)
+    objective_gap = problem.beta * it.certified.kl_to_optimum
     return Solution(
         policy=it.policy,
         method=f"policy_gradient[{method}]",
@@ -815,11 +819,15 @@ def policy_gradient(
         residual=it.residual,
         tolerance=problem.tolerance,
         wall_time=time.perf_counter() - start_time,
-        info={
-            "steps_taken": len(history["objective"]) - 1,
+        steps_taken=steps_taken,
+        stop_reason=stop,
+        gradient_norm=gradient_norm,
+        objective_gap=objective_gap,
+        info={  # the typed fields' values under their old keys (display, old code)
+            "steps_taken": steps_taken,
             "lr": lr,
-            "gradient_norm": _norm(it.certified.gradient),
-            "objective_gap": problem.beta * it.certified.kl_to_optimum,
+            "gradient_norm": gradient_norm,
+            "objective_gap": objective_gap,
             "stop": stop,
         },
     )

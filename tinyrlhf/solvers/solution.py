@@ -39,9 +39,28 @@ class Solution:
         tolerance: the bound ``residual`` is compared with.
         wall_time: seconds the solver took.
         leaf_log_probs: ``(n_leaves,)`` ``log P(xi | s_0)`` of the policy when the solver
-            formed it on the way (the closed form's ``log P*``), else None.
-        info: anything else a solver reports (free-form; read the typed fields above in
-            code, ``info`` keys are for display).
+            formed it on the way (the closed form's ``log P*``, direct preference
+            optimization's ``pi*``), else None.
+        steps_taken: how many updates an iterative solver made before it stopped (policy
+            gradient and :func:`~tinyrlhf.train_expected` steps, Newton or active-set
+            iterations of :func:`~tinyrlhf.fit_policy_to_preferences`, integration steps of
+            a numerical KL-penalty fixed point); 0 when the start was already certified;
+            None for direct solvers.
+        stop_reason: why an iterative solver stopped, when it says: ``"certified"``
+            (``residual <= tolerance``), ``"step budget"``, ``"diverged"`` (a logit stopped
+            being finite), or a solver's own reason (:func:`~tinyrlhf.policy_gradient`:
+            ``"line search stalled"``, ``"objective fell"``, ``"non-finite logits"``); None
+            otherwise.
+        gradient_norm: Euclidean norm of the exact gradient of ``J`` w.r.t. the softmax
+            logits at ``policy`` (all levels, mean over prompts), when the solver computed it
+            (policy gradient), else None. Not a certificate: it vanishes near the simplex
+            boundary without optimality.
+        objective_gap: ``(n_prompts,)`` ``J(pi*) - J(pi) = beta KL(P_pi || P*) >= 0`` when the
+            solver knows ``pi*`` (policy gradient), else None.
+        info: anything else a solver reports, free-form, for display. Code reads the typed
+            fields above: where a key of ``info`` has a typed twin (``steps_taken``, ``stop``,
+            ``gradient_norm``, ``objective_gap``, ``leaf_log_probs``), both hold the same
+            value; ``info`` keeps the keys for backward compatibility.
 
     ``reward`` is kept as a read-only array that owns its data (a caller's array is
     copied), so later changes to the caller's array cannot reach the solution.
@@ -62,6 +81,10 @@ class Solution:
     wall_time: float | None = None
     info: dict = field(default_factory=dict)
     leaf_log_probs: np.ndarray | None = None
+    steps_taken: int | None = None
+    stop_reason: str | None = None
+    gradient_norm: float | None = None
+    objective_gap: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         reward = self.reward
