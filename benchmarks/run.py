@@ -355,7 +355,15 @@ def one_exact_step(ref: tr.Policy, reward: np.ndarray) -> tr.Solution:
 
 
 def gradient_section(config: dict) -> tuple[str, list[dict]]:
-    """One exact policy-gradient evaluation, and one end-to-end step, against soft VI."""
+    """One exact policy-gradient evaluation, one end-to-end step, and the marginal cost of one
+    more exact step, ``(T(steps=6) - T(steps=1)) / 5``, against soft VI (``tol=1e-300`` so the
+    runs never stop early; divided by the steps actually taken)."""
+
+    def exact_steps(ref: tr.Policy, reward: np.ndarray, steps: int) -> tr.Solution:
+        with warnings.catch_warnings():  # not certified after a few steps: expected here
+            warnings.simplefilter("ignore", tr.PolicyGradientWarning)
+            return tr.policy_gradient(ref, reward, BETA, method="exact", steps=steps, tol=1e-300)
+
     rows, records = [], []
     for n_tokens, horizon in config["gradient_sizes"]:
         tree, ref, reward = problem(n_tokens, horizon)
@@ -363,10 +371,13 @@ def gradient_section(config: dict) -> tuple[str, list[dict]]:
             "soft": partial(tr.soft_value_iteration, ref, reward, BETA),
             "evaluate": partial(tr.policy_gradient_grad, ref, ref, reward, BETA),
             "step": partial(one_exact_step, ref, reward),
+            "steps_1": partial(exact_steps, ref, reward, 1),
+            "steps_6": partial(exact_steps, ref, reward, 6),
         }
         times = interleaved_best_times(functions, config["repeats"])
-        peaks = {name: peak_memory(function) for name, function in functions.items()}
+        peaks = {name: peak_memory(functions[name]) for name in ("soft", "evaluate", "step")}
         output = policy_bytes(tree)
+        taken = functions["steps_6"]().steps_taken - functions["steps_1"]().steps_taken
         record = {
             "n_tokens": n_tokens,
             "horizon": horizon,
@@ -374,6 +385,9 @@ def gradient_section(config: dict) -> tuple[str, list[dict]]:
             "soft_seconds": times["soft"],
             "evaluate_ratio": times["evaluate"] / times["soft"],
             "step_ratio": times["step"] / times["soft"],
+            "marginal_step_ratio": (times["steps_6"] - times["steps_1"])
+            / max(taken, 1)
+            / times["soft"],
             **{f"{name}_peak": peak for name, peak in peaks.items()},
             "policy_bytes": output,
         }
@@ -386,6 +400,7 @@ def gradient_section(config: dict) -> tuple[str, list[dict]]:
                 f"{times['soft'] * 1e3:.1f}",
                 ratio(record["evaluate_ratio"]),
                 ratio(record["step_ratio"]),
+                ratio(record["marginal_step_ratio"]),
                 f"{peaks['soft'] / output:.2f}",
                 f"{peaks['evaluate'] / output:.2f}",
                 f"{peaks['step'] / output:.2f}",
@@ -399,6 +414,7 @@ def gradient_section(config: dict) -> tuple[str, list[dict]]:
         "soft VI [ms]",
         "exact gradient evaluation / soft VI",
         "policy_gradient(exact, steps=1) / soft VI",
+        "marginal exact step / soft VI",
         "soft VI peak / policy",
         "gradient evaluation peak / policy",
         "one step peak / policy",

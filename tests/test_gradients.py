@@ -54,6 +54,19 @@ def test_subtree_sums_match_direct_sums():
         )
 
 
+@pytest.mark.parametrize("n_tokens", [1, 2, 3, 7, 8, 9])
+def test_subtree_sums_have_the_bits_of_numpys_row_sums(n_tokens):
+    # each level is the level below summed over the A children, bit for bit as numpy's
+    # .sum(axis=1) (the fast column-by-column path for A < 8 must not change any result)
+    tree = tr.TokenTree([f"t{a}" for a in range(n_tokens)], 3, prompts=("x", "y"))
+    rng = np.random.default_rng(n_tokens)
+    x = rng.normal(size=tree.n_leaves) * 10.0 ** rng.uniform(-8, 8, size=tree.n_leaves)
+    sums = tree.subtree_sums(x)
+    for h in range(tree.horizon):
+        expected = sums[h + 1].reshape(tree.level_size(h), n_tokens).sum(axis=1)
+        np.testing.assert_array_equal(sums[h], expected)
+
+
 def test_subtree_logsumexps_of_impossible_leaves_is_minus_inf():
     tree = tr.TokenTree(list("ab"), 2)
     logs = tree.subtree_logsumexps(np.array([-np.inf, -np.inf, 0.0, -np.inf]))

@@ -355,13 +355,8 @@ def _norm(gradient: list[np.ndarray]) -> float:
 def _step_logits(
     theta: list[np.ndarray], direction: list[np.ndarray], size: float
 ) -> list[np.ndarray]:
-    """``theta + size * direction`` level by level (``-inf`` logits stay ``-inf``): new arrays."""
-    stepped = []
-    for t, g in zip(theta, direction, strict=True):
-        moved = np.multiply(g, size)
-        moved += t
-        stepped.append(moved)
-    return stepped
+    """``theta + size * direction`` level by level (``-inf`` logits stay ``-inf``), new arrays."""
+    return [t + size * g for t, g in zip(theta, direction, strict=True)]
 
 
 # ------------------------------------------------------------------------ one step per method
