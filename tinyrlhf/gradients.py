@@ -20,7 +20,8 @@ The exact policy gradient of ``J = E[r] - beta KL`` is the sequence form with
 ``C = r - beta log(P_pi / P_ref)`` and the token form with ``c = Q_pi`` (Sutton et al. 2000,
 the policy-gradient theorem; Williams 1992 for the score function). Both are gradients of the
 mean over prompts (prompts uniform). Tokens the policy never picks get 0 (a ``-inf`` logit has
-no gradient), and coefficients there are never read, so ``0 * inf`` cannot arise.
+no gradient), and coefficients there do not enter: a leaf with ``P_pi = 0`` weighs 0 whatever
+its coefficient (``0 * inf`` cannot reach the result).
 
 .. math::
 
