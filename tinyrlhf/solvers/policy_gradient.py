@@ -230,22 +230,18 @@ def _evaluate(problem: _Problem, theta: list[np.ndarray]) -> _Iterate:
         # log pi(a|s) = theta(s, a) - log sum_b exp theta(s, b): (level_size(h), A)
         log_softmax_rows(logits, out=logits)
     policy = Policy.trusted(problem.tree, theta)
-    log_p = policy.leaf_log_probs()
+    return _measure(problem, policy, policy.leaf_log_probs())
+
+
+def _measure(problem: _Problem, policy: Policy, log_p: np.ndarray) -> _Iterate:
+    """The iterate of ``policy`` (logits ``log pi``), whose leaf log-probabilities are ``log_p``."""
     p = np.exp(log_p)
     log_ratio, coefficient = _sequence_coefficient(
         log_p, problem.log_p_ref, problem.reward, problem.beta
     )
-    objective = _per_prompt(problem.tree, p * coefficient)
-    return _Iterate(
-        policy.log_probs,
-        policy,
-        log_p,
-        p,
-        log_ratio,
-        coefficient,
-        objective,
-        float(objective.mean()),
-    )
+    objective = _per_prompt(problem.tree, p * coefficient)  # J = E_pi[C] per prompt
+    mean = float(objective.mean())
+    return _Iterate(policy.log_probs, policy, log_p, p, log_ratio, coefficient, objective, mean)
 
 
 def _sequence_coefficient(
@@ -576,8 +572,8 @@ def _setup(ref: Policy, reward: np.ndarray, beta: float, tol: float) -> _Problem
 def _start(problem: _Problem, init: Policy | None) -> tuple[_Problem, _Iterate]:
     """The certified first iterate: ``init``'s, or ``pi_ref`` itself when ``init`` is None.
 
-    ``theta = log pi_ref`` is ``pi_ref``'s own softmax, so its evaluation is known without a
-    pass over the tree: ``log(P_pi / P_ref) = 0`` and ``C = r`` on the reached leaves. A token
+    ``theta = log pi_ref`` is ``pi_ref``'s own softmax: no row kernel and no forward pass, as
+    ``log P_ref`` is known (``log(P_pi / P_ref) = 0`` and ``C = r`` on the reached leaves). A token
     ``init`` never picks keeps logit ``-inf`` (no gradient moves it): the problem returned
     counts it among the forbidden ones, so only a logit that overflows stops the run.
     """
@@ -585,21 +581,7 @@ def _start(problem: _Problem, init: Policy | None) -> tuple[_Problem, _Iterate]:
         theta = _initial_logits(problem, init)
         problem = replace(problem, forbidden=[t == -np.inf for t in theta])
         return problem, _certify(problem, _evaluate(problem, theta))
-    ref, log_p = problem.ref, problem.log_p_ref
-    p = np.exp(log_p)
-    log_ratio, coefficient = _sequence_coefficient(log_p, log_p, problem.reward, problem.beta)
-    objective = _per_prompt(problem.tree, p * coefficient)
-    it = _Iterate(
-        list(ref.log_probs),
-        ref,
-        log_p,
-        p,
-        log_ratio,
-        coefficient,
-        objective,
-        float(objective.mean()),
-    )
-    return problem, _certify(problem, it)
+    return problem, _certify(problem, _measure(problem, problem.ref, problem.log_p_ref))
 
 
 def _initial_logits(problem: _Problem, init: Policy) -> list[np.ndarray]:
