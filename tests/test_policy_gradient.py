@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import approx_fprime
-from scipy.special import logsumexp, rel_entr
+from scipy.special import logsumexp
 
 import tinyrlhf as tr
 from tinyrlhf import testing as trt
@@ -124,22 +124,26 @@ def _policy_inside(tree, ref, rng, noise, extra_zeros):
 @given(trt.problems(max_magnitude=5.0), trt.seeds, st.sampled_from([0.1, 3.0]))
 def test_certificate_at_any_policy_is_the_kl_to_soft_vi(problem, seed, noise):
     # The certificate of a start (steps=0, init=pi) against an independent route: the leaf
-    # distributions of pi and of soft value iteration's pi*, renormalized, and
-    # KL = sum rel_entr(P_pi, P*) per prompt. Policies far from pi* (noise 3: leaves with
-    # log P* - log P_pi > 1, where the certificate switches formula) and with extra zeros
-    # (leaves pi never reaches contribute P*) included.
+    # log-probabilities of pi and of soft value iteration's pi*, renormalized per prompt, and
+    # KL = sum_{P_pi > 0} P_pi (log P_pi - log P*) (in log space: P* may underflow). Policies
+    # far from pi* (noise 3) and with extra zeros (leaves pi never reaches, which contribute
+    # P*) included. The reference's own rounding is eps |log P_pi - log P*| per leaf (it
+    # cancels near the optimum, the certificate does not), hence the absolute tolerance.
     tree, ref, reward, beta = problem
     pi = _policy_inside(tree, ref, np.random.default_rng(seed), noise, extra_zeros=0.2)
     solution = _quiet("exact", ref, reward, beta, steps=0, init=pi)
-    p_pi = pi.leaf_probs().reshape(tree.n_prompts, -1)
-    p_star = tr.soft_value_iteration(ref, reward, beta).policy.leaf_probs()
-    p_star = p_star.reshape(tree.n_prompts, -1)
-    kl = rel_entr(
-        p_pi / p_pi.sum(axis=1, keepdims=True), p_star / p_star.sum(axis=1, keepdims=True)
-    ).sum(axis=1)
-    np.testing.assert_allclose(solution.info["objective_gap"], beta * kl, rtol=1e-9, atol=1e-14)
+    log_pi = pi.leaf_log_probs().reshape(tree.n_prompts, -1)
+    log_pi = log_pi - logsumexp(log_pi, axis=1, keepdims=True)
+    log_star = tr.soft_value_iteration(ref, reward, beta).policy.leaf_log_probs()
+    log_star = log_star.reshape(tree.n_prompts, -1)
+    log_star = log_star - logsumexp(log_star, axis=1, keepdims=True)
+    reached = log_pi > -np.inf
+    difference = np.where(reached, log_pi - np.where(reached, log_star, 0.0), 0.0)
+    kl = (np.exp(log_pi) * difference).sum(axis=1)
+    atol = 1e-14 * (1 + np.abs(difference).max())
+    np.testing.assert_allclose(solution.info["objective_gap"] / beta, kl, rtol=1e-9, atol=atol)
     # residual = max sqrt(KL / 2) plus mass errors of rounding size
-    np.testing.assert_allclose(solution.residual, np.sqrt(kl.max() / 2), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(2 * solution.residual**2, kl.max(), rtol=1e-9, atol=atol)
 
 
 def test_certificate_next_to_a_subnormal_probability_is_exact():
