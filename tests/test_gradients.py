@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinyrlhf as tr
+from tinyrlhf import kl_terms
 from tinyrlhf import testing as trt
 from tinyrlhf.gradients import (
     gradient_norm,
@@ -275,3 +276,23 @@ def test_update_residual_is_the_frank_wolfe_gap(peaked):
     residual = update_residual(pi, gradient)
     np.testing.assert_allclose(residual, gap, rtol=1e-9, atol=1e-14)
     assert gradient_norm(gradient) <= 2 * residual + 1e-15
+
+
+def test_support_refusal_names_the_level_for_every_kl_entry_point():
+    """A policy that picks a token the reference never picks has infinite KL: the exact policy
+    gradient and every KL estimator term refuse it, naming the first level where it happens."""
+    tree = tr.TokenTree(["a", "b"], horizon=2)
+    half = np.log(0.5)
+    ref_tables = [np.full((1, 2), half), np.array([[half, half], [0.0, -np.inf]])]
+    ref = tr.Policy(tree, ref_tables)
+    policy = tr.Policy.uniform(tree)  # picks "b" after "b", which ref never does (level 1)
+    reward = np.arange(tree.n_leaves, dtype=float)
+    with pytest.raises(ValueError, match="level 1 that ref never picks: KL"):
+        tr.policy_gradient_grad(policy, ref, reward, 0.5)
+    term = kl_terms.kl_term("k3", "loss", "token")
+    for function in (kl_terms.kl_penalty_values, kl_terms.kl_penalty_gradient):
+        with pytest.raises(ValueError, match="level 1 that ref never picks: every KL estimate"):
+            function(policy, ref, term)
+    # the same policy is accepted once its zeros include the reference's
+    tr.policy_gradient_grad(ref, ref, reward, 0.5)
+    kl_terms.kl_penalty_gradient(ref, ref, term)

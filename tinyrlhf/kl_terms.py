@@ -38,7 +38,7 @@ import numpy as np
 
 from .gradients import sequence_score_gradient, token_score_gradient
 from .policy import Policy
-from .validation import check_policy, check_same_tree
+from .validation import check_policy, check_same_tree, check_support
 
 #: Named estimators, placements and levels (one vocabulary across the package).
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -199,12 +199,7 @@ def _check_support(policy: Policy, ref: Policy) -> None:
     check_policy(policy, "policy")
     check_policy(ref, "ref")
     check_same_tree(policy, ref, ("policy", "ref"))
-    for h, (log_pi, log_ref) in enumerate(zip(policy.log_probs, ref.log_probs, strict=True)):
-        if np.any((log_pi > -np.inf) & (log_ref == -np.inf)):
-            raise ValueError(
-                f"policy picks a token at level {h} that ref never picks: every KL estimate is "
-                "infinite there; use a policy whose zeros include ref's zeros"
-            )
+    check_support(policy, ref, "every KL estimate is infinite there")
 
 
 def _call(f: Callable, log_pi: np.ndarray, log_pi_ref: np.ndarray) -> np.ndarray:

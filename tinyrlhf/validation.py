@@ -178,6 +178,18 @@ def check_policy_on(tree: TokenTree, policy: object, name: str = "policy") -> Po
     return policy
 
 
+def check_support(policy: Policy, ref: Policy, consequence: str) -> None:
+    """``policy`` picks no token that ``ref`` never picks (``ValueError`` naming the level and
+    ``consequence``, e.g. "KL(pi || pi_ref) is infinite there"). Both are checked Policies
+    on one tree."""
+    for h, (log_pi, log_ref) in enumerate(zip(policy.log_probs, ref.log_probs, strict=True)):
+        if np.any((log_pi > -np.inf) & (log_ref == -np.inf)):
+            raise ValueError(
+                f"policy picks a token at level {h} that ref never picks: {consequence}; "
+                "use a policy whose zeros include ref's zeros"
+            )
+
+
 def check_same_tree(first: Policy, second: Policy, names: tuple[str, str]) -> None:
     """Both policies live on the same :class:`TokenTree` (``ValueError`` naming both)."""
     if first.tree != second.tree:

@@ -86,6 +86,7 @@ from ..validation import (
     check_positive_int,
     check_problem,
     check_same_tree,
+    check_support,
     check_tolerance,
     make_rng,
 )
@@ -504,12 +505,7 @@ def policy_gradient_grad(
     policy = check_policy(policy, "policy")
     ref, reward, beta = check_problem(ref, reward, beta)
     check_same_tree(policy, ref, ("policy", "ref"))
-    for h, (table, ref_table) in enumerate(zip(policy.log_probs, ref.log_probs, strict=True)):
-        if np.any((table > -np.inf) & (ref_table == -np.inf)):
-            raise ValueError(
-                f"policy picks a token at level {h} that ref never picks: KL(pi || pi_ref) is "
-                "infinite there; use a policy whose zeros include ref's zeros"
-            )
+    check_support(policy, ref, "KL(pi || pi_ref) is infinite there")
     log_p = policy.leaf_log_probs()
     _, coefficient = _sequence_coefficient(log_p, ref.leaf_log_probs(), reward, beta)
     return sequence_score_gradient(policy, coefficient, leaf_probs=np.exp(log_p))
