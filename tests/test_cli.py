@@ -348,9 +348,13 @@ def test_bench_output_in_a_new_folder_is_accepted(tmp_path, monkeypatch):
     # the check creates the folder (as figures --out does) and lets the benchmark start
     _no_benchmark_run(monkeypatch)
     started = []
-    monkeypatch.setattr(subprocess, "run", lambda command, **kw: started.append(command))
-    with pytest.raises(AttributeError):  # the stand-in returns None: no returncode
-        main(["bench", "--quick", "--output", str(tmp_path / "new" / "results.md")])
+
+    def start(command, **kwargs):
+        started.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", start)
+    assert main(["bench", "--quick", "--output", str(tmp_path / "new" / "results.md")]) == 0
     assert (tmp_path / "new").is_dir() and started
     assert started[0][-2:] == ["--output", str(tmp_path / "new" / "results.md")]
 
