@@ -1,8 +1,8 @@
 """Benchmarks of tinyrlhf's exact solvers against the unavoidable work (lecture section 4).
 
 Run ``python benchmarks/run.py`` (a few minutes; writes ``benchmarks/results.md`` and
-``benchmarks/scaling.png``) or ``python benchmarks/run.py --quick`` (smaller sizes, about
-15 s of CPU time, prints only unless ``--output``/``--figure`` are given). ``tinyrlhf
+``benchmarks/scaling.png``) or ``python benchmarks/run.py --quick`` (smaller sizes, well
+under a minute of CPU time, prints only unless ``--output``/``--figure`` are given). ``tinyrlhf
 bench [--quick]`` runs this script.
 
 Every figure is a ratio of two times measured in the same process, interleaved round by
@@ -54,6 +54,7 @@ from scipy.special import logsumexp
 
 import tinyrlhf as tr
 from tinyrlhf import kernels
+from tinyrlhf.cli import FlagError, check_output_file, image_suffixes
 from tinyrlhf.memory import FLOAT_BYTES, format_bytes
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -662,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sizes: about 15 s of CPU time (82 s wall on a busy 2-core machine)",
+        help="smaller sizes, print only: well under a minute of CPU time",
     )
     parser.add_argument(
         "--output",
@@ -680,7 +681,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # the files are checked (and their folders created) before any benchmark runs
+        if args.output is not None:
+            check_output_file(args.output, "--output")
+        if args.figure is not None:
+            check_output_file(args.figure, "--figure", image_suffixes())
+    except FlagError as error:
+        parser.error(str(error))  # the usage, then the line naming the flag; exit 2
     if importlib.util.find_spec("choix") is None:  # needed by the Bradley-Terry section
         print(
             "benchmarks/run.py needs choix (the Bradley-Terry comparison): "

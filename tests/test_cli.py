@@ -309,3 +309,139 @@ def test_large_beta_explains_zero_steps(capsys):
     assert "already within tol" not in blocks["policy_gradient[natural]"]  # it took steps
     assert "plain (exact) gradient ascent is slow" not in out  # exact converged here
     assert "lambda*" in out and "beta (1 - log Z)" in out and "b(1-logZ)" not in out
+
+
+# ----------------------------------------------------- arguments checked before any work
+def _no_benchmark_run(monkeypatch):
+    monkeypatch.setattr(cli, "_missing_benchmark_dependencies", lambda: [])
+
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark must not start when its files cannot be written")
+
+    monkeypatch.setattr(subprocess, "run", never)
+
+
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [
+        ("--output", "file/results.md"),  # under an existing file: the folder cannot exist
+        ("--output", "."),  # a folder, not a file
+        ("--figure", "file/scaling.png"),
+        ("--figure", "scaling.xyz"),  # not a format matplotlib writes
+        ("--figure", "."),
+    ],
+)
+def test_bench_output_files_are_checked_before_the_benchmark(
+    tmp_path, capsys, monkeypatch, flag, name
+):
+    # `tinyrlhf bench --quick --output /proc/x/results.md` ran the whole benchmark first
+    (tmp_path / "file").write_text("")
+    _no_benchmark_run(monkeypatch)
+    assert main(["bench", "--quick", flag, str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith(f"tinyrlhf bench: error: argument {flag}: "), last
+
+
+def test_bench_output_in_a_new_folder_is_accepted(tmp_path, monkeypatch):
+    # the check creates the folder (as figures --out does) and lets the benchmark start
+    _no_benchmark_run(monkeypatch)
+    started = []
+
+    def start(command, **kwargs):
+        started.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", start)
+    assert main(["bench", "--quick", "--output", str(tmp_path / "new" / "results.md")]) == 0
+    assert (tmp_path / "new").is_dir() and started
+    assert started[0][-2:] == ["--output", str(tmp_path / "new" / "results.md")]
+
+
+def test_benchmark_script_checks_its_files_before_running(tmp_path):
+    # `python benchmarks/run.py --output ...` directly: refused before the first section
+    (tmp_path / "file").write_text("")
+    results = str(tmp_path / "file" / "results.md")
+    result = subprocess.run(
+        [sys.executable, str(cli._benchmark_script()), "--quick", "--output", results],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert "error: argument --output: " in result.stderr.strip().splitlines()[-1]
+
+
+def test_bench_help_states_no_drifting_time(capsys):
+    # README carries the measured time; the help must not state another number of seconds
+    assert main(["bench", "--help"]) == 0
+    quick = " ".join(capsys.readouterr().out.split()).split("--quick", 2)[-1]
+    assert "CPU time" in quick and re.search(r"\d+\s*s\b", quick) is None, quick
+
+
+# ------------------------------------------------------------------- usage of each command
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--frobnicate"],
+        ["figures", "--bogus"],
+        ["bench", "--quick", "--bogus"],
+        ["docs", "--bogus"],
+        ["notebooks", "--bogus"],
+        ["pipeline", "--sizes", "10", "--bogus"],
+    ],
+)
+def test_unknown_flag_shows_the_usage_of_its_subcommand(capsys, argv):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"usage: tinyrlhf {argv[0]} ")
+    last = captured.err.strip().splitlines()[-1]
+    assert last == f"tinyrlhf {argv[0]}: error: unrecognized arguments: {argv[-1]}"
+
+
+def test_no_command_prints_help_and_the_commands_on_stderr(capsys):
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("usage: tinyrlhf ")
+    commands = ["demo", "notebooks", "figures", "pipeline", "bon", "bench", "docs"]
+    for command in commands:
+        assert re.search(rf"^    {command}\b", captured.err, re.M)  # the help lists each
+    last = captured.err.strip().splitlines()[-1]
+    assert last == f"tinyrlhf: error: choose a command: {', '.join(commands)}"
+
+
+# ----------------------------------------------------------------- advice the CLI can follow
+def test_uncertified_note_gives_flags_the_user_can_type(capsys):
+    # one step of plain gradient ascent stops short; the note names flags, not keywords
+    argv = ["demo", "--tokens", "a,b", "--horizon", "3", "--methods", "closed_form,exact"]
+    assert main([*argv, "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "steps             = 1, converged = False" in out  # --steps reached the solver
+    notes = [line for line in out.splitlines() if line.startswith("  note:")]
+    assert len(notes) == 1 and "not certified optimal" in notes[0]
+    assert notes[0].endswith("raise --steps or --tol, or use --methods natural")
+    assert "method='natural'" not in out and "raise steps" not in out
+    # following the advice: the natural gradient (or a looser --tol) certifies
+    assert main(["demo", "--tokens", "a,b", "--horizon", "3", "--methods", "natural"]) == 0
+    assert "converged = True" in capsys.readouterr().out
+    assert main([*argv, "--steps", "1", "--tol", "0.9"]) == 0  # TV bounds are <= 1
+    out = capsys.readouterr().out
+    assert "converged = True" in out and "tol 0.9" in out and "note:" not in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"), [(["--steps", "-1"], "--steps"), (["--tol", "0"], "--tol")]
+)
+def test_steps_and_tol_flags_are_checked_first(capsys, argv, flag):
+    assert main(["demo", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert (
+        captured.err.strip()
+        .splitlines()[-1]
+        .startswith(f"tinyrlhf demo: error: argument {flag}: ")
+    )

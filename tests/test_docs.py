@@ -251,3 +251,35 @@ def test_docs_command_names_the_missing_extra(tmp_path, capsys, monkeypatch):
     assert main(["docs", "--out", str(tmp_path / "html")]) == 2
     assert "pip install -e '.[docs]'" in capsys.readouterr().err
     assert not (tmp_path / "html").exists()
+
+
+@pytest.mark.parametrize("name", ["afile", "afile/html"])
+def test_docs_out_that_is_a_file_is_refused_before_sphinx(tmp_path, capsys, monkeypatch, name):
+    # `touch afile; tinyrlhf docs --out afile` printed Sphinx's "Application error!"
+    from tinyrlhf import docsite
+    from tinyrlhf.cli import main
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(docsite, "REQUIRED", ())  # as if the docs extra were installed
+
+    def never(*args, **kwargs):
+        raise AssertionError("Sphinx must not start with an unusable --out")
+
+    monkeypatch.setattr(docsite.subprocess, "run", never)
+    assert main(["docs", "--out", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("tinyrlhf docs: error: argument --out: "), last
+
+
+def test_every_missing_extra_skip_says_how_to_install_it():
+    # a skip for a missing extra tells a new user the command, as _require_docs_extra does
+    reasons = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            extra = re.search(r"the (\w+) extra is not installed", line)
+            if extra:
+                reasons.append(path.name)
+                assert f"pip install -e '.[{extra.group(1)}]'" in line, f"{path.name}: {line}"
+    assert {"test_docs.py", "test_widgets.py"} <= set(reasons)  # the ones this test is for

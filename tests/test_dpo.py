@@ -350,13 +350,47 @@ def test_hinge_qp_issue_case_is_solved_exactly(monkeypatch):
     # warm start and one active-set iteration, DPO after one Newton step.
     monkeypatch.setattr(tr.dpo, "WARM_START_SWEEPS", 0)
     for loss in ("hinge", "dpo"):
-        with pytest.warns(tr.PreferenceOptimizationWarning, match="residual"):
+        with pytest.warns(tr.PreferenceOptimizationWarning, match="residual.*raise steps"):
             early = fit_policy_to_preferences(ref, prefs, loss=loss, beta=1.0, l2=0.3, steps=1)
         assert not early.converged and early.residual > early.tolerance
     # from that cold start the active-set method reaches the exact answer
     exact = fit_policy_to_preferences(ref, prefs, loss="hinge", beta=1.0, l2=0.3, steps=10)
     assert exact.converged
     np.testing.assert_allclose(implicit_u(exact), expected, atol=1e-12)
+
+
+def test_hinge_lp_warning_gives_advice_that_works():
+    # The README's population (demo problem, 162 leaves): HiGHS stops the hinge LP at a
+    # residual near 1e-7, above the default tol. steps does not drive the LP, so the warning
+    # must not say "raise steps"; its advice (the tol it names, or l2 > 0) must certify.
+    import re
+
+    from tinyrlhf import examples
+
+    tree, ref, reward = examples.demo_problem()
+    population = tr.population_preferences(tree, reward, policy=ref)
+    with pytest.warns(tr.PreferenceOptimizationWarning) as caught:
+        lp = fit_policy_to_preferences(ref, population, 0.7, loss="hinge")
+    message = str(caught[0].message)
+    assert not lp.converged and "linprog" in message  # the premise: the LP stopped short
+    assert "raise steps" not in message and "l2 > 0" in message
+    suggested = float(re.search(r"tol=(\S+?),", message).group(1))
+    accepted = fit_policy_to_preferences(ref, population, 0.7, loss="hinge", tol=suggested)
+    assert accepted.converged and accepted.residual == lp.residual  # the same LP solution
+    assert fit_policy_to_preferences(ref, population, 0.7, loss="hinge", l2=1e-3).converged
+    # steps has no effect on the LP: a 3-level tree, certified to rounding (about 1e-17),
+    # asked for tol = 1e-18, gives the same iterations and residual whatever steps is
+    small_tree, small_ref, small_reward = examples.demo_problem(horizon=3)
+    small = tr.population_preferences(small_tree, small_reward, policy=small_ref)
+    runs = []
+    for steps in (1, 10**6):
+        with pytest.warns(tr.PreferenceOptimizationWarning, match="does not apply to the LP"):
+            runs.append(
+                fit_policy_to_preferences(
+                    small_ref, small, 0.7, loss="hinge", steps=steps, tol=1e-18
+                )
+            )
+    assert runs[0].steps_taken == runs[1].steps_taken and runs[0].residual == runs[1].residual
 
 
 @settings(max_examples=30, deadline=None)

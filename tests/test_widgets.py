@@ -9,6 +9,8 @@ from tinyrlhf import widgets
 from tinyrlhf.animations import animation_problem
 from tinyrlhf.examples import bimodal_problem
 
+NO_WIDGETS = "the widgets extra is not installed: pip install -e '.[widgets]'"
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,7 +28,7 @@ def test_beta_at_kl_inverts_the_kl_of_the_optimum():
 
 
 def test_beta_slider_redraws_the_closed_form():
-    pytest.importorskip("ipywidgets", reason="the widgets extra is not installed")
+    pytest.importorskip("ipywidgets", reason=NO_WIDGETS)
     ref, reward = animation_problem()
     explorer = widgets.beta_slider(ref, reward, beta=0.7)
     image = explorer.widget.children[-1]
@@ -45,7 +47,7 @@ def test_beta_slider_redraws_the_closed_form():
 
 
 def test_beta_slider_checks_its_arguments():
-    pytest.importorskip("ipywidgets", reason="the widgets extra is not installed")
+    pytest.importorskip("ipywidgets", reason=NO_WIDGETS)
     ref, reward = animation_problem()
     with pytest.raises(ValueError, match="both ref and reward"):
         widgets.beta_slider(ref)
@@ -54,7 +56,7 @@ def test_beta_slider_checks_its_arguments():
 
 
 def test_projection_selector_redraws_each_family_and_divergence():
-    pytest.importorskip("ipywidgets", reason="the widgets extra is not installed")
+    pytest.importorskip("ipywidgets", reason=NO_WIDGETS)
     tree, log_target = bimodal_problem()
     explorer = widgets.projection_selector(log_target, tree=tree, family="position")
     target = tr.project(log_target, "full", "forward", tree=tree)
@@ -79,7 +81,7 @@ def test_projection_selector_redraws_each_family_and_divergence():
 
 
 def test_best_of_n_slider_only_with_best_of_n():
-    pytest.importorskip("ipywidgets", reason="the widgets extra is not installed")
+    pytest.importorskip("ipywidgets", reason=NO_WIDGETS)
     if not hasattr(tr, "best_of_n"):
         with pytest.raises(NotImplementedError, match="best_of_n"):
             widgets.best_of_n_slider()

@@ -27,6 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -34,7 +35,14 @@ import numpy as np
 from . import __version__, examples
 from .agreement import check_agreement
 from .docsite import add_command as add_docs_command
-from .solvers import Solution, closed_form, policy_gradient, soft_value_iteration
+from .solvers import (
+    DivergenceWarning,
+    PolicyGradientWarning,
+    Solution,
+    closed_form,
+    policy_gradient,
+    soft_value_iteration,
+)
 from .validation import MAX_REWARD_OVER_BETA, check_problem
 
 #: Demo solvers in the order they run (cheap ones first), by their ``--methods`` names.
@@ -281,17 +289,44 @@ def _progress(label: str) -> Iterator[None]:
             sys.stderr.flush()
 
 
-def _solve(method: str, ref, reward: np.ndarray, beta: float, seed: int):
-    """Run one demo method; returns the solution and the warnings it raised."""
+def _solve(method: str, ref, reward: np.ndarray, args: argparse.Namespace):
+    """Run one demo method; returns the solution and its warnings, as notes for the CLI."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if method == "closed_form":
-            solution = closed_form(ref, reward, beta)
+            solution = closed_form(ref, reward, args.beta)
         elif method == "soft_vi":
-            solution = soft_value_iteration(ref, reward, beta)
+            solution = soft_value_iteration(ref, reward, args.beta)
         else:
-            solution = policy_gradient(ref, reward, beta, method=method, seed=seed)
-    return solution, [str(warning.message) for warning in caught]
+            solution = policy_gradient(
+                ref,
+                reward,
+                args.beta,
+                method=method,
+                seed=args.seed,
+                steps=args.steps,
+                tol=args.tol,
+            )
+    return solution, [_cli_note(warning, method) for warning in caught]
+
+
+def _cli_note(warning: warnings.WarningMessage, method: str) -> str:
+    """A solver's warning with its advice in flags (``--steps``, not ``steps``).
+
+    The library's advice names keyword arguments; the demo's reader has flags, so the
+    advice after the verdict is replaced by what they can type.
+    """
+    text = str(warning.message)
+    other = "" if method == "natural" else ", or use --methods natural"
+    if issubclass(warning.category, DivergenceWarning):
+        head, lower_lr, _ = text.partition("; lower lr")
+        if lower_lr:  # the demo has no --lr: the natural gradient needs none
+            return f"{head}; use --methods natural (no learning rate to tune)"
+    elif issubclass(warning.category, PolicyGradientWarning):
+        head, verdict, _ = text.partition("not certified optimal")
+        if verdict:
+            return f"{head}{verdict}; raise --steps or --tol{other}"
+    return text
 
 
 def _print_solution(solution: Solution, notes: list[str]) -> None:
@@ -392,7 +427,7 @@ def run_demo(args: argparse.Namespace) -> int:
     solutions = []
     for method in args.methods:
         with _progress(f"running {method}"):
-            solution, notes = _solve(method, ref, reward, args.beta, args.seed)
+            solution, notes = _solve(method, ref, reward, args)
         _print_solution(solution, notes)
         solutions.append(solution)
     _print_demo_summary(solutions, args)
@@ -448,14 +483,61 @@ def _prepare_notebooks(args: argparse.Namespace) -> None:
             raise FlagError("--execute", str(error)) from None
 
 
-def _prepare_figures(args: argparse.Namespace) -> None:
-    """Create (and check) the output folder before anything is drawn."""
+def check_folder(path: str | os.PathLike, flag: str) -> Path:
+    """Create (if missing) and check the output folder given by ``flag``.
+
+    The check of :func:`tinyrlhf.figures.make_figures` (creatable, writable), reported
+    against the flag; shared by ``figures --out``, ``docs --out`` and the benchmark's files.
+
+    Raises:
+        FlagError: ``path`` cannot be created (e.g. it is an existing file, or under one)
+            or is not writable.
+    """
     from .figures import _check_out_dir
 
     try:
-        _check_out_dir(args.out)
+        return _check_out_dir(path)
     except ValueError as error:
-        raise FlagError("--out", str(error).replace("out_dir", "folder", 1)) from None
+        raise FlagError(flag, str(error).replace("out_dir", "folder", 1)) from None
+
+
+def check_output_file(
+    path: str | os.PathLike, flag: str, suffixes: Sequence[str] | None = None
+) -> Path:
+    """Check, before any work, that a result can be written to the file ``path`` of ``flag``.
+
+    Its folder is created and checked by :func:`check_folder`; ``path`` itself must not be a
+    folder, must be writable if it exists, and (when ``suffixes`` is given, e.g. the image
+    formats matplotlib writes) must end in one of ``suffixes``.
+
+    Raises:
+        FlagError: naming ``flag``, with what to do instead.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise FlagError(flag, f"{str(path)!r} is a folder; give a file name inside it")
+    if suffixes is not None and path.suffix.lower().lstrip(".") not in suffixes:
+        raise FlagError(
+            flag,
+            f"{str(path)!r} must end in a format matplotlib writes, e.g. .png "
+            f"(one of {', '.join('.' + suffix for suffix in sorted(suffixes))})",
+        )
+    check_folder(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise FlagError(flag, f"{str(path)!r} is not writable; choose another file")
+    return path
+
+
+def image_suffixes() -> list[str]:
+    """The file extensions matplotlib can save a figure as (``png``, ``pdf``, ``svg``, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return list(FigureCanvasBase.get_supported_filetypes())
+
+
+def _prepare_figures(args: argparse.Namespace) -> None:
+    """Create (and check) the output folder before anything is drawn."""
+    check_folder(args.out, "--out")
 
 
 def run_figures(args: argparse.Namespace) -> int:
@@ -572,9 +654,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _benchmark_script():
-    from pathlib import Path
-
+def _benchmark_script() -> Path:
     return Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 
@@ -592,6 +672,10 @@ def _prepare_bench(args: argparse.Namespace) -> None:
             f"the benchmark needs {', '.join(missing)} (the Bradley-Terry comparison), which is "
             "not installed: pip install -e '.[test]' (or pip install choix)"
         )
+    if args.output is not None:  # benchmarks/run.py checks again, for direct runs
+        check_output_file(args.output, "--output")
+    if args.figure is not None:
+        check_output_file(args.figure, "--figure", image_suffixes())
 
 
 # ------------------------------------------------------------------------------- parser
@@ -606,6 +690,20 @@ def _add_demo_parser(commands: argparse._SubParsersAction) -> None:
         default=list(DEMO_METHODS),
         help="comma-separated solvers, run cheap ones first: "
         f"{','.join(DEMO_METHODS)} (default: all)",
+    )
+    demo.add_argument(
+        "--steps",
+        type=_int_at_least(0),
+        default=None,
+        help="most iterations of the policy-gradient methods (default: each method's own, "
+        "scaled with the tree)",
+    )
+    demo.add_argument(
+        "--tol",
+        type=_positive_float,
+        default=None,
+        help="tolerance on the policy-gradient methods' certified total-variation bound "
+        "(default: each method's own)",
     )
     demo.set_defaults(handler=run_demo, prepare=_prepare_problem, subparser=demo)
 
@@ -686,8 +784,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="smaller sizes, print only: about 15 s of CPU time (82 s wall measured on a "
-        "busy 2-core machine)",
+        help="smaller sizes, print only: well under a minute of CPU time (the full run takes "
+        "minutes)",
     )
     bench.add_argument(
         "--output", default=None, help="results file (default: benchmarks/results.md, full run)"
@@ -753,16 +851,30 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     return 2  # pragma: no cover  (argparse.error always exits)
 
 
+def _no_command_error(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> str:
+    """The error line of a command line without a command: the stray arguments, or the
+    commands to choose from."""
+    if unknown:
+        return f"unrecognized arguments: {' '.join(unknown)}"
+    (commands,) = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    return f"choose a command: {', '.join(commands.choices)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse's own 0 or 2 included)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as exit_request:  # --help, --version, or an argument error (printed)
         return int(exit_request.code or 0)
-    if getattr(args, "handler", None) is None:
-        parser.print_help()
+    if getattr(args, "handler", None) is None:  # no command: the help, then the error line
+        parser.print_help(sys.stderr)
+        print(f"\n{parser.prog}: error: {_no_command_error(parser, unknown)}", file=sys.stderr)
         return 2
+    if unknown:  # reported with the usage of the subcommand they were given to
+        return _usage_error(args.subparser, f"unrecognized arguments: {' '.join(unknown)}")
     try:
         _check_environment()
         if getattr(args, "prepare", None) is not None:

@@ -43,6 +43,25 @@ def sphinx_command(out: str | Path, source: str | Path = ROOT / "docs") -> list[
     ]
 
 
+def check_sources() -> Path:
+    """The site's source folder, once it and the ``docs`` extra are found.
+
+    Raises:
+        ValueError: the sources are not there (an installed wheel, not a checkout) or the
+            ``docs`` extra is missing; the message says what to install.
+    """
+    source = ROOT / "docs"
+    if not (source / "conf.py").is_file():
+        raise ValueError(
+            f"the site's sources ship with the source checkout and {source} is missing; clone "
+            "the repository, pip install -e '.[docs]' and run tinyrlhf docs there"
+        )
+    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"building the docs needs {', '.join(missing)}: pip install -e '.[docs]'")
+    return source
+
+
 def build_docs(out: str | Path = DEFAULT_OUT) -> int:
     """Build the HTML site into ``out``; fail on any warning.
 
@@ -56,20 +75,25 @@ def build_docs(out: str | Path = DEFAULT_OUT) -> int:
         ValueError: the sources are not there (an installed wheel, not a checkout) or the
             ``docs`` extra is missing.
     """
-    source = ROOT / "docs"
-    if not (source / "conf.py").is_file():
-        raise ValueError(
-            f"the site's sources ship with the source checkout and {source} is missing; clone "
-            "the repository, pip install -e '.[docs]' and run tinyrlhf docs there"
-        )
-    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ValueError(f"building the docs needs {', '.join(missing)}: pip install -e '.[docs]'")
+    source = check_sources()
     start = time.perf_counter()
     status = subprocess.run(sphinx_command(out, source), check=False).returncode
     verdict = "built" if status == 0 else "FAILED (warnings are errors)"
     print(f"docs {verdict}: {out} in {time.perf_counter() - start:.0f} s")
     return status
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """The sources, the extra, then ``--out`` (created, a writable folder), before Sphinx runs.
+
+    Raises:
+        ValueError: the sources or the extra are missing (nothing is created then).
+        FlagError: ``--out`` is an existing file, or cannot be created or written.
+    """
+    from .cli import check_folder  # the check of figures --out (cli imports this module)
+
+    check_sources()
+    check_folder(args.out, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,4 +109,4 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", default=str(DEFAULT_OUT), help="output folder (default: docs/_build/html)"
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, prepare=prepare, subparser=parser)

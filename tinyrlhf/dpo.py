@@ -416,10 +416,21 @@ def _boundary_fit(graph, chosen, rejected, weight, tol, steps) -> _Fit:
 
 
 def _warn_unconverged(loss: str, fit: _Fit, tol: float) -> None:
+    if fit.solver == "linprog":  # HiGHS stops at its own tolerances: steps has no effect
+        accepted = 10.0 ** np.ceil(np.log10(fit.residual))  # the next power of ten up
+        loosen = f"accept this residual with tol={accepted:.0e}, or " if accepted < 1 else ""
+        advice = (
+            "steps does not apply to the LP (l2 = 0), which HiGHS solves to its own "
+            f"tolerances; {loosen}use l2 > 0 "
+            "(e.g. l2=1e-3: the ridge hinge, a QP the active set solves exactly; a "
+            "smaller l2 needs more steps)"
+        )
+    else:  # Newton (DPO, IPO, the boundary limit) or the active set (hinge, l2 > 0)
+        advice = "raise steps"
     warnings.warn(
         f"fit_policy_to_preferences(loss={loss!r}) stopped with residual {fit.residual:.3g} "
         f"> tol={tol:g} after {fit.n_iter} iterations ({fit.solver}); the returned policy is "
-        "not certified optimal: raise steps",
+        f"not certified optimal: {advice}",
         PreferenceOptimizationWarning,
         stacklevel=3,
     )
