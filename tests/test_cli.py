@@ -188,8 +188,14 @@ def test_broken_pipe_ends_quietly():
 
 
 def test_ctrl_c_exits_130_with_one_line():
-    with _demo_process("--methods", "exact,reinforce,ppo", "--horizon", "6") as process:
-        assert process.stdout.readline().startswith("tinyrlhf demo")  # solvers are running
+    # a REINFORCE run that cannot certify (tol 1e-300) within a million steps runs for
+    # minutes; SIGINT is sent once its progress line says it is still running, so the signal
+    # lands inside a solver however fast the machine is
+    argv = ("--methods", "reinforce", "--steps", "1000000", "--tol", "1e-300")
+    with _demo_process(*argv) as process:
+        assert process.stdout.readline().startswith("tinyrlhf demo")
+        progress = process.stderr.readline()
+        assert "(still running)" in progress, progress
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
     assert process.returncode == cli.EXIT_INTERRUPTED
