@@ -62,10 +62,12 @@ def test_subtree_sums_have_the_bits_of_numpys_row_sums(n_tokens):
     tree = tr.TokenTree([f"t{a}" for a in range(n_tokens)], 3, prompts=("x", "y"))
     rng = np.random.default_rng(n_tokens)
     x = rng.normal(size=tree.n_leaves) * 10.0 ** rng.uniform(-8, 8, size=tree.n_leaves)
+    x[: n_tokens**2] = -0.0  # whole subtrees of negative zeros: numpy's sum gives +0.0
     sums = tree.subtree_sums(x)
     for h in range(tree.horizon):
         expected = sums[h + 1].reshape(tree.level_size(h), n_tokens).sum(axis=1)
-        np.testing.assert_array_equal(sums[h], expected)
+        # the bits, so that -0.0 and +0.0 differ
+        np.testing.assert_array_equal(sums[h].view(np.int64), expected.view(np.int64))
 
 
 def test_subtree_logsumexps_of_impossible_leaves_is_minus_inf():

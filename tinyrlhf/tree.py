@@ -408,7 +408,7 @@ def _row_sums(rows: np.ndarray) -> np.ndarray:
     ``A < SEQUENTIAL_ROW_TOKENS``: ``(n,)``."""
     if rows.shape[1] >= SEQUENTIAL_ROW_TOKENS:
         return rows.sum(axis=1)
-    total = rows[:, 0].copy()
+    total = rows[:, 0] + 0.0  # a fresh array; + 0.0 turns -0.0 into 0.0, as numpy's sum does
     for a in range(1, rows.shape[1]):
         total += rows[:, a]  # ((x_0 + x_1) + x_2) + ..., numpy's order for short rows
     return total
