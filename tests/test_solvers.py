@@ -217,3 +217,30 @@ def test_beta_too_small_for_the_reward_is_refused_up_front(solver):
         solver(ref, np.ones(4), 5e-324)
     solution = solver(ref, np.zeros(4), 5e-324)
     np.testing.assert_allclose(solution.policy.leaf_probs(), 0.25, rtol=1e-15)
+
+
+@given(data=st.data())
+def test_optimal_leaf_log_probs_ignore_rewards_of_leaves_the_reference_never_produces(data):
+    """P* ∝ P_ref e^{r/beta} does not depend on r where P_ref = 0, also in floating point: a
+    huge reward on such a leaf must not become the shift that every reachable weight carries
+    (the audit's case lost 1e-11 of total variation that way, under a 1e-12 certificate)."""
+    n_tokens = data.draw(st.integers(2, 3))
+    tree = tr.TokenTree(list("abc"[:n_tokens]), data.draw(st.integers(1, 3)))
+    tables = [np.array(table) for table in data.draw(trt.policies(tree)).log_probs]
+    # the reference never picks token 0 after the first state of the last level: its leaf
+    # has P_ref = 0 whatever the other tables hold (the rest of the row is renormalized)
+    row = tables[-1][0]
+    row[0] = -np.inf
+    if np.all(row == -np.inf):
+        row[1] = 0.0
+    row -= np.logaddexp.reduce(row)
+    ref = tr.Policy(tree, tables)
+    reward = data.draw(trt.rewards(tree))
+    beta = data.draw(trt.betas())
+    unreachable = ref.leaf_log_probs() == -np.inf
+    reachable_max = np.where(unreachable, -np.inf, reward).max()
+    lifted = np.where(unreachable, reachable_max + 1e6 * beta, reward)  # r/beta 1e6 above
+    log_p, log_z = tr.optimal_leaf_log_probs(ref, reward, beta)
+    lifted_log_p, lifted_log_z = tr.optimal_leaf_log_probs(ref, lifted, beta)
+    np.testing.assert_array_equal(lifted_log_p, log_p)
+    np.testing.assert_array_equal(lifted_log_z, log_z)

@@ -62,14 +62,15 @@ def optimal_leaf_log_probs(
     """
     ref, reward, beta = check_problem(ref, reward, beta)
     tree = ref.tree
-    # log P_ref(xi) + (r(xi) - m)/beta with m = max r per prompt, one row per prompt
-    # (n_prompts, A**H): the shift keeps the best leaves' weights near 0, so subtracting the
-    # log normalizer loses no digits when r/beta is huge (log Z adds m/beta back)
-    shift = reward.reshape(tree.n_prompts, -1).max(axis=1)  # m: (n_prompts,)
-    log_weight = (
-        ref.leaf_log_probs().reshape(tree.n_prompts, -1)
-        + (reward.reshape(tree.n_prompts, -1) - shift[:, None]) / beta
-    )
+    # log P_ref(xi) + (r(xi) - m)/beta with m = max r over the leaves P_ref reaches, one row
+    # per prompt (n_prompts, A**H): the shift keeps the best reachable leaves' weights near 0,
+    # so adding log P_ref and subtracting the log normalizer lose no digits when r/beta is
+    # huge (log Z adds m/beta back); a larger reward on a leaf P_ref never produces must not
+    # set m, or every reachable weight would be a huge negative number carrying log P_ref
+    log_p_ref = ref.leaf_log_probs().reshape(tree.n_prompts, -1)
+    rewards = reward.reshape(tree.n_prompts, -1)
+    shift = np.where(log_p_ref > -np.inf, rewards, -np.inf).max(axis=1)  # m: (n_prompts,)
+    log_weight = log_p_ref + (rewards - shift[:, None]) / beta
     log_z_shifted = logsumexp(log_weight, axis=1)  # (n_prompts,)
     log_p_star = (log_weight - log_z_shifted[:, None]).reshape(-1)
     return log_p_star, log_z_shifted + shift / beta
