@@ -394,3 +394,19 @@ def test_k3_loss_residual_is_not_fooled_at_the_boundary():
 def test_k3_loss_on_peaked_references(logits, seed, beta):
     reward = np.random.default_rng(seed).normal(size=len(logits))
     check_k3_loss_against_independent(logits, reward, beta)
+
+
+def test_no_interior_fixed_point_reports_an_infinite_residual():
+    # the audit's case: k3 in the reward at sequence level drives pi to the vertex [0, 1],
+    # where the expected update vanishes (a saturated softmax has no gradient) without being
+    # a fixed point; ||U|| = 0 there certifies nothing, so the residual must be inf
+    tree = tr.TokenTree(["a", "b"], 1)
+    ref = tr.Policy(tree, [np.log([[0.03838633042124219, 0.9616136695787578]])])
+    reward = np.array([0.09491967419215651, 0.34251591296592293])
+    with pytest.warns(KLPenaltyWarning, match="no certified fixed point"):
+        fixed = tr.kl_penalty_fixed_point(
+            ref, reward, 21.275904890194198, estimator="k3", placement="reward", level="sequence"
+        )
+    assert not fixed.stationary and fixed.reason
+    assert fixed.residual == np.inf and not fixed.converged
+    assert fixed.converged == (fixed.residual <= fixed.tolerance)

@@ -264,7 +264,8 @@ def kl_penalty_fixed_point(
 
     Returns:
         A :class:`KLPenaltySolution` (``residual``, ``tolerance`` and ``converged`` on every
-        route; ``stationary`` and ``reason`` when no interior fixed point is reached).
+        route, ``converged`` iff ``residual <= tolerance``; ``stationary`` and ``reason`` when
+        no interior fixed point is reached, and then ``residual = inf``).
 
     Raises:
         ValueError, TypeError: bad ``ref``, ``reward``, ``beta``, unknown names, a callable
@@ -280,8 +281,12 @@ def kl_penalty_fixed_point(
     tol = check_tolerance(tol)
     max_steps = check_positive_int(max_steps, "max_steps")
     route = _fixed_point_route(ref, reward, beta, term, tol, max_steps)
-    residual = _fixed_point_residual(route, ref, reward, beta, term)
-    converged = bool(residual <= tol) and route.stationary
+    # no interior fixed point: ||U|| vanishes at the boundary the flow runs to, so it
+    # certifies nothing there and the residual is inf (converged iff residual <= tol)
+    residual = (
+        _fixed_point_residual(route, ref, reward, beta, term) if route.stationary else np.inf
+    )
+    converged = bool(residual <= tol)
     stationary, reason = route.stationary, route.reason
     if route.how == "numerical" and stationary and not converged:
         stationary = False
