@@ -165,6 +165,13 @@ def test_bench_checks_optional_dependencies_first(monkeypatch, capsys):
     assert "choix" in err and "pip install" in err
 
 
+def _default_sigint():
+    # a shell without job control starts background jobs with SIGINT ignored, and a child
+    # inherits that: Python then installs no KeyboardInterrupt handler and Ctrl-C does
+    # nothing. The demo's own handling is what is tested, so the child starts with the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo_process(*argv):
     return subprocess.Popen(
         [sys.executable, "-m", "tinyrlhf", "demo", *argv],
@@ -172,6 +179,7 @@ def _demo_process(*argv):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "0"},
+        preexec_fn=_default_sigint,
     )
 
 
@@ -193,11 +201,14 @@ def test_ctrl_c_exits_130_with_one_line():
     # lands inside a solver however fast the machine is
     argv = ("--methods", "reinforce", "--steps", "1000000", "--tol", "1e-300")
     with _demo_process(*argv) as process:
-        assert process.stdout.readline().startswith("tinyrlhf demo")
-        progress = process.stderr.readline()
-        assert "(still running)" in progress, progress
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
+        try:
+            assert process.stdout.readline().startswith("tinyrlhf demo")
+            progress = process.stderr.readline()
+            assert "(still running)" in progress, progress
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=120)
+        finally:  # never leave a minutes-long run behind a failed assertion
+            process.kill()
     assert process.returncode == cli.EXIT_INTERRUPTED
     assert "Traceback" not in err
     assert [line for line in err.splitlines() if line.strip()][-1].endswith("interrupted")
