@@ -224,3 +224,22 @@ def test_sample_counts_are_checked_and_numpy_scalars_accepted():
     assert policy.sample(np.int64(5), seed=np.int32(1)).shape == (5,)
     with pytest.raises(ValueError, match=r"drawing 1,000,000,000,000 generations"):
         policy.sample(10**12, seed=0)
+
+
+def test_check_policy_on_names_the_argument_and_the_fix():
+    # the shared check behind sample_preferences(policy=...), population_preferences and
+    # fit_sft(prior=...): a Policy, on this tree
+    from tinyrlhf.validation import check_policy_on
+
+    tree = tr.TokenTree(["a", "b"], 2)
+    other = tr.TokenTree(["a", "b"], 3)
+    policy = tr.Policy.uniform(tree)
+    assert check_policy_on(tree, policy, "prior") is policy
+    with pytest.raises(TypeError, match="prior"):
+        check_policy_on(tree, np.zeros(3), "prior")
+    with pytest.raises(ValueError, match="prior must be a policy on the same TokenTree as tree"):
+        check_policy_on(tree, tr.Policy.uniform(other), "prior")
+    with pytest.raises(ValueError, match="policy must be a policy on the same TokenTree"):
+        tr.sample_preferences(tree, np.zeros(tree.n_leaves), 3, policy=tr.Policy.uniform(other))
+    with pytest.raises(ValueError, match="prior must be a policy on the same TokenTree"):
+        tr.fit_sft(tree, [], smoothing=1.0, prior=tr.Policy.uniform(other))

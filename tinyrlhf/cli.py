@@ -799,6 +799,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tinyrlhf`` argument parser: one subcommand per job (demo, notebooks, figures,
+    pipeline, bon, bench, docs), each with its flags and its ``handler``."""
     parser = argparse.ArgumentParser(
         prog="tinyrlhf",
         description="Exact RLHF on a token tree: preferences, KL-regularized RL, information geometry.",
